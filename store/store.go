@@ -1,0 +1,257 @@
+// Package store is smtpgw's persistence layer: API keys, the durable relay
+// queue (messages with one row per recipient), delivery events and sending
+// domains.
+//
+// It is the only package that imports a database driver. Two backends
+// implement [Store] and pass the same contract tests (storetest):
+//
+//   - SQLite (modernc.org/sqlite, pure Go) in WAL mode with synchronous=FULL,
+//     the embedded default for a single node;
+//   - PostgreSQL (pgx/v5), shared by several gateway nodes. Relay workers claim
+//     due recipients with FOR UPDATE SKIP LOCKED and a lease, so the work of a
+//     node that dies comes back when its lease ends.
+//
+// Schema migrations are versioned SQL files embedded in the binary and applied
+// by [Store.Migrate] (smtpgw migrate, and at start).
+//
+// Enqueue uses group commit: concurrent callers' messages are written in one
+// transaction and every caller returns only after that transaction committed.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// Sentinel errors. Backends wrap driver errors with %w; these are the kinds
+// callers branch on.
+var (
+	// ErrNotFound: no row with that id (or key hash, or domain name).
+	ErrNotFound = errors.New("not found")
+	// ErrExists: a unique value (key hash, domain name, message id) is taken.
+	ErrExists = errors.New("already exists")
+	// ErrUnavailable wraps failures to reach the database (connection
+	// refused, pool closed, deadline while connecting). Callers answer 4xx.
+	ErrUnavailable = errors.New("store unavailable")
+)
+
+// Key is an API key as stored. The key itself is never stored: only the
+// SHA-256 of it (Hash) and its first four characters (ShortKey).
+type Key struct {
+	ID         string         // public id, 16 lowercase hex characters
+	Label      string         // admin's name for the key
+	Grants     []string       // SparkPost grant names, e.g. "smtp/inject"
+	ShortKey   string         // first four characters of the key
+	Hash       []byte         // SHA-256 of the key, 32 bytes; unique
+	Subaccount int64          // 0: the master account
+	AllowedIPs []netip.Prefix // empty: any address
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	LastUsedAt time.Time // zero: never used
+	RevokedAt  time.Time // zero: active. Revoked keys are kept so AUTH can log "revoked"
+}
+
+// Recipient states (SPEC §5).
+const (
+	StateQueued    = "queued"    // never tried yet
+	StateDeferred  = "deferred"  // tried, temporary failure, will retry at NextAttempt
+	StateDelivered = "delivered" // upstream answered 2xx
+	StateBounced   = "bounced"   // upstream answered 5xx (or permanent local failure)
+	StateExpired   = "expired"   // still undelivered after relay.max_queue_lifetime
+)
+
+// Message is one accepted message: envelope, body and per-recipient state.
+type Message struct {
+	ID         string // queue id, see NewID; set by the caller before Enqueue
+	KeyID      string // API key that injected it; "" for messages the gateway made (DSNs)
+	Subaccount int64
+	MailFrom   string // envelope sender; "" is the null sender <>
+	Body       []byte // the full message as relayed (headers + body, CRLF line ends)
+	SMTPUTF8   bool   // MAIL FROM had SMTPUTF8
+	BodyType   string // "", "7BIT", "8BITMIME" or "BINARYMIME"
+	DSNRet     string // "", "FULL" or "HDRS" (RFC 3461 RET)
+	DSNEnvID   string // RFC 3461 ENVID, "" if none
+	CampaignID string // from X-MSYS-API campaign_id
+	// MsysAPI is the parsed X-MSYS-API header re-encoded as JSON
+	// (nil if the message had none). Events report its metadata and tags.
+	MsysAPI    json.RawMessage
+	CreatedAt  time.Time // set by Enqueue if zero
+	Recipients []*Recipient
+}
+
+// Recipient is one envelope recipient of a message and its delivery state.
+type Recipient struct {
+	ID          int64 // assigned by the store on Enqueue
+	MessageID   string
+	Address     string // as given in RCPT TO, without angle brackets
+	Domain      string // lowercased domain part of Address; relay groups by it
+	State       string // one of the State constants; Enqueue stores StateQueued if empty
+	Attempts    int
+	NextAttempt time.Time // due time for queued/deferred; Enqueue uses CreatedAt if zero
+	LastReply   string    // last upstream reply or local reason, e.g. "451 4.3.0 try later"
+	DSNNotify   string    // RFC 3461 NOTIFY, comma separated ("" = default: FAILURE)
+	DSNOrcpt    string    // RFC 3461 ORCPT, as given
+	UpdatedAt   time.Time
+}
+
+// Claimed is a recipient leased to one relay worker, with what it needs of
+// its message to deliver it (the body is fetched with [Store.MessageBody]).
+type Claimed struct {
+	Recipient
+	MailFrom   string
+	KeyID      string
+	Subaccount int64
+	CampaignID string
+	BodyType   string
+	SMTPUTF8   bool
+	DSNRet     string
+	DSNEnvID   string
+	CreatedAt  time.Time // message creation, for max_queue_lifetime
+}
+
+// Outcome is the result of one delivery attempt of a claimed recipient.
+type Outcome struct {
+	RecipientID int64
+	State       string    // StateDelivered, StateDeferred, StateBounced or StateExpired
+	NextAttempt time.Time // for StateDeferred
+	Reply       string    // upstream reply or local reason
+}
+
+// Finish is what a relay worker writes after an attempt, in one transaction:
+// recipient outcomes (only for recipients still leased to the owner), the
+// events they caused, and new messages such as DSNs. It is what makes a
+// bounce send exactly one DSN.
+type Finish struct {
+	Outcomes []Outcome
+	Events   []Event
+	Enqueue  []*Message
+}
+
+// Event types (SparkPost's names where they exist).
+const (
+	EventInjection       = "injection"
+	EventDelivery        = "delivery"
+	EventDelay           = "delay"
+	EventBounce          = "bounce"
+	EventOutOfBand       = "out_of_band"
+	EventExpiry          = "expiry" // SparkPost reports this as a bounce class; kept distinct here
+	EventPolicyRejection = "policy_rejection"
+)
+
+// Event is one step in a message's life.
+type Event struct {
+	ID         int64 // assigned by the store
+	Type       string
+	Time       time.Time // set by the store if zero
+	MessageID  string
+	KeyID      string
+	Subaccount int64
+	Recipient  string
+	CampaignID string
+	Metadata   json.RawMessage // X-MSYS-API metadata object, nil if none
+	Tags       []string
+	Reply      string // remote SMTP reply or local reason
+}
+
+// EventFilter selects events; zero fields do not filter.
+type EventFilter struct {
+	MessageID  string
+	KeyID      string
+	Subaccount *int64
+	Types      []string
+	Since      time.Time
+	Limit      int // 0: 1000
+}
+
+// QueueFilter selects messages for the queue CLI; zero fields do not filter.
+type QueueFilter struct {
+	State      string // messages with at least one recipient in this state
+	Domain     string // messages with at least one recipient at this domain
+	KeyID      string
+	Subaccount *int64
+	Limit      int // 0: 1000
+}
+
+// QueueStats counts recipients per state.
+type QueueStats struct {
+	ByState map[string]int64
+	// OldestQueued is the creation time of the oldest message that still has
+	// a queued or deferred recipient; zero if there is none.
+	OldestQueued time.Time
+}
+
+// Domain is a sending domain with its DKIM key.
+type Domain struct {
+	Name       string // lowercased, unique
+	Subaccount int64  // 0: master account
+	Shared     bool   // usable by every subaccount
+	Selector   string // DKIM selector
+	Algorithm  string // "rsa" or "ed25519"
+	PrivateKey []byte // PKCS#8 PEM
+	PublicKey  string // base64 of the public key as published in p=
+	CreatedAt  time.Time
+}
+
+// Store is the persistence contract. Implementations are safe for
+// concurrent use. Every method honours ctx.
+type Store interface {
+	// Migrate applies pending embedded migrations; it is idempotent.
+	Migrate(ctx context.Context) error
+	// Ping checks the database answers (readiness).
+	Ping(ctx context.Context) error
+	// Close stops the group committer (failing callers still waiting) and
+	// closes the database. Safe to call twice.
+	Close() error
+
+	// API keys.
+	CreateKey(ctx context.Context, k *Key) error // fills CreatedAt/UpdatedAt; ErrExists on duplicate id or hash
+	GetKey(ctx context.Context, id string) (*Key, error)
+	KeyByHash(ctx context.Context, hash []byte) (*Key, error) // includes revoked keys
+	ListKeys(ctx context.Context) ([]*Key, error)             // active keys only, oldest first
+	UpdateKey(ctx context.Context, k *Key) error              // label, grants, subaccount, allowed IPs; sets UpdatedAt
+	RevokeKey(ctx context.Context, id string) error           // sets RevokedAt; ErrNotFound if no active key
+	TouchKey(ctx context.Context, id string, at time.Time) error
+
+	// Enqueue durably stores m with its recipients and one injection event per
+	// recipient. It returns only after the transaction that holds m committed
+	// (group commit: concurrent calls share one transaction). On error nothing
+	// of m is stored. It assigns Recipient.ID and wakes relay workers.
+	Enqueue(ctx context.Context, m *Message) error
+	// Wakeups delivers a value (coalesced) whenever new mail may be due:
+	// after a local Enqueue commits and, on PostgreSQL, on NOTIFY from other
+	// nodes. The same channel is returned on every call.
+	Wakeups() <-chan struct{}
+
+	// ClaimDue leases up to limit due recipients (queued or deferred,
+	// NextAttempt <= now, lease free or expired) to owner until now+lease.
+	// Recipients of the same message and domain come out adjacent.
+	ClaimDue(ctx context.Context, owner string, limit int, lease time.Duration) ([]*Claimed, error)
+	// MessageBody returns the stored body of a message.
+	MessageBody(ctx context.Context, id string) ([]byte, error)
+	// Finish writes the outcomes of owner's claimed recipients (clearing
+	// their lease and incrementing Attempts), the events, and the new
+	// messages in one transaction. Outcomes for recipients no longer leased to
+	// owner are ignored; the number applied is returned.
+	Finish(ctx context.Context, owner string, f Finish) (int, error)
+
+	// Queue administration.
+	ListMessages(ctx context.Context, f QueueFilter) ([]*Message, error) // Recipients filled, Body nil, newest first
+	GetMessage(ctx context.Context, id string) (*Message, error)       // with body and recipients
+	RetryMessage(ctx context.Context, id string) (int, error)          // queued/deferred recipients due now; returns count
+	DeleteMessage(ctx context.Context, id string) error                 // message, recipients (events stay)
+	Stats(ctx context.Context) (QueueStats, error)
+
+	// Events.
+	AddEvents(ctx context.Context, evs []Event) error
+	ListEvents(ctx context.Context, f EventFilter) ([]Event, error) // newest first
+	PruneEvents(ctx context.Context, before time.Time) (int64, error)
+
+	// Sending domains.
+	CreateDomain(ctx context.Context, d *Domain) error // ErrExists if the name is taken
+	GetDomain(ctx context.Context, name string) (*Domain, error)
+	ListDomains(ctx context.Context) ([]*Domain, error)
+	DeleteDomain(ctx context.Context, name string) error
+}
