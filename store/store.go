@@ -239,9 +239,9 @@ type Store interface {
 
 	// Queue administration.
 	ListMessages(ctx context.Context, f QueueFilter) ([]*Message, error) // Recipients filled, Body nil, newest first
-	GetMessage(ctx context.Context, id string) (*Message, error)       // with body and recipients
-	RetryMessage(ctx context.Context, id string) (int, error)          // queued/deferred recipients due now; returns count
-	DeleteMessage(ctx context.Context, id string) error                 // message, recipients (events stay)
+	GetMessage(ctx context.Context, id string) (*Message, error)         // with body and recipients
+	RetryMessage(ctx context.Context, id string) (int, error)            // queued/deferred recipients due now; returns count
+	DeleteMessage(ctx context.Context, id string) error                  // message, recipients (events stay)
 	Stats(ctx context.Context) (QueueStats, error)
 
 	// Events.
