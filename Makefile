@@ -1,0 +1,42 @@
+# smtpgw — build, run and test. `make test` is what CI runs.
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+PKGS      := ./...
+
+.PHONY: all build run test test-short vet fuzz bench clean
+
+all: build
+
+## build: compile ./smtpgw
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o smtpgw ./cmd/smtpgw
+
+## run: start the gateway on the embedded SQLite store (./data)
+run:
+	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/smtpgw serve
+
+## vet: static checks
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed on:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet $(PKGS)
+
+## test: vet, then every test with the race detector (needs PostgreSQL, see README)
+test: vet
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+## test-short: the same without the race detector, faster while developing
+test-short:
+	$(GO) test -count=1 $(PKGS)
+
+## fuzz: run each fuzz target for FUZZTIME (default 30s)
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParseMsysAPI -fuzztime $(FUZZTIME) ./smtpd/
+
+## bench: Go benchmarks of the hot paths (see docs/benchmarks.md)
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./auth/ ./store/ ./smtpd/ ./relay/
+
+clean:
+	rm -f smtpgw
