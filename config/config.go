@@ -1,0 +1,715 @@
+// Package config turns a TOML file plus SMTPGW_* environment variables into
+// a validated Config (SPEC.md §8).
+//
+// Load works in four steps:
+//
+//  1. start from Default(), so a missing key keeps its default;
+//  2. decode the TOML file over it (path "" means ./smtpgw.toml if present,
+//     else no file), refusing keys the Config does not know;
+//  3. apply SMTPGW_<SECTION>_<KEY> environment variables, which win over the
+//     file; their names are derived from the toml struct tags, so a new key
+//     gets its variable for free;
+//  4. Validate, which names the key and the fix for every problem.
+//
+// The package imports nothing of smtpgw's own: cmd/smtpgw copies the values
+// into each package's own Config.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is the file Load reads when it is given no path and the file
+// exists in the working directory.
+const DefaultPath = "smtpgw.toml"
+
+// EnvPrefix starts every environment variable Load reads.
+const EnvPrefix = "SMTPGW_"
+
+// envTestPrefix starts environment variables reserved for tests, which Load
+// ignores instead of reporting them as unknown.
+const envTestPrefix = "SMTPGW_TEST_"
+
+// docsHint ends an unknown-key error: where the keys are listed.
+const docsHint = "see docs/configuration.md for the keys"
+
+// Relay modes (relay.mode).
+const (
+	// ModeMX delivers to the recipient domain's MX hosts.
+	ModeMX = "mx"
+	// ModeSmarthost hands every message to relay.smarthost.
+	ModeSmarthost = "smarthost"
+)
+
+// Smarthost TLS modes (relay.smarthost_tls).
+const (
+	// SmarthostSTARTTLS connects in plain text and requires STARTTLS.
+	SmarthostSTARTTLS = "starttls"
+	// SmarthostImplicit speaks TLS from the first byte (port 465 style).
+	SmarthostImplicit = "implicit"
+	// SmarthostNone never uses TLS: for test targets and trusted networks.
+	SmarthostNone = "none"
+)
+
+// redacted replaces secrets in Redacted's dump.
+const redacted = "REDACTED"
+
+// Duration is a time.Duration written as text in TOML and the environment,
+// such as "60s", "5m" or "72h".
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses text with time.ParseDuration. The error names the
+// fix; Load prefixes it with the key.
+func (d *Duration) UnmarshalText(text []byte) error {
+	v, err := time.ParseDuration(string(text))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (write it like \"60s\" or \"5m\")", text)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration the way UnmarshalText reads it.
+func (d Duration) MarshalText() ([]byte, error) {
+	return []byte(d.Duration.String()), nil
+}
+
+// Config is the whole gateway configuration. The toml tags are the key names
+// of SPEC.md §8; environment variable names are derived from them.
+type Config struct {
+	// Hostname is the name in the SMTP banner and EHLO reply; default
+	// os.Hostname(), or "localhost" if that fails.
+	Hostname string `toml:"hostname"`
+	// DataDir holds the SQLite file, the generated TLS certificate and DKIM
+	// keys; default "./data".
+	DataDir string `toml:"data_dir"`
+	// Database selects the store.
+	Database Database `toml:"database"`
+	// SMTP configures the submission listeners.
+	SMTP SMTP `toml:"smtp"`
+	// Auth configures API key verification.
+	Auth Auth `toml:"auth"`
+	// Relay configures onward delivery.
+	Relay Relay `toml:"relay"`
+	// Events configures the event log.
+	Events Events `toml:"events"`
+	// HTTP configures the admin listener (metrics, health, JSON APIs).
+	HTTP HTTP `toml:"http"`
+}
+
+// Database is the [database] section.
+type Database struct {
+	// URL is "" for SQLite in DataDir, or a postgres:// (postgresql://) URL
+	// for PostgreSQL.
+	URL string `toml:"url"`
+}
+
+// SMTP is the [smtp] section.
+type SMTP struct {
+	// SubmissionAddr is the STARTTLS submission listener; "" disables it.
+	SubmissionAddr string `toml:"submission_addr"`
+	// SubmissionsAddr is the implicit-TLS listener, e.g. ":465"; "" (the
+	// default) disables it.
+	SubmissionsAddr string `toml:"submissions_addr"`
+	// TLSCert is the PEM certificate path; "" means a self-signed
+	// certificate generated in DataDir.
+	TLSCert string `toml:"tls_cert"`
+	// TLSKey is the PEM private key path for TLSCert.
+	TLSKey string `toml:"tls_key"`
+	// AllowInsecureAuth permits AUTH without TLS: development only.
+	AllowInsecureAuth bool `toml:"allow_insecure_auth"`
+	// AuthUsernames are the accepted AUTH usernames; "*" accepts any.
+	AuthUsernames []string `toml:"auth_usernames"`
+	// MaxMessageBytes is the SIZE limit advertised and enforced.
+	MaxMessageBytes int64 `toml:"max_message_bytes"`
+	// MaxRecipients is the most RCPT TO commands per message.
+	MaxRecipients int `toml:"max_recipients"`
+	// IdleTimeout closes a connection that sends nothing for this long.
+	IdleTimeout Duration `toml:"idle_timeout"`
+	// MaxAuthFailures is how many failed AUTHs a client IP may make per
+	// AuthFailureWindow before it gets 421.
+	MaxAuthFailures int `toml:"max_auth_failures"`
+	// AuthFailureWindow is the window MaxAuthFailures counts over.
+	AuthFailureWindow Duration `toml:"auth_failure_window"`
+	// ProxyProtocolFrom lists the addresses or CIDR prefixes of trusted
+	// load balancers that may send a PROXY protocol header.
+	ProxyProtocolFrom []string `toml:"proxy_protocol_from"`
+	// ProxyProtocolPrefixes is ProxyProtocolFrom parsed by Validate; a bare
+	// address becomes a /32 or /128.
+	ProxyProtocolPrefixes []netip.Prefix `toml:"-"`
+	// ShutdownGrace is how long serve waits for sessions to finish on
+	// shutdown before closing them.
+	ShutdownGrace Duration `toml:"shutdown_grace"`
+	// MaxConnections is the most concurrent SMTP connections per node.
+	MaxConnections int `toml:"max_connections"`
+}
+
+// Auth is the [auth] section.
+type Auth struct {
+	// CacheTTL is how long a verified key lookup is trusted before the store
+	// is asked again (and so how long a revocation may take to bite).
+	CacheTTL Duration `toml:"cache_ttl"`
+}
+
+// Relay is the [relay] section.
+type Relay struct {
+	// Mode is ModeMX or ModeSmarthost.
+	Mode string `toml:"mode"`
+	// Smarthost is the "host:port" every message goes to in smarthost mode.
+	Smarthost string `toml:"smarthost"`
+	// SmarthostTLS is SmarthostSTARTTLS, SmarthostImplicit or SmarthostNone.
+	SmarthostTLS string `toml:"smarthost_tls"`
+	// SmarthostUsername is the AUTH username at the smarthost; "" means no
+	// AUTH.
+	SmarthostUsername string `toml:"smarthost_username"`
+	// SmarthostPassword is the AUTH password at the smarthost. Redacted
+	// hides it.
+	SmarthostPassword string `toml:"smarthost_password"`
+	// SmarthostInsecureSkipVerify accepts any smarthost certificate: for
+	// test targets with self-signed certificates.
+	SmarthostInsecureSkipVerify bool `toml:"smarthost_insecure_skip_verify"`
+	// Workers is the number of delivery workers per node.
+	Workers int `toml:"workers"`
+	// PerDomainConcurrency caps concurrent deliveries to one domain.
+	PerDomainConcurrency int `toml:"per_domain_concurrency"`
+	// RetryInitial is the delay before the first retry; it doubles up to
+	// RetryMax.
+	RetryInitial Duration `toml:"retry_initial"`
+	// RetryMax is the longest delay between retries.
+	RetryMax Duration `toml:"retry_max"`
+	// MaxQueueLifetime is how long a message is retried before it bounces.
+	MaxQueueLifetime Duration `toml:"max_queue_lifetime"`
+	// DNSResolver is the "host:port" of the DNS server asked for MX, A and
+	// AAAA records; "" uses the system resolver.
+	DNSResolver string `toml:"dns_resolver"`
+	// MXPort is the port MX hosts are dialled on: 25, except in tests.
+	MXPort int `toml:"mx_port"`
+	// DKIMSelector is the DKIM selector messages are signed with.
+	DKIMSelector string `toml:"dkim_selector"`
+	// Lease is how long a claimed batch is owned before another node may
+	// take it over.
+	Lease Duration `toml:"lease"`
+	// ConnectTimeout bounds dialling an upstream server.
+	ConnectTimeout Duration `toml:"connect_timeout"`
+	// CommandTimeout bounds each SMTP command to an upstream server.
+	CommandTimeout Duration `toml:"command_timeout"`
+}
+
+// Events is the [events] section.
+type Events struct {
+	// Retention is how long events are kept; SparkPost keeps 10 days.
+	Retention Duration `toml:"retention"`
+}
+
+// HTTP is the [http] section.
+type HTTP struct {
+	// Addr is the admin listener for metrics, health and the JSON APIs;
+	// "" disables it.
+	Addr string `toml:"addr"`
+}
+
+// Default returns the configuration used when neither file nor environment
+// sets a key.
+func Default() *Config {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "localhost"
+	}
+	return &Config{
+		Hostname: host,
+		DataDir:  "./data",
+		SMTP: SMTP{
+			SubmissionAddr:        "127.0.0.1:2525",
+			AuthUsernames:         []string{"SMTP_Injection"},
+			MaxMessageBytes:       20971520,
+			MaxRecipients:         1000,
+			IdleTimeout:           Duration{60 * time.Second},
+			MaxAuthFailures:       5,
+			AuthFailureWindow:     Duration{5 * time.Minute},
+			ProxyProtocolFrom:     []string{},
+			ProxyProtocolPrefixes: []netip.Prefix{},
+			ShutdownGrace:         Duration{30 * time.Second},
+			MaxConnections:        1000,
+		},
+		Auth: Auth{CacheTTL: Duration{5 * time.Second}},
+		Relay: Relay{
+			Mode:                 ModeMX,
+			SmarthostTLS:         SmarthostSTARTTLS,
+			Workers:              32,
+			PerDomainConcurrency: 8,
+			RetryInitial:         Duration{time.Minute},
+			RetryMax:             Duration{time.Hour},
+			MaxQueueLifetime:     Duration{72 * time.Hour},
+			MXPort:               25,
+			DKIMSelector:         "smtpgw",
+			Lease:                Duration{5 * time.Minute},
+			ConnectTimeout:       Duration{30 * time.Second},
+			CommandTimeout:       Duration{5 * time.Minute},
+		},
+		Events: Events{Retention: Duration{240 * time.Hour}},
+		HTTP:   HTTP{Addr: "127.0.0.1:8025"},
+	}
+}
+
+// Load reads the TOML file at path over Default(), applies the SMTPGW_*
+// variables in env (os.Environ() form, "NAME=value") and validates the
+// result. Path "" means ./smtpgw.toml if it exists, else no file.
+func Load(path string, env []string) (*Config, error) {
+	cfg := Default()
+	if path == "" {
+		_, err := os.Stat(DefaultPath)
+		switch {
+		case err == nil:
+			path = DefaultPath
+		case !errors.Is(err, fs.ErrNotExist):
+			return nil, fmt.Errorf("config: stat %s: %w", DefaultPath, err)
+		}
+	}
+	if path != "" {
+		if err := cfg.decodeFile(path); err != nil {
+			return nil, err
+		}
+	}
+	if err := cfg.applyEnv(env); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// decodeFile decodes the TOML file at path into c.
+func (c *Config) decodeFile(path string) error {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("config: read %s: file does not exist (check the --config path, or leave it out to use ./%s or the defaults)", path, DefaultPath)
+	}
+	if err != nil {
+		return fmt.Errorf("config: read %s: %w", path, err)
+	}
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) && pe.LastKey != "" {
+			return fmt.Errorf("config: %s: %s (at %s line %d)", pe.LastKey, pe.Message, path, pe.Position.Line)
+		}
+		// A type mismatch is a plain error of the form
+		// `toml: line N (last key "k"): incompatible types: ...`; turn it
+		// into "key: problem" when it has that shape.
+		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {
+			return fmt.Errorf("config: %s: %s (at %s line %s)", m[2], m[3], path, m[1])
+		}
+		return fmt.Errorf("config: parse %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		key := und[0].String()
+		return fmt.Errorf("config: unknown key %q in %s (%s%s)", key, path, suggest(key, fileKeys()), docsHint)
+	}
+	return nil
+}
+
+// field is one configuration key found by reflecting over Config.
+type field struct {
+	key   string // dotted TOML key, "smtp.idle_timeout"
+	index []int  // path for reflect.Value.FieldByIndex
+}
+
+// fields lists every key of Config in declaration order, sections included
+// as the parents of their keys but not listed themselves.
+func fields() []field {
+	var out []field
+	var walk func(t reflect.Type, prefix string, index []int)
+	walk = func(t reflect.Type, prefix string, index []int) {
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+			if name == "" || name == "-" {
+				continue
+			}
+			idx := append(append([]int(nil), index...), i)
+			if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeFor[Duration]() {
+				walk(f.Type, prefix+name+".", idx)
+				continue
+			}
+			out = append(out, field{key: prefix + name, index: idx})
+		}
+	}
+	walk(reflect.TypeFor[Config](), "", nil)
+	return out
+}
+
+// typeErrRE matches BurntSushi/toml's error for a value of the wrong type.
+var typeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): incompatible types: (.*)$`)
+
+// fileKeys lists every dotted key and every section name, for suggesting
+// the key a file meant.
+func fileKeys() []string {
+	keys := knownKeys()
+	for _, k := range knownKeys() {
+		if section, _, ok := strings.Cut(k, "."); ok && !slices.Contains(keys, section) {
+			keys = append(keys, section)
+		}
+	}
+	return keys
+}
+
+// knownKeys lists every dotted key, for suggestions.
+func knownKeys() []string {
+	fs := fields()
+	keys := make([]string, len(fs))
+	for i, f := range fs {
+		keys[i] = f.key
+	}
+	return keys
+}
+
+// EnvName is the environment variable that sets key: "smtp.idle_timeout"
+// gives "SMTPGW_SMTP_IDLE_TIMEOUT".
+func EnvName(key string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+}
+
+// applyEnv sets the keys named by SMTPGW_* variables in env.
+func (c *Config) applyEnv(env []string) error {
+	byName := make(map[string]field)
+	var names []string
+	for _, f := range fields() {
+		n := EnvName(f.key)
+		byName[n] = f
+		names = append(names, n)
+	}
+	root := reflect.ValueOf(c).Elem()
+	for _, kv := range env {
+		name, value, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, EnvPrefix) || strings.HasPrefix(name, envTestPrefix) {
+			continue
+		}
+		f, ok := byName[name]
+		if !ok {
+			return fmt.Errorf("config: unknown environment variable %s (%sunset it; %s)", name, suggest(name, names), docsHint)
+		}
+		if err := setText(root.FieldByIndex(f.index), value); err != nil {
+			return fmt.Errorf("config: %s (from %s): %w", f.key, name, err)
+		}
+	}
+	return nil
+}
+
+// setText parses s into v according to v's type.
+func setText(v reflect.Value, s string) error {
+	if u, ok := v.Addr().Interface().(interface{ UnmarshalText([]byte) error }); ok {
+		return u.UnmarshalText([]byte(s))
+	}
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString(s)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a boolean (write true or false)", s)
+		}
+		v.SetBool(b)
+	case reflect.Int, reflect.Int64:
+		n, err := strconv.ParseInt(strings.TrimSpace(s), 10, v.Type().Bits())
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number", s)
+		}
+		v.SetInt(n)
+	case reflect.Slice:
+		if v.Type().Elem().Kind() != reflect.String {
+			return fmt.Errorf("set %s from the environment: unsupported list type", v.Type())
+		}
+		list := []string{}
+		for _, part := range strings.Split(s, ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				list = append(list, part)
+			}
+		}
+		v.Set(reflect.ValueOf(list))
+	default:
+		return fmt.Errorf("set %s from the environment: unsupported type", v.Type())
+	}
+	return nil
+}
+
+// suggest returns `did you mean "x"?; ` for the candidate closest to name,
+// or "" when none is close. A candidate whose last part equals name's last
+// part (a key put in the wrong section) counts as close.
+func suggest(name string, candidates []string) string {
+	last := func(s string) string {
+		if i := strings.LastIndex(s, "."); i >= 0 {
+			return s[i+1:]
+		}
+		return s
+	}
+	best, bestDist := "", 4 // farther than 3 edits is not a typo
+	for _, c := range candidates {
+		d := levenshtein(strings.ToLower(name), strings.ToLower(c))
+		if strings.Contains(name, ".") && last(name) == last(c) {
+			d = min(d, 1)
+		}
+		if d < bestDist {
+			best, bestDist = c, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf("did you mean %q?; ", best)
+}
+
+// levenshtein is the edit distance between a and b.
+func levenshtein(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// Validate checks every key, fills SMTP.ProxyProtocolPrefixes, and returns
+// all problems joined, each naming the key and the fix.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: "+key+": "+format, args...))
+	}
+
+	if strings.TrimSpace(c.Hostname) == "" || strings.ContainsAny(c.Hostname, " \t\r\n") {
+		bad("hostname", "%q is not a host name (set it to the name clients and relays see, like \"mail.example.com\")", c.Hostname)
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "is empty (set a directory, like \"./data\")")
+	}
+	if err := checkDatabaseURL(c.Database.URL); err != nil {
+		bad("database.url", "%v", err)
+	}
+
+	s := &c.SMTP
+	checkAddr(bad, "smtp.submission_addr", s.SubmissionAddr, true)
+	checkAddr(bad, "smtp.submissions_addr", s.SubmissionsAddr, true)
+	switch {
+	case s.TLSCert != "" && s.TLSKey == "":
+		bad("smtp.tls_key", "is empty but smtp.tls_cert is set (set both, or neither for a self-signed certificate)")
+	case s.TLSCert == "" && s.TLSKey != "":
+		bad("smtp.tls_cert", "is empty but smtp.tls_key is set (set both, or neither for a self-signed certificate)")
+	}
+	checkReadable(bad, "smtp.tls_cert", s.TLSCert)
+	checkReadable(bad, "smtp.tls_key", s.TLSKey)
+	if len(s.AuthUsernames) == 0 {
+		bad("smtp.auth_usernames", "is empty, so no one could log in (list at least one username, or \"*\" for any)")
+	}
+	for _, u := range s.AuthUsernames {
+		if strings.TrimSpace(u) == "" {
+			bad("smtp.auth_usernames", "contains an empty username (remove it)")
+		}
+	}
+	checkPositive(bad, "smtp.max_message_bytes", s.MaxMessageBytes)
+	checkPositive(bad, "smtp.max_recipients", int64(s.MaxRecipients))
+	checkPositive(bad, "smtp.max_auth_failures", int64(s.MaxAuthFailures))
+	checkPositive(bad, "smtp.max_connections", int64(s.MaxConnections))
+	checkDuration(bad, "smtp.idle_timeout", s.IdleTimeout)
+	checkDuration(bad, "smtp.auth_failure_window", s.AuthFailureWindow)
+	checkDuration(bad, "smtp.shutdown_grace", s.ShutdownGrace)
+	s.ProxyProtocolPrefixes = make([]netip.Prefix, 0, len(s.ProxyProtocolFrom))
+	for _, p := range s.ProxyProtocolFrom {
+		prefix, err := parsePrefix(p)
+		if err != nil {
+			bad("smtp.proxy_protocol_from", "%q is not an IP address or CIDR prefix (write it like \"10.0.0.0/8\" or \"192.0.2.1\")", p)
+			continue
+		}
+		s.ProxyProtocolPrefixes = append(s.ProxyProtocolPrefixes, prefix)
+	}
+
+	checkDuration(bad, "auth.cache_ttl", c.Auth.CacheTTL)
+
+	r := &c.Relay
+	switch r.Mode {
+	case ModeMX:
+	case ModeSmarthost:
+		if r.Smarthost == "" {
+			bad("relay.smarthost", "is empty but relay.mode is \"smarthost\" (set it to \"host:port\", or set relay.mode = \"mx\")")
+		}
+	default:
+		bad("relay.mode", "%q is not a relay mode (write \"mx\" or \"smarthost\")", r.Mode)
+	}
+	checkAddr(bad, "relay.smarthost", r.Smarthost, false)
+	switch r.SmarthostTLS {
+	case SmarthostSTARTTLS, SmarthostImplicit, SmarthostNone:
+	default:
+		bad("relay.smarthost_tls", "%q is not a TLS mode (write \"starttls\", \"implicit\" or \"none\")", r.SmarthostTLS)
+	}
+	if r.SmarthostPassword != "" && r.SmarthostUsername == "" {
+		bad("relay.smarthost_username", "is empty but relay.smarthost_password is set (set both, or neither for no AUTH)")
+	}
+	checkPositive(bad, "relay.workers", int64(r.Workers))
+	checkPositive(bad, "relay.per_domain_concurrency", int64(r.PerDomainConcurrency))
+	checkDuration(bad, "relay.retry_initial", r.RetryInitial)
+	checkDuration(bad, "relay.retry_max", r.RetryMax)
+	if r.RetryMax.Duration > 0 && r.RetryMax.Duration < r.RetryInitial.Duration {
+		bad("relay.retry_max", "%s is shorter than relay.retry_initial %s (make it at least as long)", r.RetryMax.Duration, r.RetryInitial.Duration)
+	}
+	checkDuration(bad, "relay.max_queue_lifetime", r.MaxQueueLifetime)
+	checkAddr(bad, "relay.dns_resolver", r.DNSResolver, false)
+	if r.MXPort < 1 || r.MXPort > 65535 {
+		bad("relay.mx_port", "%d is not a port (use 1-65535; 25 outside tests)", r.MXPort)
+	}
+	if r.DKIMSelector == "" || strings.ContainsAny(r.DKIMSelector, " \t\r\n;=") {
+		bad("relay.dkim_selector", "%q is not a DKIM selector (use a DNS label, like \"smtpgw\")", r.DKIMSelector)
+	}
+	checkDuration(bad, "relay.lease", r.Lease)
+	checkDuration(bad, "relay.connect_timeout", r.ConnectTimeout)
+	checkDuration(bad, "relay.command_timeout", r.CommandTimeout)
+
+	checkDuration(bad, "events.retention", c.Events.Retention)
+	checkAddr(bad, "http.addr", c.HTTP.Addr, true)
+
+	return errors.Join(errs...)
+}
+
+// checkPositive reports a zero or negative limit.
+func checkPositive(bad func(string, string, ...any), key string, n int64) {
+	if n <= 0 {
+		bad(key, "%d is not a positive number (set it above zero)", n)
+	}
+}
+
+// checkDuration reports a zero or negative duration.
+func checkDuration(bad func(string, string, ...any), key string, d Duration) {
+	if d.Duration <= 0 {
+		bad(key, "%q is not a positive duration (write it like \"60s\" or \"5m\")", d.Duration.String())
+	}
+}
+
+// checkAddr reports a non-empty addr that is not host:port. A listen
+// address may leave the host empty (":465").
+func checkAddr(bad func(string, string, ...any), key, addr string, listen bool) {
+	if addr == "" {
+		return
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" || (!listen && host == "") {
+		bad(key, "%q is not \"host:port\" (write it like \"127.0.0.1:2525\")", addr)
+		return
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		if _, err := net.LookupPort("tcp", port); err != nil {
+			bad(key, "%q has no valid port (use a number 0-65535)", addr)
+		}
+	}
+}
+
+// checkReadable reports a non-empty path that cannot be opened.
+func checkReadable(bad func(string, string, ...any), key, path string) {
+	if path == "" {
+		return
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		bad(key, "cannot read %q: %v (check the path and its permissions)", path, errors.Unwrap(err))
+		return
+	}
+	if st, err := f.Stat(); err == nil && st.IsDir() {
+		bad(key, "%q is a directory (name the PEM file in it)", path)
+	}
+	if err := f.Close(); err != nil {
+		bad(key, "close %q: %v", path, err)
+	}
+}
+
+// checkDatabaseURL accepts "" (SQLite) and postgres:// or postgresql:// URLs.
+func checkDatabaseURL(s string) error {
+	if s == "" {
+		return nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return errors.New("is not a postgres:// or postgresql:// URL (write it like \"postgres://user@host:5432/db\", or \"\" for SQLite in data_dir)")
+	}
+	return nil
+}
+
+// parsePrefix parses a CIDR prefix or a bare address, which becomes a
+// single-address prefix.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("parse prefix: %w", err)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("parse address: %w", err)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// Redacted returns the configuration as TOML with secrets (the smarthost
+// password, the password in database.url) replaced by "REDACTED", for
+// logging.
+func (c *Config) Redacted() string {
+	cp := *c
+	if cp.Relay.SmarthostPassword != "" {
+		cp.Relay.SmarthostPassword = redacted
+	}
+	cp.Database.URL = redactURL(cp.Database.URL)
+	var b bytes.Buffer
+	if err := toml.NewEncoder(&b).Encode(cp); err != nil {
+		// Config holds only strings, numbers, bools, lists and Durations,
+		// which always encode; say so rather than panic if that changes.
+		return fmt.Sprintf("# config: encode: %v", err)
+	}
+	return b.String()
+}
+
+// redactURL hides the password in a database URL, in the user info or a
+// password= query parameter. A URL that does not parse is hidden whole.
+func redactURL(s string) string {
+	if s == "" {
+		return s
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return redacted
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), redacted)
+	}
+	q := u.Query()
+	if q.Has("password") {
+		q.Set("password", redacted)
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
