@@ -1,0 +1,463 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/smtpgw/smtpgw/relay"
+	"github.com/smtpgw/smtpgw/store"
+)
+
+func cmdMigrate(ctx context.Context, args []string, e env) (err error) {
+	fs, cfgPath := newFlags("migrate")
+	pos, err := parse(fs, "usage: smtpgw migrate [--config FILE]", args, e)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("migrate: unexpected argument %q", pos[0])
+	}
+	cfg, st, err := openStore(ctx, *cfgPath, e)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st, &err)
+	where := "SQLite in " + cfg.DataDir
+	if cfg.Database.URL != "" {
+		where = "PostgreSQL"
+	}
+	fmt.Fprintf(e.stdout, "Database schema is up to date (%s).\n", where)
+	return nil
+}
+
+const domainsUsage = `usage:
+  smtpgw domains add DOMAIN [--subaccount N] [--shared] [--algorithm rsa|ed25519] [--selector S]
+  smtpgw domains list [--json]
+  smtpgw domains show DOMAIN [--json]
+  smtpgw domains delete DOMAIN`
+
+// domainJSON is a sending domain as shown; never the private key.
+type domainJSON struct {
+	Domain     string `json:"domain"`
+	Subaccount int64  `json:"subaccount_id,omitempty"`
+	Shared     bool   `json:"shared_with_subaccounts"`
+	Selector   string `json:"dkim_selector"`
+	Algorithm  string `json:"dkim_algorithm"`
+	DNSName    string `json:"dkim_record_name"`
+	DNSValue   string `json:"dkim_record_value"`
+	CreatedAt  string `json:"created_at"`
+}
+
+func toDomainJSON(d *store.Domain) domainJSON {
+	name, value := relay.DKIMRecord(d)
+	return domainJSON{Domain: d.Name, Subaccount: d.Subaccount, Shared: d.Shared, Selector: d.Selector,
+		Algorithm: d.Algorithm, DNSName: name, DNSValue: value, CreatedAt: d.CreatedAt.UTC().Format(time.RFC3339)}
+}
+
+func cmdDomains(ctx context.Context, args []string, e env) error {
+	if len(args) == 0 {
+		return usagef("domains: missing subcommand\n%s", domainsUsage)
+	}
+	sub, rest := args[0], args[1:]
+	fs, cfgPath := newFlags("domains " + sub)
+	asJSON := fs.Bool("json", false, "print JSON")
+	var subaccount *int64
+	var shared *bool
+	var algorithm, selector *string
+	switch sub {
+	case "add":
+		subaccount = fs.Int64("subaccount", 0, "subaccount that owns the domain (default: master account)")
+		shared = fs.Bool("shared", false, "let every subaccount send from this domain")
+		algorithm = fs.String("algorithm", "rsa", "DKIM key algorithm: rsa (2048 bits) or ed25519")
+		selector = fs.String("selector", "", "DKIM selector (default: relay.dkim_selector)")
+	case "list", "show", "delete":
+	case "-h", "--help", "help":
+		fmt.Fprintln(e.stdout, domainsUsage)
+		return nil
+	default:
+		return usagef("domains: unknown subcommand %q\n%s", sub, domainsUsage)
+	}
+	pos, err := parse(fs, domainsUsage, rest, e)
+	if err != nil {
+		return err
+	}
+	want := 1
+	if sub == "list" {
+		want = 0
+	}
+	if len(pos) != want {
+		if want == 0 {
+			return usagef("domains list: unexpected argument %q", pos[0])
+		}
+		return usagef("domains %s: give exactly one domain\n%s", sub, domainsUsage)
+	}
+	cfg, st, err := openStore(ctx, *cfgPath, e)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st, &err)
+	switch sub {
+	case "add":
+		name, err := normalizeDomain(pos[0])
+		if err != nil {
+			return usagef("domains add: %v", err)
+		}
+		sel := *selector
+		if sel == "" {
+			sel = cfg.Relay.DKIMSelector
+		}
+		if *algorithm != "rsa" && *algorithm != "ed25519" {
+			return usagef("domains add: --algorithm must be rsa or ed25519, not %q", *algorithm)
+		}
+		priv, pub, err := relay.GenerateDKIMKey(*algorithm)
+		if err != nil {
+			return fmt.Errorf("domains add: generate DKIM key: %w", err)
+		}
+		d := &store.Domain{Name: name, Subaccount: *subaccount, Shared: *shared, Selector: sel,
+			Algorithm: *algorithm, PrivateKey: priv, PublicKey: pub}
+		if err := st.CreateDomain(ctx, d); err != nil {
+			if errors.Is(err, store.ErrExists) {
+				return fmt.Errorf("domains add: %s is already a sending domain (see \"smtpgw domains show %s\")", name, name)
+			}
+			return fmt.Errorf("domains add: %w", err)
+		}
+		rname, rvalue := relay.DKIMRecord(d)
+		if *asJSON {
+			return writeJSON(e.stdout, map[string]any{"results": toDomainJSON(d)})
+		}
+		fmt.Fprintf(e.stdout, "Added sending domain %s. Publish this DNS TXT record so receivers can verify DKIM:\n\n", name)
+		fmt.Fprintf(e.stdout, "%s. IN TXT %s\n\n", rname, quoteTXT(rvalue))
+		fmt.Fprintln(e.stdout, "Mail whose From: is at this domain is now DKIM-signed at relay; submissions from")
+		fmt.Fprintln(e.stdout, "domains that are not sending domains are refused while any sending domain exists.")
+		return nil
+	case "list":
+		ds, err := st.ListDomains(ctx)
+		if err != nil {
+			return fmt.Errorf("domains list: %w", err)
+		}
+		if *asJSON {
+			out := make([]domainJSON, 0, len(ds))
+			for _, d := range ds {
+				out = append(out, toDomainJSON(d))
+			}
+			return writeJSON(e.stdout, map[string]any{"results": out})
+		}
+		if len(ds) == 0 {
+			fmt.Fprintln(e.stdout, "No sending domains: mail from any From: domain is accepted and relayed unsigned.")
+			fmt.Fprintln(e.stdout, "Add one with: smtpgw domains add example.com")
+			return nil
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "DOMAIN\tSUBACCOUNT\tSHARED\tSELECTOR\tALGORITHM\tCREATED")
+		for _, d := range ds {
+			fmt.Fprintf(tw, "%s\t%s\t%t\t%s\t%s\t%s\n", d.Name, subaccountText(d.Subaccount), d.Shared,
+				d.Selector, d.Algorithm, d.CreatedAt.UTC().Format(time.RFC3339))
+		}
+		return tw.Flush()
+	case "show":
+		d, err := st.GetDomain(ctx, strings.ToLower(pos[0]))
+		if err != nil {
+			return fmt.Errorf("domains show: %w", notFound(err, "sending domain", pos[0], "smtpgw domains list"))
+		}
+		if *asJSON {
+			return writeJSON(e.stdout, map[string]any{"results": toDomainJSON(d)})
+		}
+		rname, rvalue := relay.DKIMRecord(d)
+		fmt.Fprintf(e.stdout, "domain:      %s\nsubaccount:  %s\nshared:      %t\nselector:    %s\nalgorithm:   %s\ncreated:     %s\n\nDNS TXT record:\n%s. IN TXT %s\n",
+			d.Name, subaccountText(d.Subaccount), d.Shared, d.Selector, d.Algorithm,
+			d.CreatedAt.UTC().Format(time.RFC3339), rname, quoteTXT(rvalue))
+		return nil
+	default: // delete
+		if err := st.DeleteDomain(ctx, strings.ToLower(pos[0])); err != nil {
+			return fmt.Errorf("domains delete: %w", notFound(err, "sending domain", pos[0], "smtpgw domains list"))
+		}
+		fmt.Fprintf(e.stdout, "Deleted sending domain %s.\n", strings.ToLower(pos[0]))
+		return nil
+	}
+}
+
+// normalizeDomain lowercases a domain and checks it looks like one.
+func normalizeDomain(s string) (string, error) {
+	d := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), ".")
+	if d == "" || len(d) > 253 || !strings.Contains(d, ".") {
+		return "", fmt.Errorf("%q is not a domain name (e.g. example.com)", s)
+	}
+	for _, label := range strings.Split(d, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return "", fmt.Errorf("%q is not a domain name (e.g. example.com)", s)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+				return "", fmt.Errorf("%q is not a domain name: use the ASCII (punycode) form", s)
+			}
+		}
+	}
+	return d, nil
+}
+
+// quoteTXT splits a TXT value into quoted strings of at most 255 bytes, as
+// zone files need for 2048-bit RSA keys.
+func quoteTXT(v string) string {
+	var parts []string
+	for len(v) > 255 {
+		parts = append(parts, strconv.Quote(v[:255]))
+		v = v[255:]
+	}
+	parts = append(parts, strconv.Quote(v))
+	return "( " + strings.Join(parts, " ") + " )"
+}
+
+const queueUsage = `usage:
+  smtpgw queue list  [--state S] [--domain D] [--key ID] [--subaccount N] [--limit N] [--json]
+  smtpgw queue show  ID [--json]
+  smtpgw queue retry ID
+  smtpgw queue delete ID
+  smtpgw queue stats [--json]`
+
+var recipientStates = []string{store.StateQueued, store.StateDeferred, store.StateDelivered, store.StateBounced, store.StateExpired}
+
+func cmdQueue(ctx context.Context, args []string, e env) (err error) {
+	if len(args) == 0 {
+		return usagef("queue: missing subcommand\n%s", queueUsage)
+	}
+	sub, rest := args[0], args[1:]
+	fs, cfgPath := newFlags("queue " + sub)
+	asJSON := fs.Bool("json", false, "print JSON")
+	state := fs.String("state", "", "only messages with a recipient in this state ("+strings.Join(recipientStates, ", ")+")")
+	domain := fs.String("domain", "", "only messages with a recipient at this domain")
+	keyID := fs.String("key", "", "only messages injected with this API key id")
+	subaccount := fs.Int64("subaccount", -1, "only messages of this subaccount (0: master account)")
+	limit := fs.Int("limit", 100, "at most this many messages")
+	switch sub {
+	case "list", "show", "retry", "delete", "stats":
+	case "-h", "--help", "help":
+		fmt.Fprintln(e.stdout, queueUsage)
+		return nil
+	default:
+		return usagef("queue: unknown subcommand %q\n%s", sub, queueUsage)
+	}
+	pos, err := parse(fs, queueUsage, rest, e)
+	if err != nil {
+		return err
+	}
+	needID := sub == "show" || sub == "retry" || sub == "delete"
+	if needID && len(pos) != 1 {
+		return usagef("queue %s: give exactly one message id\n%s", sub, queueUsage)
+	}
+	if !needID && len(pos) > 0 {
+		return usagef("queue %s: unexpected argument %q", sub, pos[0])
+	}
+	if *state != "" && !slices.Contains(recipientStates, *state) {
+		return usagef("queue list: --state must be one of %s", strings.Join(recipientStates, ", "))
+	}
+	_, st, err := openStore(ctx, *cfgPath, e)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st, &err)
+	switch sub {
+	case "list":
+		f := store.QueueFilter{State: *state, Domain: strings.ToLower(*domain), KeyID: *keyID, Limit: *limit}
+		if *subaccount >= 0 {
+			f.Subaccount = subaccount
+		}
+		ms, err := st.ListMessages(ctx, f)
+		if err != nil {
+			return fmt.Errorf("queue list: %w", err)
+		}
+		if *asJSON {
+			return writeJSON(e.stdout, map[string]any{"results": messagesJSON(ms)})
+		}
+		if len(ms) == 0 {
+			fmt.Fprintln(e.stdout, "No messages match.")
+			return nil
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tCREATED\tSIZE\tKEY\tSUBACCOUNT\tFROM\tRECIPIENTS")
+		for _, m := range ms {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t<%s>\t%s\n", m.ID, m.CreatedAt.UTC().Format(time.RFC3339),
+				len(m.Body), dash(m.KeyID), subaccountText(m.Subaccount), m.MailFrom, recipientSummary(m.Recipients))
+		}
+		return tw.Flush()
+	case "show":
+		m, err := st.GetMessage(ctx, pos[0])
+		if err != nil {
+			return fmt.Errorf("queue show: %w", notFound(err, "message", pos[0], "smtpgw queue list"))
+		}
+		if *asJSON {
+			return writeJSON(e.stdout, map[string]any{"results": messagesJSON([]*store.Message{m})[0]})
+		}
+		fmt.Fprintf(e.stdout, "id:          %s\ncreated:     %s\nfrom:        <%s>\nkey:         %s\nsubaccount:  %s\ncampaign:    %s\nsize:        %d bytes\n\n",
+			m.ID, m.CreatedAt.UTC().Format(time.RFC3339), m.MailFrom, dash(m.KeyID), subaccountText(m.Subaccount),
+			dash(m.CampaignID), len(m.Body))
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "RECIPIENT\tSTATE\tATTEMPTS\tNEXT ATTEMPT\tLAST REPLY")
+		for _, r := range m.Recipients {
+			next := "-"
+			if r.State == store.StateQueued || r.State == store.StateDeferred {
+				next = r.NextAttempt.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", r.Address, r.State, r.Attempts, next, dash(r.LastReply))
+		}
+		return tw.Flush()
+	case "retry":
+		n, err := st.RetryMessage(ctx, pos[0])
+		if err != nil {
+			return fmt.Errorf("queue retry: %w", notFound(err, "message", pos[0], "smtpgw queue list"))
+		}
+		fmt.Fprintf(e.stdout, "%d recipient(s) of %s are due now.\n", n, pos[0])
+		return nil
+	case "delete":
+		if err := st.DeleteMessage(ctx, pos[0]); err != nil {
+			return fmt.Errorf("queue delete: %w", notFound(err, "message", pos[0], "smtpgw queue list"))
+		}
+		fmt.Fprintf(e.stdout, "Deleted message %s from the queue (its events are kept).\n", pos[0])
+		return nil
+	default: // stats
+		s, err := st.Stats(ctx)
+		if err != nil {
+			return fmt.Errorf("queue stats: %w", err)
+		}
+		var age time.Duration
+		if !s.OldestQueued.IsZero() {
+			age = time.Since(s.OldestQueued).Truncate(time.Second)
+		}
+		if *asJSON {
+			out := map[string]any{"recipients_by_state": s.ByState, "oldest_queued_age_seconds": int64(age.Seconds())}
+			if !s.OldestQueued.IsZero() {
+				out["oldest_queued"] = s.OldestQueued.UTC().Format(time.RFC3339)
+			}
+			return writeJSON(e.stdout, map[string]any{"results": out})
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "STATE\tRECIPIENTS")
+		for _, state := range recipientStates {
+			fmt.Fprintf(tw, "%s\t%d\n", state, s.ByState[state])
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		if s.OldestQueued.IsZero() {
+			fmt.Fprintln(e.stdout, "\nNothing waiting for delivery.")
+		} else {
+			fmt.Fprintf(e.stdout, "\nOldest message waiting for delivery: %s old (since %s).\n", age, s.OldestQueued.UTC().Format(time.RFC3339))
+		}
+		return nil
+	}
+}
+
+func messagesJSON(ms []*store.Message) []map[string]any {
+	out := make([]map[string]any, 0, len(ms))
+	for _, m := range ms {
+		rcpts := make([]map[string]any, 0, len(m.Recipients))
+		for _, r := range m.Recipients {
+			rcpts = append(rcpts, map[string]any{"address": r.Address, "state": r.State, "attempts": r.Attempts,
+				"next_attempt": r.NextAttempt.UTC().Format(time.RFC3339), "last_reply": r.LastReply})
+		}
+		out = append(out, map[string]any{"id": m.ID, "created_at": m.CreatedAt.UTC().Format(time.RFC3339),
+			"mail_from": m.MailFrom, "key_id": m.KeyID, "subaccount_id": m.Subaccount, "campaign_id": m.CampaignID,
+			"size": len(m.Body), "recipients": rcpts})
+	}
+	return out
+}
+
+// recipientSummary counts a message's recipients by state: "2 delivered, 1 deferred".
+func recipientSummary(rs []*store.Recipient) string {
+	n := map[string]int{}
+	for _, r := range rs {
+		n[r.State]++
+	}
+	var parts []string
+	for _, s := range recipientStates {
+		if n[s] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n[s], s))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+const eventsUsage = `usage:
+  smtpgw events [--message ID] [--key ID] [--subaccount N] [--type T] [--since DURATION] [--limit N] [--json]`
+
+var eventTypes = []string{store.EventInjection, store.EventDelivery, store.EventDelay, store.EventBounce,
+	store.EventOutOfBand, store.EventExpiry, store.EventPolicyRejection}
+
+func cmdEvents(ctx context.Context, args []string, e env) (err error) {
+	fs, cfgPath := newFlags("events")
+	asJSON := fs.Bool("json", false, "print JSON")
+	msgID := fs.String("message", "", "only events of this message id")
+	keyID := fs.String("key", "", "only events of this API key id")
+	subaccount := fs.Int64("subaccount", -1, "only events of this subaccount (0: master account)")
+	var types stringList
+	fs.Var(&types, "type", "only these event types, repeatable ("+strings.Join(eventTypes, ", ")+")")
+	since := fs.Duration("since", 0, "only events newer than this, e.g. 1h or 30m")
+	limit := fs.Int("limit", 100, "at most this many events")
+	pos, err := parse(fs, eventsUsage, args, e)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("events: unexpected argument %q\n%s", pos[0], eventsUsage)
+	}
+	for _, t := range types {
+		if !slices.Contains(eventTypes, t) {
+			return usagef("events: unknown --type %q (known: %s)", t, strings.Join(eventTypes, ", "))
+		}
+	}
+	_, st, err := openStore(ctx, *cfgPath, e)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st, &err)
+	f := store.EventFilter{MessageID: *msgID, KeyID: *keyID, Types: types, Limit: *limit}
+	if *subaccount >= 0 {
+		f.Subaccount = subaccount
+	}
+	if *since > 0 {
+		f.Since = time.Now().Add(-*since)
+	}
+	evs, err := st.ListEvents(ctx, f)
+	if err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	if *asJSON {
+		out := make([]map[string]any, 0, len(evs))
+		for _, ev := range evs {
+			m := map[string]any{"type": ev.Type, "timestamp": ev.Time.UTC().Format(time.RFC3339Nano),
+				"message_id": ev.MessageID, "api_key_id": ev.KeyID, "subaccount_id": ev.Subaccount,
+				"rcpt_to": ev.Recipient, "campaign_id": ev.CampaignID, "raw_reason": ev.Reply, "event_id": ev.ID}
+			if len(ev.Metadata) > 0 {
+				m["rcpt_meta"] = ev.Metadata
+			}
+			if len(ev.Tags) > 0 {
+				m["rcpt_tags"] = ev.Tags
+			}
+			out = append(out, m)
+		}
+		return writeJSON(e.stdout, map[string]any{"results": out})
+	}
+	if len(evs) == 0 {
+		fmt.Fprintln(e.stdout, "No events match.")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tTYPE\tMESSAGE\tRECIPIENT\tKEY\tSUBACCOUNT\tCAMPAIGN\tREPLY")
+	for _, ev := range evs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.Time.UTC().Format(time.RFC3339), ev.Type, ev.MessageID,
+			dash(ev.Recipient), dash(ev.KeyID), subaccountText(ev.Subaccount), dash(ev.CampaignID), dash(ev.Reply))
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/smtpgw/smtpgw/config"
+	"github.com/smtpgw/smtpgw/store"
+)
+
+// errHelp reports that -h was asked for and the usage was printed.
+var errHelp = errors.New("help requested")
+
+// newFlags returns a flag set that neither prints nor exits on its own
+// (parse reports errors), with the --config flag every command takes.
+func newFlags(name string) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	cfgPath := fs.String("config", "", "configuration file (default ./smtpgw.toml if present)")
+	return fs, cfgPath
+}
+
+// parse parses args into fs allowing flags before and after positional
+// arguments ("keys update ID --label x"), and returns the positionals.
+func parse(fs *flag.FlagSet, usage string, args []string, e env) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fmt.Fprintln(e.stdout, usage)
+				fs.SetOutput(e.stdout)
+				fs.PrintDefaults()
+				return nil, errHelp
+			}
+			return nil, usagef("%s: %v\n%s", fs.Name(), err, usage)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// stringList is a repeatable string flag (--grant a --grant b); a value
+// with commas counts as several.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(v string) error {
+	for _, part := range strings.Split(v, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*l = append(*l, part)
+		}
+	}
+	return nil
+}
+
+// loadConfig loads the configuration file and environment.
+func loadConfig(path string, e env) (*config.Config, error) {
+	cfg, err := config.Load(path, e.environ)
+	if err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// openStore loads the configuration, opens the store it names and applies
+// pending migrations, so admin commands work on a fresh data directory.
+func openStore(ctx context.Context, cfgPath string, e env) (*config.Config, store.Store, error) {
+	cfg, err := loadConfig(cfgPath, e)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := store.Open(ctx, cfg.Database.URL, cfg.DataDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open store: %w%s", err, storeHint(cfg))
+	}
+	if err := st.Migrate(ctx); err != nil {
+		_ = st.Close()
+		return nil, nil, fmt.Errorf("migrate store: %w%s", err, storeHint(cfg))
+	}
+	return cfg, st, nil
+}
+
+// storeHint tells the admin how to fix an unreachable store.
+func storeHint(cfg *config.Config) string {
+	if cfg.Database.URL == "" {
+		return fmt.Sprintf(" (check that data_dir %q is writable, or set SMTPGW_DATA_DIR)", cfg.DataDir)
+	}
+	return " (check that PostgreSQL is running and database.url / SMTPGW_DATABASE_URL is right)"
+}
+
+// closeStore closes st, keeping the first error.
+func closeStore(st store.Store, err *error) {
+	if cerr := st.Close(); cerr != nil && *err == nil {
+		*err = fmt.Errorf("close store: %w", cerr)
+	}
+}
+
+// writeJSON prints v as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// notFound turns store.ErrNotFound into a message that says what to do.
+func notFound(err error, what, id, listCmd string) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("no %s with id %q (run \"%s\" to see them)", what, id, listCmd)
+	}
+	return err
+}

@@ -1,0 +1,329 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/store"
+)
+
+const keysUsage = `usage:
+  smtpgw keys create --label L --grant G [--grant G...] [--subaccount N] [--allowed-ip CIDR...] [--json]
+  smtpgw keys list   [--json]
+  smtpgw keys show   ID [--json]
+  smtpgw keys update ID [--label L] [--grant G...] [--subaccount N] [--allowed-ip CIDR...] [--any-ip] [--json]
+  smtpgw keys delete ID`
+
+// keyJSON is a key as the CLI and the HTTP API show it, shaped like
+// SparkPost's API key object. The key itself appears only in Key, and only
+// in the answer to create.
+type keyJSON struct {
+	ID         string   `json:"id"`
+	Key        string   `json:"key,omitempty"`
+	Label      string   `json:"label"`
+	Grants     []string `json:"grants"`
+	ValidIPs   []string `json:"valid_ips"`
+	ShortKey   string   `json:"short_key"`
+	Subaccount int64    `json:"subaccount_id,omitempty"`
+	CreatedAt  string   `json:"created_at"`
+	UpdatedAt  string   `json:"updated_at"`
+	LastUsed   string   `json:"last_used,omitempty"`
+}
+
+func toKeyJSON(k *store.Key) keyJSON {
+	j := keyJSON{
+		ID: k.ID, Label: k.Label, Grants: k.Grants, ShortKey: k.ShortKey, Subaccount: k.Subaccount,
+		ValidIPs: prefixStrings(k.AllowedIPs), CreatedAt: k.CreatedAt.UTC().Format(time.RFC3339),
+		UpdatedAt: k.UpdatedAt.UTC().Format(time.RFC3339),
+	}
+	if !k.LastUsedAt.IsZero() {
+		j.LastUsed = k.LastUsedAt.UTC().Format(time.RFC3339)
+	}
+	return j
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+func cmdKeys(ctx context.Context, args []string, e env) error {
+	if len(args) == 0 {
+		return usagef("keys: missing subcommand\n%s", keysUsage)
+	}
+	switch sub, rest := args[0], args[1:]; sub {
+	case "create":
+		return keysCreate(ctx, rest, e)
+	case "list":
+		return keysList(ctx, rest, e)
+	case "show":
+		return keysShow(ctx, rest, e)
+	case "update":
+		return keysUpdate(ctx, rest, e)
+	case "delete", "revoke":
+		return keysDelete(ctx, rest, e)
+	case "-h", "--help", "help":
+		fmt.Fprintln(e.stdout, keysUsage)
+		return nil
+	default:
+		return usagef("keys: unknown subcommand %q\n%s", sub, keysUsage)
+	}
+}
+
+func keysCreate(ctx context.Context, args []string, e env) (err error) {
+	fs, cfgPath := newFlags("keys create")
+	label := fs.String("label", "", "name for the key (required)")
+	var grants, ips stringList
+	fs.Var(&grants, "grant", "grant, repeatable (e.g. smtp/inject)")
+	fs.Var(&ips, "allowed-ip", "IP address or CIDR prefix allowed to use the key, repeatable (default: any)")
+	sub := fs.Int64("subaccount", 0, "subaccount id the key belongs to (default: master account)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parse(fs, keysUsage, args, e)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("keys create: unexpected argument %q\n%s", pos[0], keysUsage)
+	}
+	if *label == "" {
+		return usagef("keys create: --label is required (e.g. --label my-app)")
+	}
+	if len(grants) == 0 {
+		return usagef("keys create: at least one --grant is required (e.g. --grant smtp/inject)")
+	}
+	_, st, err := openStore(ctx, *cfgPath, e)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st, &err)
+	key, k, err := auth.NewManager(st, nil).Create(ctx, auth.CreateParams{
+		Label: *label, Grants: grants, Subaccount: *sub, AllowedIPs: ips,
+	})
+	if err != nil {
+		return fmt.Errorf("keys create: %w", err)
+	}
+	if *asJSON {
+		j := toKeyJSON(k)
+		j.Key = key
+		return writeJSON(e.stdout, map[string]any{"results": j})
+	}
+	fmt.Fprintf(e.stdout, "Created API key %s (%q).\n\n    %s\n\n", k.ID, k.Label, key)
+	fmt.Fprintln(e.stdout, "Copy this key now: it is shown only this once and cannot be recovered.")
+	fmt.Fprintln(e.stdout, "Use it as the SMTP password with the username SMTP_Injection.")
+	return nil
+}
+
+func keysList(ctx context.Context, args []string, e env) (err error) {
+	fs, cfgPath := newFlags("keys list")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parse(fs, keysUsage, args, e)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("keys list: unexpected argument %q\n%s", pos[0], keysUsage)
+	}
+	_, st, err := openStore(ctx, *cfgPath, e)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st, &err)
+	keys, err := auth.NewManager(st, nil).List(ctx)
+	if err != nil {
+		return fmt.Errorf("keys list: %w", err)
+	}
+	if *asJSON {
+		out := make([]keyJSON, 0, len(keys))
+		for _, k := range keys {
+			out = append(out, toKeyJSON(k))
+		}
+		return writeJSON(e.stdout, map[string]any{"results": out})
+	}
+	if len(keys) == 0 {
+		fmt.Fprintln(e.stdout, "No API keys. Create one with: smtpgw keys create --label app --grant smtp/inject")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tLABEL\tSHORT KEY\tGRANTS\tSUBACCOUNT\tALLOWED IPS\tLAST USED")
+	inert := false
+	for _, k := range keys {
+		g, anyInert := grantList(k.Grants)
+		inert = inert || anyInert
+		fmt.Fprintf(tw, "%s\t%s\t%s…\t%s\t%s\t%s\t%s\n", k.ID, k.Label, k.ShortKey, g,
+			subaccountText(k.Subaccount), ipsText(k.AllowedIPs), lastUsedText(k.LastUsedAt))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if inert {
+		fmt.Fprintln(e.stdout, "\n* grant accepted for SparkPost compatibility; it has no effect in smtpgw.")
+	}
+	return nil
+}
+
+func keysShow(ctx context.Context, args []string, e env) (err error) {
+	fs, cfgPath := newFlags("keys show")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parse(fs, keysUsage, args, e)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("keys show: give exactly one key id\n%s", keysUsage)
+	}
+	_, st, err := openStore(ctx, *cfgPath, e)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st, &err)
+	k, err := auth.NewManager(st, nil).Get(ctx, pos[0])
+	if err != nil {
+		return fmt.Errorf("keys show: %w", notFound(err, "API key", pos[0], "smtpgw keys list"))
+	}
+	return printKey(k, *asJSON, e)
+}
+
+func printKey(k *store.Key, asJSON bool, e env) error {
+	if asJSON {
+		return writeJSON(e.stdout, map[string]any{"results": toKeyJSON(k)})
+	}
+	g, inert := grantList(k.Grants)
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "id:\t%s\n", k.ID)
+	fmt.Fprintf(tw, "label:\t%s\n", k.Label)
+	fmt.Fprintf(tw, "short key:\t%s…\n", k.ShortKey)
+	fmt.Fprintf(tw, "grants:\t%s\n", g)
+	fmt.Fprintf(tw, "subaccount:\t%s\n", subaccountText(k.Subaccount))
+	fmt.Fprintf(tw, "allowed IPs:\t%s\n", ipsText(k.AllowedIPs))
+	fmt.Fprintf(tw, "created:\t%s\n", k.CreatedAt.UTC().Format(time.RFC3339))
+	fmt.Fprintf(tw, "updated:\t%s\n", k.UpdatedAt.UTC().Format(time.RFC3339))
+	fmt.Fprintf(tw, "last used:\t%s\n", lastUsedText(k.LastUsedAt))
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if inert {
+		fmt.Fprintln(e.stdout, "\n* grant accepted for SparkPost compatibility; it has no effect in smtpgw.")
+	}
+	return nil
+}
+
+func keysUpdate(ctx context.Context, args []string, e env) (err error) {
+	fs, cfgPath := newFlags("keys update")
+	label := fs.String("label", "", "new label")
+	var grants, ips stringList
+	fs.Var(&grants, "grant", "replace the grants, repeatable")
+	fs.Var(&ips, "allowed-ip", "replace the allowed IPs, repeatable")
+	anyIP := fs.Bool("any-ip", false, "remove the IP restriction")
+	sub := fs.Int64("subaccount", -1, "move the key to this subaccount (0: master account)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parse(fs, keysUsage, args, e)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("keys update: give exactly one key id\n%s", keysUsage)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *anyIP && len(ips) > 0 {
+		return usagef("keys update: --any-ip and --allowed-ip contradict each other: give one")
+	}
+	var p auth.UpdateParams
+	if set["label"] {
+		p.Label = label
+	}
+	if set["grant"] {
+		p.Grants = grants
+	}
+	if set["subaccount"] {
+		if *sub < 0 {
+			return usagef("keys update: --subaccount must be 0 (master account) or a subaccount id")
+		}
+		p.Subaccount = sub
+	}
+	if set["allowed-ip"] {
+		p.AllowedIPs = ips
+	}
+	p.ClearAllowedIPs = *anyIP
+	if !set["label"] && !set["grant"] && !set["subaccount"] && !set["allowed-ip"] && !*anyIP {
+		return usagef("keys update: nothing to change: give --label, --grant, --subaccount, --allowed-ip or --any-ip")
+	}
+	_, st, err := openStore(ctx, *cfgPath, e)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st, &err)
+	k, err := auth.NewManager(st, nil).Update(ctx, pos[0], p)
+	if err != nil {
+		return fmt.Errorf("keys update: %w", notFound(err, "API key", pos[0], "smtpgw keys list"))
+	}
+	return printKey(k, *asJSON, e)
+}
+
+func keysDelete(ctx context.Context, args []string, e env) (err error) {
+	fs, cfgPath := newFlags("keys delete")
+	pos, err := parse(fs, keysUsage, args, e)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("keys delete: give exactly one key id\n%s", keysUsage)
+	}
+	cfg, st, err := openStore(ctx, *cfgPath, e)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st, &err)
+	if err := auth.NewManager(st, nil).Delete(ctx, pos[0]); err != nil {
+		return fmt.Errorf("keys delete: %w", notFound(err, "API key", pos[0], "smtpgw keys list"))
+	}
+	fmt.Fprintf(e.stdout, "Deleted API key %s. Running gateways refuse it within auth.cache_ttl (%s).\n",
+		pos[0], cfg.Auth.CacheTTL.Duration)
+	return nil
+}
+
+// grantList joins grants, marking with * those accepted for SparkPost
+// compatibility that have no effect here.
+func grantList(grants []string) (string, bool) {
+	inert := false
+	parts := make([]string, len(grants))
+	for i, g := range grants {
+		parts[i] = g
+		if !auth.IsEnforced(g) {
+			parts[i] += "*"
+			inert = true
+		}
+	}
+	return strings.Join(parts, ","), inert
+}
+
+func subaccountText(n int64) string {
+	if n == 0 {
+		return "-"
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func ipsText(ps []netip.Prefix) string {
+	if len(ps) == 0 {
+		return "any"
+	}
+	return strings.Join(prefixStrings(ps), ",")
+}
+
+func lastUsedText(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return t.UTC().Format(time.RFC3339)
+}

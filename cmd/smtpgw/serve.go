@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/config"
+	"github.com/smtpgw/smtpgw/relay"
+	"github.com/smtpgw/smtpgw/smtpd"
+	"github.com/smtpgw/smtpgw/store"
+)
+
+const serveUsage = `usage: smtpgw serve [--config FILE] [--log-level debug|info|warn|error] [--log-format text|json]`
+
+// cmdServe runs the gateway until ctx is cancelled (SIGINT/SIGTERM), then
+// shuts down in two phases (mox lifecycle): SMTP stops taking new mail and
+// drains sessions up to smtp.shutdown_grace, relay workers finish their
+// attempts, the HTTP listener closes, and the store closes last.
+func cmdServe(ctx context.Context, args []string, e env) (err error) {
+	fs, cfgPath := newFlags("serve")
+	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	format := fs.String("log-format", "text", "log format: text or json")
+	pos, err := parse(fs, serveUsage, args, e)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("serve: unexpected argument %q\n%s", pos[0], serveUsage)
+	}
+	log, err := newLogger(*level, *format, e)
+	if err != nil {
+		return err
+	}
+	cfg, st, err := openStore(ctx, *cfgPath, e)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st, &err)
+	log.Debug("configuration", "config", cfg.Redacted())
+	if cfg.Database.URL == "" {
+		log.Info("store: SQLite", "path", cfg.DataDir+"/smtpgw.db")
+	} else {
+		log.Info("store: PostgreSQL")
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	verifier := auth.NewVerifier(st, auth.Config{CacheTTL: cfg.Auth.CacheTTL.Duration, Logger: log.With("component", "auth")})
+	defer verifier.Close()
+
+	srv, err := smtpd.New(smtpdConfig(cfg, log), st, verifier, reg)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	rl, err := relay.New(relayConfig(cfg, log), st, reg)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+
+	var shuttingDown atomic.Bool
+	var httpSrv *http.Server
+	if cfg.HTTP.Addr != "" {
+		l, err := net.Listen("tcp", cfg.HTTP.Addr)
+		if err != nil {
+			return fmt.Errorf("serve: http.addr %s: %w (choose a free address, or \"\" to disable)", cfg.HTTP.Addr, err)
+		}
+		httpSrv = &http.Server{
+			Handler:           adminHandler(st, verifier, reg, &shuttingDown, l.Addr(), log),
+			ReadHeaderTimeout: 10 * time.Second,
+		}
+		go func() {
+			if err := httpSrv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("http listener stopped", "err", err)
+			}
+		}()
+		log.Info("http listening", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz")
+	}
+
+	if err := srv.Start(); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	if err := rl.Start(ctx); err != nil {
+		_ = srv.Shutdown(context.Background())
+		return fmt.Errorf("serve: start relay: %w", err)
+	}
+	attrs := []any{"relay_mode", cfg.Relay.Mode}
+	if a := srv.SubmissionAddr(); a != nil {
+		attrs = append(attrs, "submission", a.String())
+	}
+	if a := srv.SubmissionsAddr(); a != nil {
+		attrs = append(attrs, "submissions", a.String())
+	}
+	log.Info("smtpgw ready", attrs...)
+
+	<-ctx.Done()
+	shuttingDown.Store(true)
+	log.Info("shutting down", "grace", cfg.SMTP.ShutdownGrace.Duration.String())
+	grace, cancel := context.WithTimeout(context.Background(), cfg.SMTP.ShutdownGrace.Duration)
+	defer cancel()
+	if err := srv.Shutdown(grace); err != nil {
+		log.Warn("smtp shutdown", "err", err)
+	}
+	rl.Stop()
+	if httpSrv != nil {
+		if err := httpSrv.Shutdown(grace); err != nil {
+			log.Warn("http shutdown", "err", err)
+		}
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// newLogger builds the process logger on stderr.
+func newLogger(level, format string, e env) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("serve: --log-level must be debug, info, warn or error, not %q", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(e.stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(e.stderr, opts)), nil
+	default:
+		return nil, usagef("serve: --log-format must be text or json, not %q", format)
+	}
+}
+
+// smtpdConfig copies the [smtp] section into smtpd's own Config.
+func smtpdConfig(cfg *config.Config, log *slog.Logger) smtpd.Config {
+	c := cfg.SMTP
+	return smtpd.Config{
+		Hostname:          cfg.Hostname,
+		SubmissionAddr:    c.SubmissionAddr,
+		SubmissionsAddr:   c.SubmissionsAddr,
+		TLSCert:           c.TLSCert,
+		TLSKey:            c.TLSKey,
+		DataDir:           cfg.DataDir,
+		AllowInsecureAuth: c.AllowInsecureAuth,
+		AuthUsernames:     c.AuthUsernames,
+		MaxMessageBytes:   c.MaxMessageBytes,
+		MaxRecipients:     c.MaxRecipients,
+		IdleTimeout:       c.IdleTimeout.Duration,
+		MaxAuthFailures:   c.MaxAuthFailures,
+		AuthFailureWindow: c.AuthFailureWindow.Duration,
+		ProxyProtocolFrom: c.ProxyProtocolPrefixes,
+		MaxConnections:    c.MaxConnections,
+		Logger:            log.With("component", "smtpd"),
+	}
+}
+
+// relayConfig copies the [relay] and [events] sections into relay's Config.
+func relayConfig(cfg *config.Config, log *slog.Logger) relay.Config {
+	r := cfg.Relay
+	return relay.Config{
+		Hostname:                    cfg.Hostname,
+		Mode:                        r.Mode,
+		Smarthost:                   r.Smarthost,
+		SmarthostTLS:                r.SmarthostTLS,
+		SmarthostUsername:           r.SmarthostUsername,
+		SmarthostPassword:           r.SmarthostPassword,
+		SmarthostInsecureSkipVerify: r.SmarthostInsecureSkipVerify,
+		Workers:                     r.Workers,
+		PerDomainConcurrency:        r.PerDomainConcurrency,
+		RetryInitial:                r.RetryInitial.Duration,
+		RetryMax:                    r.RetryMax.Duration,
+		MaxQueueLifetime:            r.MaxQueueLifetime.Duration,
+		Lease:                       r.Lease.Duration,
+		ConnectTimeout:              r.ConnectTimeout.Duration,
+		CommandTimeout:              r.CommandTimeout.Duration,
+		DNSResolver:                 r.DNSResolver,
+		MXPort:                      r.MXPort,
+		EventRetention:              cfg.Events.Retention.Duration,
+		Logger:                      log.With("component", "relay"),
+	}
+}
+
+// adminHandler serves /metrics, /healthz and /readyz. /metrics is open when
+// the listener is on a loopback or private address; on a public address it
+// needs an API key with metrics/view in the Authorization header (SPEC §3).
+func adminHandler(st store.Store, v *auth.Verifier, reg *prometheus.Registry, down *atomic.Bool, addr net.Addr, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	open := isPrivateListener(addr)
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		if !open {
+			client, _ := netip.ParseAddrPort(r.RemoteAddr)
+			key := strings.TrimSpace(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
+			if _, err := v.VerifyGrant(r.Context(), key, client.Addr().Unmap(), auth.GrantMetricsView); err != nil {
+				log.Info("metrics: refused", "remote", r.RemoteAddr, "reason", err)
+				http.Error(w, `{"errors":[{"message":"Unauthorized."}]}`, http.StatusUnauthorized)
+				return
+			}
+		}
+		metrics.ServeHTTP(w, r)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := st.Ping(ctx); err != nil {
+			log.Warn("readyz: store not answering", "err", err)
+			http.Error(w, "store unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+// isPrivateListener reports whether addr is loopback or private.
+func isPrivateListener(addr net.Addr) bool {
+	ap, err := netip.ParseAddrPort(addr.String())
+	if err != nil {
+		return false
+	}
+	a := ap.Addr().Unmap()
+	return a.IsLoopback() || a.IsPrivate()
+}
