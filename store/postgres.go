@@ -1,0 +1,954 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/puddle/v2"
+)
+
+// PostgreSQL backend.
+//
+// Several gateway nodes may share one database. Relay workers lease due
+// recipients with FOR UPDATE SKIP LOCKED, so two nodes never claim the same
+// row and a dead node's rows come back when the lease ends. Each Enqueue
+// batch sends NOTIFY smtpgw_queue in its transaction; every node LISTENs on
+// a dedicated connection and turns notifications into Wakeups.
+//
+// Lease and due times are the gateway's clock (time.Now), the same clock the
+// relay uses to compute NextAttempt; nodes are expected to run NTP.
+
+const (
+	// notifyChannel is the LISTEN/NOTIFY channel for new mail.
+	notifyChannel = "smtpgw_queue"
+	// pgConnectTimeout applies when the url sets no connect_timeout, so a
+	// dead server fails a request instead of hanging it.
+	pgConnectTimeout = 5 * time.Second
+	// Reconnect backoff of the listener.
+	listenBackoffMin = 100 * time.Millisecond
+	listenBackoffMax = 5 * time.Second
+)
+
+// pgStore implements Store on PostgreSQL.
+type pgStore struct {
+	pool      *pgxpool.Pool
+	listenCfg *pgx.ConnConfig
+	log       *slog.Logger
+	gc        *committer
+	wake      chan struct{}
+
+	stopListen context.CancelFunc
+	listenDone chan struct{}
+
+	closeOnce sync.Once
+}
+
+// openPostgres creates the pool (connections are made on first use) and
+// starts the listener.
+func openPostgres(_ context.Context, url string) (*pgStore, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: parse database url: %w", err)
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = pgConnectTimeout
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return nil, pgErr("open postgres", err)
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	s := &pgStore{
+		pool:       pool,
+		listenCfg:  cfg.ConnConfig.Copy(),
+		log:        slog.Default().With("component", "store"),
+		wake:       make(chan struct{}, 1),
+		stopListen: cancel,
+		listenDone: make(chan struct{}),
+	}
+	s.gc = newCommitter(s.writeBatch, func() { wake(s.wake) })
+	go s.listen(lctx)
+	return s, nil
+}
+
+// pgErr wraps err for operation op, mapping it to the sentinel errors.
+func pgErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrExists) || errors.Is(err, ErrUnavailable) {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch {
+		case pe.Code == "23505": // unique_violation
+			return fmt.Errorf("%s: %w: %w", op, ErrExists, err)
+		case strings.HasPrefix(pe.Code, "08"), // connection_exception
+			pe.Code == "57P01", pe.Code == "57P02", pe.Code == "57P03", // shutdown, cannot_connect_now
+			pe.Code == "53300", // too_many_connections
+			pe.Code == "25006": // read_only_sql_transaction: a standby
+			return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
+		}
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if pgUnreachable(err) {
+		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// pgUnreachable reports whether err (not a server error) means the database
+// could not be reached or the connection broke.
+func pgUnreachable(err error) bool {
+	var (
+		ce *pgconn.ConnectError
+		ne net.Error
+	)
+	return errors.As(err, &ce) || errors.As(err, &ne) ||
+		errors.Is(err, puddle.ErrClosedPool) || errors.Is(err, pgconn.ErrConnClosed) ||
+		pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// inTx runs fn in a transaction and commits it.
+func (s *pgStore) inTx(ctx context.Context, op string, fn func(tx pgx.Tx) error) error {
+	return pgErr(op, pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{}, fn))
+}
+
+// listen keeps a LISTEN connection open until ctx ends, reconnecting with
+// backoff, and turns notifications into wakeups.
+func (s *pgStore) listen(ctx context.Context) {
+	defer close(s.listenDone)
+	backoff := listenBackoffMin
+	failures := 0
+	for {
+		connected, err := s.listenOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if connected {
+			backoff, failures = listenBackoffMin, 0
+		}
+		failures++
+		// Log the first failure of a streak and then every 20th, not a line
+		// per retry while the database is down.
+		if failures == 1 || failures%20 == 0 {
+			s.log.Warn("postgres listener disconnected, retrying", "err", err, "failures", failures)
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(backoff*2, listenBackoffMax)
+	}
+}
+
+// listenOnce connects, LISTENs and waits for notifications until the
+// connection fails or ctx ends. connected reports whether LISTEN succeeded.
+func (s *pgStore) listenOnce(ctx context.Context) (connected bool, err error) {
+	conn, err := pgx.ConnectConfig(ctx, s.listenCfg)
+	if err != nil {
+		return false, err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if cerr := conn.Close(cctx); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
+		return false, err
+	}
+	// Notifications sent while we were not listening are lost: look again.
+	wake(s.wake)
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return true, err
+		}
+		wake(s.wake)
+	}
+}
+
+// Migrate implements Store. Each migration runs in its own transaction
+// holding an advisory lock (per schema), so nodes starting together apply
+// each migration exactly once.
+func (s *pgStore) Migrate(ctx context.Context) error {
+	ms, err := loadMigrations("postgres")
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		err := s.inTx(ctx, "migrate "+m.Name, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('smtpgw migrate ' || coalesce(current_schema(), '')))`); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+				version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+				return err
+			}
+			var done bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)`, m.Version).Scan(&done); err != nil {
+				return err
+			}
+			if done {
+				return nil
+			}
+			if _, err := tx.Exec(ctx, m.SQL); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version) VALUES ($1)`, m.Version)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Ping implements Store.
+func (s *pgStore) Ping(ctx context.Context) error {
+	return pgErr("ping postgres", s.pool.Ping(ctx))
+}
+
+// Close implements Store.
+func (s *pgStore) Close() error {
+	s.closeOnce.Do(func() {
+		s.gc.close()
+		s.stopListen()
+		<-s.listenDone
+		s.pool.Close()
+	})
+	return nil
+}
+
+// Wakeups implements Store.
+func (s *pgStore) Wakeups() <-chan struct{} { return s.wake }
+
+// pgArgs collects positional arguments for a query built at run time.
+type pgArgs []any
+
+// add appends v and returns its placeholder.
+func (a *pgArgs) add(v any) string {
+	*a = append(*a, v)
+	return "$" + strconv.Itoa(len(*a))
+}
+
+// nullTime is t, or NULL for the zero time.
+func nullTime(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return utc(t)
+}
+
+// fromNullTime converts a nullable timestamptz; NULL is the zero time.
+func fromNullTime(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.UTC()
+}
+
+// API keys.
+
+const pgKeyCols = `id, label, grants, short_key, hash, subaccount, allowed_ips,
+	created_at, updated_at, last_used_at, revoked_at`
+
+func scanPGKey(row pgx.Row) (*Key, error) {
+	var (
+		k                 Key
+		grants, ips       []string
+		lastUsed, revoked *time.Time
+	)
+	if err := row.Scan(&k.ID, &k.Label, &grants, &k.ShortKey, &k.Hash, &k.Subaccount, &ips,
+		&k.CreatedAt, &k.UpdatedAt, &lastUsed, &revoked); err != nil {
+		return nil, err
+	}
+	k.CreatedAt, k.UpdatedAt = k.CreatedAt.UTC(), k.UpdatedAt.UTC()
+	k.LastUsedAt, k.RevokedAt = fromNullTime(lastUsed), fromNullTime(revoked)
+	return &k, keyFromParts(&k, grants, ips)
+}
+
+// nonNil returns ss, or an empty list for nil (the columns are NOT NULL).
+func nonNil(ss []string) []string {
+	if ss == nil {
+		return []string{}
+	}
+	return ss
+}
+
+// CreateKey implements Store.
+func (s *pgStore) CreateKey(ctx context.Context, k *Key) error {
+	if len(k.Hash) == 0 {
+		return errors.New("create key: no hash")
+	}
+	if k.ID == "" {
+		k.ID = NewKeyID()
+	}
+	now := utc(time.Now())
+	_, err := s.pool.Exec(ctx, `INSERT INTO api_keys (`+pgKeyCols+`)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)`,
+		k.ID, k.Label, nonNil(k.Grants), k.ShortKey, k.Hash, k.Subaccount, prefixStrings(k.AllowedIPs),
+		now, nullTime(k.LastUsedAt), nullTime(k.RevokedAt))
+	if err != nil {
+		return pgErr("create key", err)
+	}
+	k.CreatedAt, k.UpdatedAt = now, now
+	return nil
+}
+
+// GetKey implements Store.
+func (s *pgStore) GetKey(ctx context.Context, id string) (*Key, error) {
+	k, err := scanPGKey(s.pool.QueryRow(ctx, `SELECT `+pgKeyCols+` FROM api_keys WHERE id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("get key %s: %w", id, ErrNotFound)
+	}
+	return k, pgErr("get key", err)
+}
+
+// KeyByHash implements Store.
+func (s *pgStore) KeyByHash(ctx context.Context, hash []byte) (*Key, error) {
+	k, err := scanPGKey(s.pool.QueryRow(ctx, `SELECT `+pgKeyCols+` FROM api_keys WHERE hash = $1`, hash))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("key by hash: %w", ErrNotFound)
+	}
+	return k, pgErr("key by hash", err)
+}
+
+// ListKeys implements Store.
+func (s *pgStore) ListKeys(ctx context.Context) ([]*Key, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+pgKeyCols+` FROM api_keys
+		WHERE revoked_at IS NULL ORDER BY created_at, id`)
+	if err != nil {
+		return nil, pgErr("list keys", err)
+	}
+	ks, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*Key, error) { return scanPGKey(r) })
+	return ks, pgErr("list keys", err)
+}
+
+// UpdateKey implements Store.
+func (s *pgStore) UpdateKey(ctx context.Context, k *Key) error {
+	now := utc(time.Now())
+	tag, err := s.pool.Exec(ctx, `UPDATE api_keys SET label = $1, grants = $2, subaccount = $3,
+		allowed_ips = $4, updated_at = $5 WHERE id = $6 AND revoked_at IS NULL`,
+		k.Label, nonNil(k.Grants), k.Subaccount, prefixStrings(k.AllowedIPs), now, k.ID)
+	if err := pgOneRow("update key", k.ID, tag, err); err != nil {
+		return err
+	}
+	k.UpdatedAt = now
+	return nil
+}
+
+// pgOneRow turns an Exec that changed no row into ErrNotFound.
+func pgOneRow(op, id string, tag pgconn.CommandTag, err error) error {
+	if err != nil {
+		return pgErr(op, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%s %s: %w", op, id, ErrNotFound)
+	}
+	return nil
+}
+
+// RevokeKey implements Store.
+func (s *pgStore) RevokeKey(ctx context.Context, id string) error {
+	now := utc(time.Now())
+	tag, err := s.pool.Exec(ctx, `UPDATE api_keys SET revoked_at = $1, updated_at = $1
+		WHERE id = $2 AND revoked_at IS NULL`, now, id)
+	return pgOneRow("revoke key", id, tag, err)
+}
+
+// TouchKey implements Store. The last-used time never goes back.
+func (s *pgStore) TouchKey(ctx context.Context, id string, at time.Time) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE api_keys SET last_used_at = greatest(last_used_at, $1)
+		WHERE id = $2`, utc(at), id)
+	return pgOneRow("touch key", id, tag, err)
+}
+
+// Queue.
+
+// Enqueue implements Store.
+func (s *pgStore) Enqueue(ctx context.Context, m *Message) error {
+	if err := prepareMessage(m, time.Now()); err != nil {
+		return fmt.Errorf("enqueue: %w", err)
+	}
+	return s.gc.enqueue(ctx, m)
+}
+
+// writeBatch is the group committer's batch writer: one pipelined batch of
+// inserts and a NOTIFY in one transaction.
+func (s *pgStore) writeBatch(ctx context.Context, msgs []*Message) error {
+	return s.inTx(ctx, "write batch", func(tx pgx.Tx) error {
+		return insertPGMessages(ctx, tx, msgs, true)
+	})
+}
+
+// insertPGMessages writes messages, recipients (setting their ids) and
+// injection events inside tx as one pipelined batch, with a NOTIFY if
+// notify is set.
+func insertPGMessages(ctx context.Context, tx pgx.Tx, msgs []*Message, notify bool) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	var rcpts []*Recipient
+	var evs []Event
+	for _, m := range msgs {
+		body := m.Body
+		if body == nil {
+			body = []byte{}
+		}
+		var msys any
+		if len(m.MsysAPI) > 0 {
+			msys = string(m.MsysAPI)
+		}
+		b.Queue(`INSERT INTO messages (id, key_id, subaccount, mail_from, body, smtputf8, body_type,
+			dsn_ret, dsn_envid, campaign_id, msys_api, created_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+			m.ID, m.KeyID, m.Subaccount, m.MailFrom, body, m.SMTPUTF8, m.BodyType,
+			m.DSNRet, m.DSNEnvID, m.CampaignID, msys, m.CreatedAt)
+		for _, r := range m.Recipients {
+			b.Queue(`INSERT INTO recipients (message_id, address, domain, state, attempts, next_attempt,
+				last_reply, dsn_notify, dsn_orcpt, updated_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id`,
+				m.ID, r.Address, r.Domain, r.State, r.Attempts, r.NextAttempt,
+				r.LastReply, r.DSNNotify, r.DSNOrcpt, r.UpdatedAt)
+			rcpts = append(rcpts, r)
+		}
+		evs = append(evs, injectionEvents(m)...)
+	}
+	queueEvents(b, evs)
+	if notify {
+		b.Queue(`SELECT pg_notify($1, '')`, notifyChannel)
+	}
+	br := tx.SendBatch(ctx, b)
+	err := readBatch(br, msgs, rcpts, evs)
+	return errors.Join(err, br.Close())
+}
+
+// readBatch reads the results of a batch queued by insertPGMessages.
+func readBatch(br pgx.BatchResults, msgs []*Message, rcpts []*Recipient, evs []Event) error {
+	ri := 0
+	for _, m := range msgs {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("insert message %s: %w", m.ID, err)
+		}
+		for range m.Recipients {
+			if err := br.QueryRow().Scan(&rcpts[ri].ID); err != nil {
+				return fmt.Errorf("insert recipient of %s: %w", m.ID, err)
+			}
+			ri++
+		}
+	}
+	return readEvents(br, evs)
+}
+
+const pgEventInsert = `INSERT INTO events (type, time, message_id, key_id, subaccount, recipient,
+	campaign_id, metadata, tags, reply) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id`
+
+// queueEvents adds the inserts of evs to b.
+func queueEvents(b *pgx.Batch, evs []Event) {
+	for _, e := range evs {
+		var meta any
+		if len(e.Metadata) > 0 {
+			meta = json.RawMessage(e.Metadata)
+		}
+		var tags any
+		if e.Tags != nil {
+			tags = e.Tags
+		}
+		b.Queue(pgEventInsert, e.Type, utc(e.Time), e.MessageID, e.KeyID, e.Subaccount, e.Recipient,
+			e.CampaignID, meta, tags, e.Reply)
+	}
+}
+
+// readEvents reads the ids of events queued by queueEvents.
+func readEvents(br pgx.BatchResults, evs []Event) error {
+	for i := range evs {
+		if err := br.QueryRow().Scan(&evs[i].ID); err != nil {
+			return fmt.Errorf("insert event: %w", err)
+		}
+	}
+	return nil
+}
+
+const pgRcptCols = `r.id, r.message_id, r.address, r.domain, r.state, r.attempts, r.next_attempt,
+	r.last_reply, r.dsn_notify, r.dsn_orcpt, r.updated_at`
+
+// rcptDest returns scan destinations for pgRcptCols.
+func rcptDest(r *Recipient) []any {
+	return []any{&r.ID, &r.MessageID, &r.Address, &r.Domain, &r.State, &r.Attempts, &r.NextAttempt,
+		&r.LastReply, &r.DSNNotify, &r.DSNOrcpt, &r.UpdatedAt}
+}
+
+// utcRcpt normalises the scanned times of r.
+func utcRcpt(r *Recipient) {
+	r.NextAttempt, r.UpdatedAt = r.NextAttempt.UTC(), r.UpdatedAt.UTC()
+}
+
+// ClaimDue implements Store.
+func (s *pgStore) ClaimDue(ctx context.Context, owner string, limit int, lease time.Duration) ([]*Claimed, error) {
+	if owner == "" || limit <= 0 || lease <= 0 {
+		return nil, fmt.Errorf("claim due: need an owner, a positive limit and a positive lease")
+	}
+	now := utc(time.Now())
+	rows, err := s.pool.Query(ctx, `WITH due AS (
+			SELECT id FROM recipients
+			WHERE state IN ('queued', 'deferred') AND next_attempt <= $3
+				AND (lease_until IS NULL OR lease_until <= $3)
+			ORDER BY next_attempt, id
+			LIMIT $4
+			FOR UPDATE SKIP LOCKED)
+		UPDATE recipients r SET lease_owner = $1, lease_until = $2
+		FROM due, messages m
+		WHERE r.id = due.id AND m.id = r.message_id
+		RETURNING `+pgRcptCols+`, m.mail_from, m.key_id, m.subaccount, m.campaign_id,
+			m.body_type, m.smtputf8, m.dsn_ret, m.dsn_envid, m.created_at`,
+		owner, now.Add(lease), now, limit)
+	if err != nil {
+		return nil, pgErr("claim due", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Claimed, error) {
+		c := &Claimed{}
+		dest := append(rcptDest(&c.Recipient), &c.MailFrom, &c.KeyID, &c.Subaccount, &c.CampaignID,
+			&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &c.CreatedAt)
+		if err := row.Scan(dest...); err != nil {
+			return nil, err
+		}
+		utcRcpt(&c.Recipient)
+		c.CreatedAt = c.CreatedAt.UTC()
+		return c, nil
+	})
+	if err != nil {
+		return nil, pgErr("claim due", err)
+	}
+	sortClaimed(out)
+	return out, nil
+}
+
+// MessageBody implements Store.
+func (s *pgStore) MessageBody(ctx context.Context, id string) ([]byte, error) {
+	var b []byte
+	err := s.pool.QueryRow(ctx, `SELECT body FROM messages WHERE id = $1`, id).Scan(&b)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("message body %s: %w", id, ErrNotFound)
+	}
+	return b, pgErr("message body", err)
+}
+
+// Finish implements Store.
+func (s *pgStore) Finish(ctx context.Context, owner string, f Finish) (int, error) {
+	now := utc(time.Now())
+	for _, o := range f.Outcomes {
+		if !validOutcomeState(o.State) {
+			return 0, fmt.Errorf("finish: recipient %d: bad state %q", o.RecipientID, o.State)
+		}
+	}
+	for _, m := range f.Enqueue {
+		if err := prepareMessage(m, now); err != nil {
+			return 0, fmt.Errorf("finish: %w", err)
+		}
+	}
+	evs := append([]Event(nil), f.Events...)
+	prepareEvents(evs, now)
+	applied := 0
+	err := s.inTx(ctx, "finish", func(tx pgx.Tx) error {
+		applied = 0
+		stale := map[staleRecipient]bool{}
+		for _, o := range f.Outcomes {
+			next := o.NextAttempt
+			if next.IsZero() {
+				next = now
+			}
+			setNext := o.State == StateDeferred || o.State == StateQueued
+			tag, err := tx.Exec(ctx, `UPDATE recipients SET state = $1,
+				next_attempt = CASE WHEN $2 THEN $3 ELSE next_attempt END,
+				last_reply = $4, attempts = attempts + 1, lease_owner = NULL, lease_until = NULL,
+				updated_at = $5
+				WHERE id = $6 AND lease_owner = $7`,
+				o.State, setNext, utc(next), o.Reply, now, o.RecipientID, owner)
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() == 1 {
+				applied++
+				continue
+			}
+			var sr staleRecipient
+			err = tx.QueryRow(ctx, `SELECT message_id, address FROM recipients WHERE id = $1`,
+				o.RecipientID).Scan(&sr.messageID, &sr.address)
+			if err == nil {
+				stale[sr] = true
+			} else if !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+		}
+		evs := dropStaleEvents(evs, stale)
+		if len(evs) > 0 {
+			b := &pgx.Batch{}
+			queueEvents(b, evs)
+			br := tx.SendBatch(ctx, b)
+			if err := errors.Join(readEvents(br, evs), br.Close()); err != nil {
+				return err
+			}
+		}
+		if applied > 0 || len(f.Outcomes) == 0 {
+			return insertPGMessages(ctx, tx, f.Enqueue, true)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	if len(f.Enqueue) > 0 && (applied > 0 || len(f.Outcomes) == 0) {
+		wake(s.wake)
+	}
+	return applied, nil
+}
+
+// Queue administration.
+
+const pgMsgCols = `m.id, m.key_id, m.subaccount, m.mail_from, m.smtputf8, m.body_type, m.dsn_ret,
+	m.dsn_envid, m.campaign_id, m.msys_api, m.created_at`
+
+func scanPGMsg(row pgx.Row, extra ...any) (*Message, error) {
+	var (
+		m    Message
+		msys *string
+	)
+	dest := append([]any{&m.ID, &m.KeyID, &m.Subaccount, &m.MailFrom, &m.SMTPUTF8, &m.BodyType,
+		&m.DSNRet, &m.DSNEnvID, &m.CampaignID, &msys, &m.CreatedAt}, extra...)
+	if err := row.Scan(dest...); err != nil {
+		return nil, err
+	}
+	if msys != nil {
+		m.MsysAPI = []byte(*msys)
+	}
+	m.CreatedAt = m.CreatedAt.UTC()
+	return &m, nil
+}
+
+// pgRecipients returns the recipients of the given messages, by message id.
+func pgRecipients(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, ids []string) (map[string][]*Recipient, error) {
+	rows, err := q.Query(ctx, `SELECT `+pgRcptCols+` FROM recipients r
+		WHERE r.message_id = ANY($1) ORDER BY r.id`, ids)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Recipient, error) {
+		r := &Recipient{}
+		if err := row.Scan(rcptDest(r)...); err != nil {
+			return nil, err
+		}
+		utcRcpt(r)
+		return r, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]*Recipient{}
+	for _, r := range rs {
+		out[r.MessageID] = append(out[r.MessageID], r)
+	}
+	return out, nil
+}
+
+// ListMessages implements Store.
+func (s *pgStore) ListMessages(ctx context.Context, f QueueFilter) ([]*Message, error) {
+	var (
+		args  pgArgs
+		where []string
+	)
+	if f.State != "" {
+		where = append(where, `EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state = `+args.add(f.State)+`)`)
+	}
+	if f.Domain != "" {
+		where = append(where, `EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.domain = `+args.add(normDomain(f.Domain))+`)`)
+	}
+	if f.KeyID != "" {
+		where = append(where, `m.key_id = `+args.add(f.KeyID))
+	}
+	if f.Subaccount != nil {
+		where = append(where, `m.subaccount = `+args.add(*f.Subaccount))
+	}
+	q := `SELECT ` + pgMsgCols + ` FROM messages m`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	q += ` ORDER BY m.created_at DESC, m.id DESC LIMIT ` + args.add(limitOr(f.Limit, 1000))
+
+	var msgs []*Message
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		msgs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Message, error) { return scanPGMsg(row) })
+		if err != nil || len(msgs) == 0 {
+			return err
+		}
+		ids := make([]string, len(msgs))
+		for i, m := range msgs {
+			ids[i] = m.ID
+		}
+		byMsg, err := pgRecipients(ctx, tx, ids)
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			m.Recipients = byMsg[m.ID]
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, pgErr("list messages", err)
+	}
+	return msgs, nil
+}
+
+// GetMessage implements Store.
+func (s *pgStore) GetMessage(ctx context.Context, id string) (*Message, error) {
+	var m *Message
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
+		var body []byte
+		var err error
+		m, err = scanPGMsg(tx.QueryRow(ctx, `SELECT `+pgMsgCols+`, m.body FROM messages m WHERE m.id = $1`, id), &body)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%s: %w", id, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		m.Body = body
+		byMsg, err := pgRecipients(ctx, tx, []string{id})
+		if err != nil {
+			return err
+		}
+		m.Recipients = byMsg[id]
+		return nil
+	})
+	if err != nil {
+		return nil, pgErr("get message", err)
+	}
+	return m, nil
+}
+
+// RetryMessage implements Store.
+func (s *pgStore) RetryMessage(ctx context.Context, id string) (int, error) {
+	now := utc(time.Now())
+	var n int64
+	err := s.inTx(ctx, "retry message", func(tx pgx.Tx) error {
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1)`, id).Scan(&exists); err != nil {
+			return err
+		}
+		if !exists {
+			return fmt.Errorf("%s: %w", id, ErrNotFound)
+		}
+		tag, err := tx.Exec(ctx, `UPDATE recipients SET next_attempt = $1, updated_at = $1
+			WHERE message_id = $2 AND state IN ('queued', 'deferred')`, now, id)
+		if err != nil {
+			return err
+		}
+		n = tag.RowsAffected()
+		if n > 0 {
+			_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, notifyChannel)
+		}
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	if n > 0 {
+		wake(s.wake)
+	}
+	return int(n), nil
+}
+
+// DeleteMessage implements Store.
+func (s *pgStore) DeleteMessage(ctx context.Context, id string) error {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM messages WHERE id = $1`, id)
+	return pgOneRow("delete message", id, tag, err)
+}
+
+// Stats implements Store.
+func (s *pgStore) Stats(ctx context.Context) (QueueStats, error) {
+	st := QueueStats{ByState: map[string]int64{}}
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT state, count(*) FROM recipients GROUP BY state`)
+		if err != nil {
+			return err
+		}
+		var (
+			state string
+			n     int64
+		)
+		if _, err := pgx.ForEachRow(rows, []any{&state, &n}, func() error {
+			st.ByState[state] = n
+			return nil
+		}); err != nil {
+			return err
+		}
+		var oldest *time.Time
+		if err := tx.QueryRow(ctx, `SELECT min(created_at) FROM messages WHERE id IN
+			(SELECT message_id FROM recipients WHERE state IN ('queued', 'deferred'))`).Scan(&oldest); err != nil {
+			return err
+		}
+		st.OldestQueued = fromNullTime(oldest)
+		return nil
+	})
+	return st, pgErr("queue stats", err)
+}
+
+// Events.
+
+// AddEvents implements Store.
+func (s *pgStore) AddEvents(ctx context.Context, evs []Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	prepareEvents(evs, time.Now())
+	return s.inTx(ctx, "add events", func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		queueEvents(b, evs)
+		br := tx.SendBatch(ctx, b)
+		return errors.Join(readEvents(br, evs), br.Close())
+	})
+}
+
+// ListEvents implements Store.
+func (s *pgStore) ListEvents(ctx context.Context, f EventFilter) ([]Event, error) {
+	var (
+		args  pgArgs
+		where []string
+	)
+	if f.MessageID != "" {
+		where = append(where, `message_id = `+args.add(f.MessageID))
+	}
+	if f.KeyID != "" {
+		where = append(where, `key_id = `+args.add(f.KeyID))
+	}
+	if f.Subaccount != nil {
+		where = append(where, `subaccount = `+args.add(*f.Subaccount))
+	}
+	if len(f.Types) > 0 {
+		where = append(where, `type = ANY(`+args.add(f.Types)+`)`)
+	}
+	if !f.Since.IsZero() {
+		where = append(where, `time >= `+args.add(utc(f.Since)))
+	}
+	q := `SELECT id, type, time, message_id, key_id, subaccount, recipient, campaign_id, metadata, tags, reply FROM events`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	q += ` ORDER BY time DESC, id DESC LIMIT ` + args.add(limitOr(f.Limit, 1000))
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, pgErr("list events", err)
+	}
+	evs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Event, error) {
+		var (
+			e    Event
+			meta []byte
+		)
+		if err := row.Scan(&e.ID, &e.Type, &e.Time, &e.MessageID, &e.KeyID, &e.Subaccount, &e.Recipient,
+			&e.CampaignID, &meta, &e.Tags, &e.Reply); err != nil {
+			return e, err
+		}
+		e.Time = e.Time.UTC()
+		if meta != nil {
+			e.Metadata = meta
+		}
+		return e, nil
+	})
+	return evs, pgErr("list events", err)
+}
+
+// PruneEvents implements Store.
+func (s *pgStore) PruneEvents(ctx context.Context, before time.Time) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM events WHERE time < $1`, utc(before))
+	if err != nil {
+		return 0, pgErr("prune events", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// Sending domains.
+
+const pgDomainCols = `name, subaccount, shared, selector, algorithm, private_key, public_key, created_at`
+
+func scanPGDomain(row pgx.Row) (*Domain, error) {
+	var d Domain
+	if err := row.Scan(&d.Name, &d.Subaccount, &d.Shared, &d.Selector, &d.Algorithm, &d.PrivateKey,
+		&d.PublicKey, &d.CreatedAt); err != nil {
+		return nil, err
+	}
+	d.CreatedAt = d.CreatedAt.UTC()
+	return &d, nil
+}
+
+// CreateDomain implements Store.
+func (s *pgStore) CreateDomain(ctx context.Context, d *Domain) error {
+	d.Name = normDomain(d.Name)
+	if d.Name == "" {
+		return errors.New("create domain: no name")
+	}
+	if d.CreatedAt.IsZero() {
+		d.CreatedAt = time.Now()
+	}
+	d.CreatedAt = utc(d.CreatedAt)
+	pk := d.PrivateKey
+	if pk == nil {
+		pk = []byte{}
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO domains (`+pgDomainCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+		d.Name, d.Subaccount, d.Shared, d.Selector, d.Algorithm, pk, d.PublicKey, d.CreatedAt)
+	return pgErr("create domain", err)
+}
+
+// GetDomain implements Store.
+func (s *pgStore) GetDomain(ctx context.Context, name string) (*Domain, error) {
+	d, err := scanPGDomain(s.pool.QueryRow(ctx, `SELECT `+pgDomainCols+` FROM domains WHERE name = $1`, normDomain(name)))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("get domain %s: %w", name, ErrNotFound)
+	}
+	return d, pgErr("get domain", err)
+}
+
+// ListDomains implements Store.
+func (s *pgStore) ListDomains(ctx context.Context) ([]*Domain, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+pgDomainCols+` FROM domains ORDER BY name`)
+	if err != nil {
+		return nil, pgErr("list domains", err)
+	}
+	ds, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Domain, error) { return scanPGDomain(row) })
+	return ds, pgErr("list domains", err)
+}
+
+// DeleteDomain implements Store.
+func (s *pgStore) DeleteDomain(ctx context.Context, name string) error {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM domains WHERE name = $1`, normDomain(name))
+	return pgOneRow("delete domain", name, tag, err)
+}
