@@ -1,0 +1,568 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/smtpgw/smtpgw/store"
+)
+
+// job is one delivery transaction: claimed recipients of one message at one
+// destination domain.
+type job struct {
+	rcpts    []*store.Claimed
+	domain   string    // recipient domain (lowercase)
+	dest     string    // semaphore key: the domain, or "smarthost"
+	deadline time.Time // the job must have finished before this (lease safety)
+}
+
+// groupJobs groups claimed recipients by (message, domain), keeping the
+// store's order.
+func groupJobs(claimed []*store.Claimed, mode string, deadline time.Time) []*job {
+	var jobs []*job
+	idx := make(map[string]*job)
+	for _, c := range claimed {
+		dom := strings.ToLower(c.Domain)
+		if dom == "" {
+			dom = domainOf(c.Address)
+		}
+		k := c.MessageID + "\x00" + dom
+		j := idx[k]
+		if j == nil {
+			j = &job{domain: dom, dest: dom, deadline: deadline}
+			if mode == ModeSmarthost {
+				j.dest = "smarthost"
+			}
+			idx[k] = j
+			jobs = append(jobs, j)
+		}
+		j.rcpts = append(j.rcpts, c)
+	}
+	return jobs
+}
+
+// domainOf returns the lowercased domain part of an address.
+func domainOf(addr string) string {
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
+		return strings.ToLower(addr[i+1:])
+	}
+	return ""
+}
+
+// result is the decision for one recipient of a job.
+type result struct {
+	state     string // a store.State constant; "" while undecided
+	reply     string // SMTP reply or local reason, one line
+	remoteMTA string // host that gave the reply, "" for local reasons
+	dsnNotify bool   // the remote took responsibility for DSNs (it offered DSN)
+}
+
+// Local replies. Codes follow RFC 3463 enhanced status codes.
+const (
+	replyNullMX       = "556 5.1.10 recipient domain does not accept mail (null MX)"
+	replyNoDomain     = "550 5.1.2 recipient domain has no mail server"
+	replyNoUTF8       = "553 5.6.7 remote server does not support SMTPUTF8"
+	replyLocalFailure = "451 4.3.0 local error, will retry"
+)
+
+// runJob attempts one job and records its outcome.
+func (r *Relay) runJob(base context.Context, j *job) {
+	ctx, cancel := context.WithDeadline(base, j.deadline)
+	defer cancel()
+	first := j.rcpts[0]
+	log := r.log.With("msg_id", first.MessageID, "domain", j.domain, "rcpts", len(j.rcpts))
+	start := time.Now()
+	res := make([]result, len(j.rcpts))
+
+	if age := start.Sub(first.CreatedAt); age > r.cfg.MaxQueueLifetime {
+		for i, c := range j.rcpts {
+			res[i] = result{state: store.StateExpired, reply: expiredReply(r.cfg.MaxQueueLifetime, c.LastReply)}
+		}
+		r.finish(base, log, j, res, nil, start)
+		return
+	}
+
+	release, err := r.sems.acquire(ctx, j.dest)
+	if err != nil {
+		// The destination stayed busy until the job's deadline: leave the
+		// recipients to their lease, which ends soon; any node retries them.
+		log.Warn("destination busy until lease deadline; leaving recipients to their lease", "dest", j.dest)
+		return
+	}
+	defer release()
+	r.metrics.inflight.Inc()
+	defer r.metrics.inflight.Dec()
+
+	body, err := r.body(ctx, first)
+	if errors.Is(err, store.ErrNotFound) {
+		log.Info("message deleted while claimed; nothing to deliver")
+		return
+	}
+	if err != nil {
+		log.Warn("prepare message body", "err", err)
+		for i := range res {
+			res[i] = result{state: store.StateDeferred, reply: replyLocalFailure}
+		}
+		r.finish(base, log, j, res, nil, start)
+		return
+	}
+	r.deliver(ctx, log, j, body, res)
+	r.finish(base, log, j, res, body, start)
+}
+
+// body fetches the message body and DKIM-signs it when its From: domain is
+// a sending domain.
+func (r *Relay) body(ctx context.Context, c *store.Claimed) ([]byte, error) {
+	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	body, err := r.st.MessageBody(sctx, c.MessageID)
+	if err != nil {
+		return nil, fmt.Errorf("fetch body: %w", err)
+	}
+	signed, err := r.sign(sctx, body)
+	if err != nil {
+		return nil, err
+	}
+	return signed, nil
+}
+
+// deliver runs the transaction for j on the first route that answers and
+// fills res.
+func (r *Relay) deliver(ctx context.Context, log *slog.Logger, j *job, body []byte, res []result) {
+	routes, err := r.routes(ctx, j.domain)
+	if err != nil {
+		var pe *permanentError
+		state := store.StateDeferred
+		if errors.As(err, &pe) {
+			state = store.StateBounced
+		}
+		for i := range res {
+			res[i] = result{state: state, reply: replyOf(err)}
+		}
+		return
+	}
+	var lastErr error
+	for _, rt := range routes {
+		c, reused, err := r.connect(ctx, rt)
+		if err != nil {
+			log.Info("connect failed", "host", rt.host, "err", err)
+			lastErr = err
+			continue
+		}
+		tr := r.transact(ctx, c, j, body, res)
+		if tr.retryFresh && reused {
+			// The server closed the idle connection: nothing was sent past
+			// MAIL, so a fresh connection is safe.
+			c.close()
+			if c, err = r.dial(ctx, rt); err != nil {
+				lastErr = err
+				continue
+			}
+			tr = r.transact(ctx, c, j, body, res)
+		}
+		if tr.reusable && ctx.Err() == nil {
+			r.pool.put(rt.key, c)
+		} else {
+			c.close()
+		}
+		return
+	}
+	if lastErr == nil {
+		lastErr = errors.New("no route")
+	}
+	for i := range res {
+		res[i] = result{state: store.StateDeferred, reply: replyOf(lastErr)}
+	}
+}
+
+// txResult says what state a transaction left the connection in.
+type txResult struct {
+	reusable   bool // the connection is idle and clean
+	retryFresh bool // a transport error at MAIL: nothing was sent, retry on a new connection
+}
+
+// transact runs MAIL, RCPT and DATA for j on c and fills res.
+func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res []result) txResult {
+	stop := context.AfterFunc(ctx, func() { _ = c.nc.Close() })
+	defer stop()
+	first := j.rcpts[0]
+	setAll := func(state, reply string) {
+		for i := range res {
+			if res[i].state == "" || res[i].state == "accepted" {
+				res[i] = result{state: state, reply: reply, remoteMTA: c.host}
+			}
+		}
+	}
+	for i := range res {
+		res[i] = result{}
+	}
+	if first.SMTPUTF8 && !c.has("SMTPUTF8") {
+		setAll(store.StateBounced, replyNoUTF8)
+		return txResult{reusable: true}
+	}
+	opts := &smtp.MailOptions{Size: int64(len(body)), UTF8: first.SMTPUTF8}
+	if c.has("DSN") {
+		switch strings.ToUpper(first.DSNRet) {
+		case "FULL":
+			opts.Return = smtp.DSNReturnFull
+		case "HDRS":
+			opts.Return = smtp.DSNReturnHeaders
+		}
+		if isPrintableASCII(first.DSNEnvID) {
+			opts.EnvelopeID = first.DSNEnvID
+		}
+	}
+	if err := c.client.Mail(first.MailFrom, opts); err != nil {
+		state, reply := classify(err)
+		setAll(state, reply)
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) {
+			return txResult{retryFresh: ctx.Err() == nil}
+		}
+		return txResult{reusable: true}
+	}
+	accepted := 0
+	for i, rc := range j.rcpts {
+		err := c.client.Rcpt(rc.Address, rcptOptions(rc))
+		if err == nil {
+			res[i] = result{state: "accepted", remoteMTA: c.host, dsnNotify: c.has("DSN")}
+			accepted++
+			continue
+		}
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) {
+			setAll(classify(err))
+			return txResult{}
+		}
+		state, reply := classify(err)
+		res[i] = result{state: state, reply: reply, remoteMTA: c.host}
+	}
+	if accepted == 0 {
+		return txResult{reusable: c.client.Reset() == nil}
+	}
+	reply, err := r.data(c, body)
+	if err != nil {
+		setAll(classify(err))
+		var se *smtp.SMTPError
+		return txResult{reusable: errors.As(err, &se)}
+	}
+	for i := range res {
+		if res[i].state == "accepted" {
+			res[i].state = store.StateDelivered
+			res[i].reply = reply
+		}
+	}
+	return txResult{reusable: true}
+}
+
+// data sends DATA and the body, and returns the final reply.
+func (r *Relay) data(c *conn, body []byte) (string, error) {
+	w, err := c.client.Data()
+	if err != nil {
+		return "", err
+	}
+	// go-smtp sets no deadline while the body is written; bound it here.
+	if err := c.nc.SetDeadline(time.Now().Add(r.cfg.CommandTimeout)); err != nil {
+		_ = w.Close()
+		return "", fmt.Errorf("set deadline: %w", err)
+	}
+	if _, err := w.Write(body); err != nil {
+		return "", fmt.Errorf("write body: %w", err)
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return "", err
+	}
+	return oneLine("250 " + resp.StatusText), nil
+}
+
+// rcptOptions returns the NOTIFY and ORCPT parameters of a recipient, or nil.
+func rcptOptions(c *store.Claimed) *smtp.RcptOptions {
+	var o smtp.RcptOptions
+	o.Notify = parseNotify(c.DSNNotify)
+	if c.DSNOrcpt != "" {
+		typ, addr := parseOrcpt(c.DSNOrcpt)
+		switch {
+		case strings.EqualFold(typ, "rfc822") && isPrintableASCII(addr):
+			o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeRFC822, addr
+		case strings.EqualFold(typ, "utf-8"):
+			o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeUTF8, addr
+		}
+	}
+	if len(o.Notify) == 0 && o.OriginalRecipient == "" {
+		return nil
+	}
+	return &o
+}
+
+// parseNotify parses a comma-separated NOTIFY value, dropping anything
+// invalid (NEVER combined with others, unknown words).
+func parseNotify(s string) []smtp.DSNNotify {
+	if s == "" {
+		return nil
+	}
+	var out []smtp.DSNNotify
+	never := false
+	for _, p := range strings.Split(s, ",") {
+		switch v := smtp.DSNNotify(strings.ToUpper(strings.TrimSpace(p))); v {
+		case smtp.DSNNotifyNever:
+			never = true
+		case smtp.DSNNotifySuccess, smtp.DSNNotifyFailure, smtp.DSNNotifyDelayed:
+			out = append(out, v)
+		}
+	}
+	if never {
+		if len(out) > 0 {
+			return nil
+		}
+		return []smtp.DSNNotify{smtp.DSNNotifyNever}
+	}
+	return out
+}
+
+// notifies reports whether a NOTIFY value asks for the report kind k
+// ("FAILURE", "DELAY", "SUCCESS"). An empty value means FAILURE (and DELAY
+// at the MTA's discretion; we send none), https://tools.ietf.org/html/rfc3461#section-4.1.
+func notifies(notify, k string) bool {
+	if notify == "" {
+		return k == "FAILURE"
+	}
+	for _, v := range parseNotify(notify) {
+		if string(v) == k {
+			return true
+		}
+	}
+	return false
+}
+
+// parseOrcpt splits "type;address" (the type defaults to rfc822).
+func parseOrcpt(s string) (typ, addr string) {
+	if t, a, ok := strings.Cut(s, ";"); ok {
+		return strings.TrimSpace(t), strings.TrimSpace(a)
+	}
+	return "rfc822", strings.TrimSpace(s)
+}
+
+// isPrintableASCII reports whether s is non-empty printable US-ASCII.
+func isPrintableASCII(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// permanentError is a local failure that bounces (null MX, no such domain).
+type permanentError struct{ reply string }
+
+func (e *permanentError) Error() string { return e.reply }
+
+// classify maps an attempt error to a recipient state and a one-line reply:
+// 5xx bounces, 4xx and everything else (timeouts, broken connections,
+// TLS failures) defers.
+func classify(err error) (string, string) {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		reply := formatSMTPError(se)
+		if se.Code >= 500 && se.Code < 600 {
+			return store.StateBounced, reply
+		}
+		return store.StateDeferred, reply
+	}
+	return store.StateDeferred, replyOf(err)
+}
+
+// formatSMTPError renders an upstream reply as "550 5.1.1 text".
+func formatSMTPError(se *smtp.SMTPError) string {
+	s := fmt.Sprintf("%d", se.Code)
+	if se.EnhancedCode != (smtp.EnhancedCode{}) && se.EnhancedCode != smtp.NoEnhancedCode {
+		s += fmt.Sprintf(" %d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+	}
+	if se.Message != "" {
+		s += " " + se.Message
+	}
+	return oneLine(s)
+}
+
+// replyOf renders a local or transport error as a reply line.
+func replyOf(err error) string {
+	var pe *permanentError
+	var se *smtp.SMTPError
+	switch {
+	case errors.As(err, &pe):
+		return pe.reply
+	case errors.As(err, &se):
+		return formatSMTPError(se)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return "451 4.4.2 timeout talking to remote server"
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "451 4.4.2 timeout talking to remote server"
+	}
+	return oneLine("451 4.4.1 " + err.Error())
+}
+
+// oneLine joins a multi-line reply and drops control characters.
+func oneLine(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' || r == '\t' {
+			return ' '
+		}
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s)
+	if len(s) > 900 {
+		s = s[:900]
+	}
+	return strings.TrimSpace(s)
+}
+
+// expiredReply is the reason given for an expired recipient.
+func expiredReply(lifetime time.Duration, last string) string {
+	s := "554 5.4.7 message expired after " + lifetime.String() + " in queue"
+	if last != "" {
+		s += "; last reply: " + last
+	}
+	return oneLine(s)
+}
+
+// backoff returns the delay before retry number attempts (1 = first retry):
+// initial * 2^(attempts-1), capped at max, ±20% jitter.
+func backoff(initial, max time.Duration, attempts int) time.Duration {
+	d := initial
+	for i := 1; i < attempts && d < max; i++ {
+		d *= 2
+	}
+	if d > max {
+		d = max
+	}
+	jitter := 0.8 + 0.4*rand.Float64()
+	return time.Duration(float64(d) * jitter)
+}
+
+// finish turns results into outcomes, events and DSNs and writes them in one
+// store.Finish, retrying briefly while the lease still holds.
+func (r *Relay) finish(base context.Context, log *slog.Logger, j *job, res []result, body []byte, start time.Time) {
+	now := time.Now()
+	r.metrics.attempt.Observe(now.Sub(start).Seconds())
+	first := j.rcpts[0]
+	expireAt := first.CreatedAt.Add(r.cfg.MaxQueueLifetime)
+	var f store.Finish
+	var reports []dsnRecipient
+	for i, c := range j.rcpts {
+		rs := res[i]
+		if rs.state == "" || rs.state == "accepted" {
+			rs = result{state: store.StateDeferred, reply: replyLocalFailure}
+		}
+		out := store.Outcome{RecipientID: c.ID, State: rs.state, Reply: rs.reply}
+		if rs.state == store.StateDeferred {
+			out.NextAttempt = now.Add(backoff(r.cfg.RetryInitial, r.cfg.RetryMax, c.Attempts+1))
+			if out.NextAttempt.After(expireAt) {
+				out.State = store.StateExpired
+				out.NextAttempt = time.Time{}
+				out.Reply = expiredReply(r.cfg.MaxQueueLifetime, rs.reply)
+			}
+		}
+		f.Outcomes = append(f.Outcomes, out)
+		f.Events = append(f.Events, store.Event{
+			Type:       eventType(out.State),
+			Time:       now,
+			MessageID:  c.MessageID,
+			KeyID:      c.KeyID,
+			Subaccount: c.Subaccount,
+			Recipient:  c.Address,
+			CampaignID: c.CampaignID,
+			Reply:      out.Reply,
+		})
+		r.metrics.deliveries.WithLabelValues(out.State).Inc()
+		if d, ok := dsnFor(c, out, rs, now, expireAt); ok {
+			reports = append(reports, d)
+		}
+		log.Info("relay attempt", "rcpt_id", c.ID, "state", out.State, "remote", rs.remoteMTA, "reply", out.Reply)
+	}
+	if len(reports) > 0 && first.MailFrom != "" {
+		if body == nil {
+			b, err := r.rawBody(base, first.MessageID)
+			if err != nil {
+				log.Warn("fetch body for DSN; sending the DSN without the original", "err", err)
+			}
+			body = b
+		}
+		m, err := buildDSN(r.cfg.Hostname, first, reports, body, now)
+		if err != nil {
+			log.Error("build DSN", "err", err)
+		} else {
+			f.Enqueue = append(f.Enqueue, m)
+			r.metrics.dsns.Inc()
+		}
+	}
+	r.writeFinish(base, log, j, f)
+}
+
+// rawBody fetches a message body without signing it.
+func (r *Relay) rawBody(base context.Context, id string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(base, storeTimeout)
+	defer cancel()
+	return r.st.MessageBody(ctx, id)
+}
+
+// writeFinish calls store.Finish, retrying a few times before the lease
+// deadline: a lost Finish means the recipients are retried after their
+// lease, possibly delivered twice.
+func (r *Relay) writeFinish(base context.Context, log *slog.Logger, j *job, f store.Finish) {
+	limit := j.deadline.Add(r.cfg.Lease / 8)
+	for try := 0; ; try++ {
+		ctx, cancel := context.WithTimeout(base, storeTimeout)
+		n, err := r.st.Finish(ctx, r.cfg.Owner, f)
+		cancel()
+		if err == nil {
+			if n < len(f.Outcomes) {
+				log.Warn("lease lost before finish; outcomes ignored for some recipients",
+					"applied", n, "outcomes", len(f.Outcomes))
+			}
+			return
+		}
+		if try >= 4 || time.Now().Add(time.Second<<try).After(limit) {
+			log.Error("record delivery outcome; recipients will be retried when their lease ends", "err", err)
+			return
+		}
+		log.Warn("record delivery outcome, retrying", "err", err)
+		t := time.NewTimer(time.Second << try)
+		select {
+		case <-t.C:
+		case <-base.Done():
+			t.Stop()
+			return
+		}
+	}
+}
+
+// eventType maps a final state to its event type.
+func eventType(state string) string {
+	switch state {
+	case store.StateDelivered:
+		return store.EventDelivery
+	case store.StateBounced:
+		return store.EventBounce
+	case store.StateExpired:
+		return store.EventExpiry
+	default:
+		return store.EventDelay
+	}
+}

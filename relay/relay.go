@@ -1,0 +1,499 @@
+// Package relay delivers queued mail onward: to a smarthost, or to each
+// recipient domain's MX hosts. It is the only package that speaks SMTP as a
+// client.
+//
+// # Delivery steps
+//
+// A [Relay] runs one claim loop and up to Config.Workers delivery goroutines.
+//
+//  1. Claim. The loop leases due recipients with [store.Store.ClaimDue] when
+//     the store signals new mail ([store.Store.Wakeups]), when a delivery
+//     finished and the last claim was full, and on a one-second poll for
+//     deferred mail coming due. It claims at most twice as many recipients as
+//     it has idle workers, so leased work never waits long for a worker.
+//  2. Group. Claimed recipients of the same message and destination domain
+//     form one job: one MAIL FROM, several RCPT TO, one DATA.
+//  3. Expire. A job whose message is older than Config.MaxQueueLifetime is
+//     not attempted: its recipients expire.
+//  4. Limit. A job waits for a slot of its destination's semaphore
+//     (Config.PerDomainConcurrency; the destination is the recipient domain in
+//     MX mode and the smarthost in smarthost mode).
+//  5. Body. The body comes from [store.Store.MessageBody]. If the domain of
+//     its From: header is a sending domain ([store.Store.GetDomain], cached
+//     for 30 s), a relaxed/relaxed DKIM-Signature is prepended
+//     (https://tools.ietf.org/html/rfc6376).
+//  6. Route. In smarthost mode the one route is Config.Smarthost. In MX mode
+//     the domain's MX records, sorted by preference; a domain without MX
+//     records is its own mail host if it has an address
+//     (https://tools.ietf.org/html/rfc5321#section-5.1); a null MX ("."),
+//     https://tools.ietf.org/html/rfc7505, and a domain that does not exist
+//     bounce.
+//  7. Connect. An idle connection to the route's host is reused (transactions
+//     after the first skip the greeting; RSET after an aborted one), else a
+//     new one is dialled: greeting, EHLO Config.Hostname, STARTTLS (required
+//     for a "starttls" smarthost; opportunistic and unverified in MX mode, as
+//     Postfix's "may" level, falling back to plain text when the handshake
+//     fails), EHLO again, AUTH PLAIN for a smarthost with a username. A
+//     connection failure moves on to the next MX host.
+//  8. Transaction. MAIL FROM with SIZE, SMTPUTF8, RET and ENVID when the
+//     message had them and the server supports them (BODY=8BITMIME is added
+//     by go-smtp when offered); RCPT TO per recipient with NOTIFY and ORCPT
+//     when the server offers DSN; DATA. A RCPT reply decides for its
+//     recipient only; the DATA reply decides for every accepted recipient.
+//  9. Classify. 2xx delivered; 4xx, timeouts and broken connections deferred
+//     with exponential backoff and jitter (Config.RetryInitial doubling up to
+//     Config.RetryMax, ±20%); 5xx bounced. A deferral that would land past the
+//     queue lifetime expires instead.
+//  10. Finish. One [store.Store.Finish] per job writes the outcomes, one event
+//     per recipient (delivery, delay, bounce, expiry) and, for bounced or
+//     expired recipients whose NOTIFY allows it, one DSN to the envelope sender
+//     (see dsn.go), in one transaction: a bounce sends exactly one DSN, and
+//     never for a null sender.
+//  11. Reuse. A connection left in a clean state goes back to the idle pool;
+//     idle connections are closed after 5 s.
+//
+// # Leases
+//
+// A claimed recipient is leased to this relay for Config.Lease. Leases are not
+// renewed: every job runs under a deadline of three quarters of the lease from
+// its claim, and its connection is closed when the deadline passes, so the
+// outcome is written while the lease still holds and no other node delivers
+// the same recipient again. The lease must therefore exceed a slow delivery:
+// connect plus a few command timeouts (the default, 15 min, covers
+// ConnectTimeout 30 s and CommandTimeout 5 min). A node that dies loses its
+// leases when they end and another node retries the work.
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/smtpgw/smtpgw/store"
+)
+
+// Relay modes and smarthost TLS modes.
+const (
+	ModeMX        = "mx"
+	ModeSmarthost = "smarthost"
+
+	TLSStartTLS = "starttls"
+	TLSImplicit = "implicit"
+	TLSNone     = "none"
+)
+
+// Defaults for zero Config fields.
+const (
+	DefaultWorkers              = 32
+	DefaultPerDomainConcurrency = 8
+	DefaultRetryInitial         = time.Minute
+	DefaultRetryMax             = time.Hour
+	DefaultMaxQueueLifetime     = 72 * time.Hour
+	DefaultLease                = 15 * time.Minute
+	DefaultConnectTimeout       = 30 * time.Second
+	DefaultCommandTimeout       = 5 * time.Minute
+	DefaultMXPort               = 25
+)
+
+const (
+	// maxBatch caps one ClaimDue.
+	maxBatch = 100
+	// pollInterval is how often the loop looks for deferred mail coming due.
+	pollInterval = time.Second
+	// pruneInterval is how often old events are pruned.
+	pruneInterval = time.Hour
+	// storeTimeout bounds one store call made by a delivery.
+	storeTimeout = 30 * time.Second
+)
+
+// Config configures a Relay. Zero values take the defaults above.
+type Config struct {
+	// Hostname is the EHLO name and the Reporting-MTA of DSNs; default
+	// os.Hostname().
+	Hostname string
+	// Mode is "mx" (default) or "smarthost".
+	Mode string
+	// Smarthost is host:port of the smarthost in smarthost mode.
+	Smarthost string
+	// SmarthostTLS is "starttls" (default; required), "implicit" or "none".
+	SmarthostTLS string
+	// SmarthostUsername enables AUTH PLAIN to the smarthost when not empty.
+	SmarthostUsername string
+	// SmarthostPassword is the password for AUTH PLAIN.
+	SmarthostPassword string
+	// SmarthostInsecureSkipVerify accepts any smarthost certificate.
+	SmarthostInsecureSkipVerify bool
+	// SmarthostRootCAs verifies the smarthost certificate; nil: system roots.
+	SmarthostRootCAs *x509.CertPool
+	// Workers is the number of parallel deliveries.
+	Workers int
+	// PerDomainConcurrency caps parallel deliveries per destination domain
+	// (MX mode) or to the smarthost.
+	PerDomainConcurrency int
+	// RetryInitial is the first retry delay; it doubles per attempt.
+	RetryInitial time.Duration
+	// RetryMax caps the retry delay.
+	RetryMax time.Duration
+	// MaxQueueLifetime is how long a message is retried before it expires.
+	MaxQueueLifetime time.Duration
+	// Lease is how long claimed recipients stay leased to this relay. It
+	// must exceed a slow delivery (see the package doc).
+	Lease time.Duration
+	// ConnectTimeout bounds dialling and the TLS handshake.
+	ConnectTimeout time.Duration
+	// CommandTimeout bounds each SMTP command and the DATA transfer.
+	CommandTimeout time.Duration
+	// DNSResolver is host:port of the DNS server for MX and address lookups;
+	// "" uses the system resolver.
+	DNSResolver string
+	// MXPort is the port dialled on MX hosts (25; tests use a local port).
+	MXPort int
+	// EventRetention prunes events older than this, hourly; 0 keeps them.
+	EventRetention time.Duration
+	// Owner is the lease owner id; "" gives hostname-pid-random.
+	Owner string
+	// Logger receives the relay's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Relay delivers queued mail. Create it with New, run it with Start, end it
+// with Stop.
+type Relay struct {
+	cfg      Config
+	st       store.Store
+	log      *slog.Logger
+	metrics  *metrics
+	resolver *net.Resolver
+	pool     *connPool
+	sems     *semaphores
+	domains  *domainCache
+	mx       *mxCache
+
+	slots    chan struct{} // one per running job; capacity cfg.Workers
+	jobDone  chan struct{} // coalesced: a job finished
+	stop     chan struct{} // closed by Stop
+	stopOnce sync.Once
+	started  atomic.Bool
+	loopDone chan struct{} // closed when the claim loop and pruner returned
+	jobs     sync.WaitGroup
+}
+
+// New checks cfg, fills its defaults and returns a Relay that is not yet
+// running. reg may be nil (no metrics registered).
+func New(cfg Config, st store.Store, reg prometheus.Registerer) (*Relay, error) {
+	if st == nil {
+		return nil, errors.New("new relay: nil store")
+	}
+	if err := applyDefaults(&cfg); err != nil {
+		return nil, fmt.Errorf("new relay: %w", err)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("new relay: %w", err)
+	}
+	r := &Relay{
+		cfg:      cfg,
+		st:       st,
+		log:      cfg.Logger,
+		metrics:  m,
+		resolver: newResolver(cfg.DNSResolver),
+		pool:     newConnPool(),
+		sems:     newSemaphores(cfg.PerDomainConcurrency),
+		domains:  newDomainCache(st),
+		mx:       newMXCache(),
+		slots:    make(chan struct{}, cfg.Workers),
+		jobDone:  make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		loopDone: make(chan struct{}),
+	}
+	if minLease := cfg.ConnectTimeout + 2*cfg.CommandTimeout; cfg.Lease < minLease {
+		r.log.Warn("relay lease is shorter than a slow delivery; slow deliveries will be cut off and retried",
+			"lease", cfg.Lease.String(), "suggested_min", minLease.String())
+	}
+	return r, nil
+}
+
+// applyDefaults validates cfg and fills zero fields.
+func applyDefaults(cfg *Config) error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("hostname: %w (set hostname in the configuration)", err)
+		}
+		cfg.Hostname = h
+	}
+	switch cfg.Mode {
+	case "":
+		cfg.Mode = ModeMX
+	case ModeMX, ModeSmarthost:
+	default:
+		return fmt.Errorf("relay.mode %q: use \"mx\" or \"smarthost\"", cfg.Mode)
+	}
+	if cfg.Mode == ModeSmarthost {
+		if _, port, err := net.SplitHostPort(cfg.Smarthost); err != nil || port == "" {
+			return fmt.Errorf("relay.smarthost %q: must be host:port when relay.mode = \"smarthost\"", cfg.Smarthost)
+		}
+	}
+	switch cfg.SmarthostTLS {
+	case "":
+		cfg.SmarthostTLS = TLSStartTLS
+	case TLSStartTLS, TLSImplicit, TLSNone:
+	default:
+		return fmt.Errorf("relay.smarthost_tls %q: use \"starttls\", \"implicit\" or \"none\"", cfg.SmarthostTLS)
+	}
+	setDefault(&cfg.Workers, DefaultWorkers)
+	setDefault(&cfg.PerDomainConcurrency, DefaultPerDomainConcurrency)
+	setDefault(&cfg.MXPort, DefaultMXPort)
+	setDefault(&cfg.RetryInitial, DefaultRetryInitial)
+	setDefault(&cfg.RetryMax, DefaultRetryMax)
+	if cfg.RetryMax < cfg.RetryInitial {
+		cfg.RetryMax = cfg.RetryInitial
+	}
+	setDefault(&cfg.MaxQueueLifetime, DefaultMaxQueueLifetime)
+	setDefault(&cfg.Lease, DefaultLease)
+	setDefault(&cfg.ConnectTimeout, DefaultConnectTimeout)
+	setDefault(&cfg.CommandTimeout, DefaultCommandTimeout)
+	if cfg.DNSResolver != "" {
+		if _, _, err := net.SplitHostPort(cfg.DNSResolver); err != nil {
+			cfg.DNSResolver = net.JoinHostPort(cfg.DNSResolver, "53")
+		}
+	}
+	if cfg.EventRetention < 0 {
+		cfg.EventRetention = 0
+	}
+	if cfg.Owner == "" {
+		cfg.Owner = defaultOwner()
+	}
+	return nil
+}
+
+// setDefault sets *v to def when it is not positive.
+func setDefault[T int | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
+}
+
+// defaultOwner returns hostname-pid-random, unique per Relay.
+func defaultOwner() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		h = "smtpgw"
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return h + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b[:])
+}
+
+// Owner returns the lease owner id this relay claims with.
+func (r *Relay) Owner() string { return r.cfg.Owner }
+
+// Start starts the claim loop, the event pruner and the idle-connection
+// janitor. Cancelling ctx stops claiming, as Stop does; deliveries already
+// running finish and record their outcomes (their store calls do not inherit
+// ctx's cancellation). Call Stop to wait for them.
+func (r *Relay) Start(ctx context.Context) error {
+	if !r.started.CompareAndSwap(false, true) {
+		return errors.New("start relay: already started")
+	}
+	select {
+	case <-r.stop:
+		return errors.New("start relay: already stopped")
+	default:
+	}
+	r.log.Info("relay started", "mode", r.cfg.Mode, "workers", r.cfg.Workers,
+		"per_domain_concurrency", r.cfg.PerDomainConcurrency, "owner", r.cfg.Owner)
+	base := context.WithoutCancel(ctx)
+	loopCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		r.claimLoop(loopCtx, base)
+	}()
+	go func() {
+		defer wg.Done()
+		r.pruneLoop(loopCtx)
+	}()
+	go func() {
+		defer wg.Done()
+		r.pool.janitor(loopCtx, r.stop)
+	}()
+	go func() {
+		select {
+		case <-r.stop:
+		case <-loopCtx.Done():
+		}
+		cancel()
+		wg.Wait()
+		close(r.loopDone)
+	}()
+	return nil
+}
+
+// Stop stops claiming, waits for running deliveries to finish and record
+// their outcomes, and closes idle connections. It is safe to call twice, and
+// without Start.
+func (r *Relay) Stop() {
+	r.stopOnce.Do(func() { close(r.stop) })
+	if r.started.Load() {
+		<-r.loopDone
+	}
+	r.jobs.Wait()
+	r.pool.closeAll()
+}
+
+// claimLoop claims due recipients and dispatches jobs until ctx ends.
+func (r *Relay) claimLoop(ctx, base context.Context) {
+	poll := time.NewTicker(pollInterval)
+	defer poll.Stop()
+	wakeups := r.st.Wakeups()
+	more := true // the last claim may have left due work behind
+	for {
+		if ctx.Err() != nil {
+			return
+		}
+		if more {
+			n, limit := r.claimOnce(ctx, base)
+			more = limit > 0 && n >= limit || limit == 0
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-wakeups:
+			more = true
+		case <-poll.C:
+			more = true
+		case <-r.jobDone:
+			// Claim again only if the last claim was full (or skipped for
+			// want of workers): otherwise the queue held no more due work.
+		}
+	}
+}
+
+// claimOnce claims up to twice the idle workers' worth of recipients and
+// starts their jobs. It returns how many it claimed and the limit it asked
+// for (0 when no worker was idle).
+func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
+	idle := cap(r.slots) - len(r.slots)
+	if idle <= 0 {
+		return 0, 0
+	}
+	limit := min(maxBatch, 2*idle)
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	claimed, err := r.st.ClaimDue(cctx, r.cfg.Owner, limit, r.cfg.Lease)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			r.log.Warn("claim due recipients", "err", err)
+		}
+		return 0, limit
+	}
+	if len(claimed) == 0 {
+		return 0, limit
+	}
+	r.metrics.claimed.Add(float64(len(claimed)))
+	deadline := time.Now().Add(r.cfg.Lease * 3 / 4)
+	for _, j := range groupJobs(claimed, r.cfg.Mode, deadline) {
+		// Claimed work always runs, even when stopping: its lease is ours.
+		r.slots <- struct{}{}
+		r.jobs.Add(1)
+		go func() {
+			defer func() {
+				<-r.slots
+				r.jobs.Done()
+				select {
+				case r.jobDone <- struct{}{}:
+				default:
+				}
+			}()
+			r.runJob(base, j)
+		}()
+	}
+	return len(claimed), limit
+}
+
+// pruneLoop deletes events older than EventRetention, at start and hourly.
+func (r *Relay) pruneLoop(ctx context.Context) {
+	if r.cfg.EventRetention <= 0 {
+		return
+	}
+	t := time.NewTicker(pruneInterval)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		n, err := r.st.PruneEvents(pctx, time.Now().Add(-r.cfg.EventRetention))
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			r.log.Warn("prune events", "err", err)
+		case n > 0:
+			r.log.Info("pruned events", "count", n, "retention", r.cfg.EventRetention.String())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// semaphores limits parallel deliveries per destination.
+type semaphores struct {
+	n  int
+	mu sync.Mutex
+	m  map[string]*semaphore
+}
+
+// semaphore is one destination's slots and how many jobs hold or wait for it.
+type semaphore struct {
+	ch    chan struct{}
+	users int
+}
+
+func newSemaphores(n int) *semaphores {
+	return &semaphores{n: n, m: make(map[string]*semaphore)}
+}
+
+// acquire takes a slot for key, waiting until ctx ends. The returned release
+// must be called once when acquire succeeded.
+func (s *semaphores) acquire(ctx context.Context, key string) (func(), error) {
+	s.mu.Lock()
+	sem := s.m[key]
+	if sem == nil {
+		sem = &semaphore{ch: make(chan struct{}, s.n)}
+		s.m[key] = sem
+	}
+	sem.users++
+	s.mu.Unlock()
+	done := func() {
+		s.mu.Lock()
+		sem.users--
+		if sem.users == 0 {
+			delete(s.m, key)
+		}
+		s.mu.Unlock()
+	}
+	select {
+	case sem.ch <- struct{}{}:
+		return func() { <-sem.ch; done() }, nil
+	case <-ctx.Done():
+		done()
+		return nil, ctx.Err()
+	}
+}
