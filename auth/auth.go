@@ -1,0 +1,120 @@
+// Package auth owns smtpgw's API keys (SPEC §3): their format, grants and
+// allowed client addresses, the admin operations on them ([Manager]), their
+// verification for SMTP AUTH and the HTTP API ([Verifier]), and the throttle
+// on failed AUTH attempts ([FailureLimiter]).
+//
+// A key is 40 lowercase hex characters from crypto/rand. The store keeps
+// only its SHA-256 and its first four characters; the key itself is shown
+// once, when [Manager.Create] makes it.
+//
+// Verifying a presented key ([Verifier.VerifyGrant]) walks these steps:
+//
+//  1. A string that is not 40 lowercase hex characters is an unknown key;
+//     the store is not asked.
+//  2. The key is hashed (SHA-256) and the hash looked up: first in a
+//     per-node cache whose entries live auth.cache_ttl (default 5 s), then
+//     with store.KeyByHash. Store failures are returned wrapped, not as
+//     [*Error], so SMTP answers 454 rather than 535.
+//  3. The stored hash is compared with the computed one in constant time;
+//     then the key must not be revoked, the client address must be in its
+//     allowed IPs, and it must hold the grant asked for. An unknown key is
+//     checked against a decoy key so that it costs the same work as a known
+//     key refused for its address.
+//  4. Success is recorded as the key's last use by a background writer that
+//     batches store.TouchKey calls, at most once per key per minute: the
+//     AUTH path never writes to the database.
+//
+// A key revoked or changed through a [Manager] holding the [Verifier] is
+// evicted from that node's cache at once; other nodes see the change when
+// their cache entry expires.
+//
+// Errors returned for refused keys are [*Error] values wrapping one of
+// [ErrUnknownKey], [ErrRevokedKey], [ErrMissingGrant] or [ErrIPNotAllowed].
+// They are meant for logs (they never contain the key) and must not reach
+// the client, which only learns that authentication failed.
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Reasons a key is refused. [Verifier] returns them inside an [*Error];
+// test with errors.Is.
+var (
+	// ErrUnknownKey: the key is malformed or no key has its hash.
+	ErrUnknownKey = errors.New("unknown key")
+	// ErrRevokedKey: the key was deleted (revoked).
+	ErrRevokedKey = errors.New("revoked key")
+	// ErrMissingGrant: the key lacks the grant the operation needs.
+	ErrMissingGrant = errors.New("missing grant")
+	// ErrIPNotAllowed: the client address is not in the key's allowed IPs.
+	ErrIPNotAllowed = errors.New("client address not allowed for key")
+)
+
+// Error describes a refused key for the log. It never contains the key.
+type Error struct {
+	// Reason is one of ErrUnknownKey, ErrRevokedKey, ErrMissingGrant and
+	// ErrIPNotAllowed.
+	Reason error
+	// KeyID is the refused key's id; "" for an unknown key.
+	KeyID string
+	// ShortKey is the refused key's first four characters as stored; "" for
+	// an unknown key (the first characters of a wrong password are not
+	// logged).
+	ShortKey string
+	// Grant is the grant that was required ("" if none).
+	Grant string
+	// IP is the client address checked.
+	IP netip.Addr
+}
+
+// Error returns a log line such as
+// "revoked key (key 0123456789abcdef, short key ab12, client 192.0.2.7)".
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Reason.Error())
+	if e.Reason == ErrMissingGrant && e.Grant != "" {
+		b.WriteString(" " + e.Grant)
+	}
+	var attrs []string
+	if e.KeyID != "" {
+		attrs = append(attrs, "key "+e.KeyID)
+	}
+	if e.ShortKey != "" {
+		attrs = append(attrs, "short key "+e.ShortKey)
+	}
+	if e.IP.IsValid() {
+		attrs = append(attrs, "client "+e.IP.String())
+	}
+	if len(attrs) > 0 {
+		fmt.Fprintf(&b, " (%s)", strings.Join(attrs, ", "))
+	}
+	return b.String()
+}
+
+// Unwrap returns Reason, so errors.Is(err, ErrRevokedKey) works.
+func (e *Error) Unwrap() error { return e.Reason }
+
+// Identity is what a verified key allows: who is sending, for which
+// subaccount, with which grants.
+type Identity struct {
+	// KeyID is the key's public id (store.Key.ID).
+	KeyID string
+	// ShortKey is the key's first four characters, for logs.
+	ShortKey string
+	// Label is the admin's name for the key.
+	Label string
+	// Subaccount is the key's subaccount; 0 is the master account.
+	Subaccount int64
+	// Grants are the key's grants (a copy; the caller may keep it).
+	Grants []string
+}
+
+// Has reports whether the identity holds grant.
+func (id *Identity) Has(grant string) bool {
+	return id != nil && slices.Contains(id.Grants, grant)
+}

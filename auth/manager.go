@@ -1,0 +1,209 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/smtpgw/smtpgw/store"
+)
+
+// MaxLabelLen is the longest key label accepted, in characters (SparkPost's
+// limit).
+const MaxLabelLen = 1024
+
+// Manager performs the admin operations on API keys (CLI and HTTP API). It
+// validates input before it reaches the store and, when it has a Verifier,
+// evicts changed keys from its cache so changes apply at once on this node.
+type Manager struct {
+	st store.Store
+	v  *Verifier // nil: no cache to evict (CLI)
+}
+
+// NewManager returns a Manager working on st. v may be nil (the CLI, which
+// runs no Verifier); other nodes' caches expire after their cache TTL.
+func NewManager(st store.Store, v *Verifier) *Manager {
+	return &Manager{st: st, v: v}
+}
+
+// CreateParams describes a key to create.
+type CreateParams struct {
+	// Label is the admin's name for the key: required, at most MaxLabelLen
+	// characters; surrounding white space is trimmed.
+	Label string
+	// Grants are SparkPost grant names; at least one (see ValidateGrants).
+	Grants []string
+	// Subaccount is the key's subaccount; 0 is the master account.
+	Subaccount int64
+	// AllowedIPs are the addresses or CIDR prefixes the key may be used
+	// from (see ParseAllowedIPs); empty allows any address.
+	AllowedIPs []string
+}
+
+// UpdateParams describes changes to a key; nil or false fields keep the
+// current value.
+type UpdateParams struct {
+	// Label, when not nil, replaces the label (same rules as CreateParams).
+	Label *string
+	// Grants, when not nil, replace the grants.
+	Grants []string
+	// Subaccount, when not nil, moves the key to that subaccount (0: master).
+	Subaccount *int64
+	// AllowedIPs, when not empty, replace the allowed IPs.
+	AllowedIPs []string
+	// ClearAllowedIPs allows any address again. It cannot be combined with
+	// AllowedIPs.
+	ClearAllowedIPs bool
+}
+
+// Create makes a new key and stores it. It returns the key itself, to be
+// shown once and never again, and the stored record (without the key).
+func (m *Manager) Create(ctx context.Context, p CreateParams) (string, *store.Key, error) {
+	label, err := checkLabel(p.Label)
+	if err != nil {
+		return "", nil, fmt.Errorf("create key: %w", err)
+	}
+	grants := NormalizeGrants(p.Grants)
+	if err := ValidateGrants(grants); err != nil {
+		return "", nil, fmt.Errorf("create key: %w", err)
+	}
+	if p.Subaccount < 0 {
+		return "", nil, fmt.Errorf("create key: subaccount %d: give 0 (master account) or a positive subaccount id", p.Subaccount)
+	}
+	ips, err := ParseAllowedIPs(p.AllowedIPs)
+	if err != nil {
+		return "", nil, fmt.Errorf("create key: allowed IPs: %w", err)
+	}
+	// A duplicate id or hash is all but impossible (64 and 160 random
+	// bits); retry rather than fail if it happens.
+	for attempt := 0; ; attempt++ {
+		key, err := GenerateKey()
+		if err != nil {
+			return "", nil, fmt.Errorf("create key: %w", err)
+		}
+		k := &store.Key{
+			ID:         store.NewKeyID(),
+			Label:      label,
+			Grants:     grants,
+			ShortKey:   key[:ShortKeyLen],
+			Hash:       HashKey(key),
+			Subaccount: p.Subaccount,
+			AllowedIPs: ips,
+		}
+		err = m.st.CreateKey(ctx, k)
+		if errors.Is(err, store.ErrExists) && attempt < 2 {
+			continue
+		}
+		if err != nil {
+			return "", nil, fmt.Errorf("create key: %w", err)
+		}
+		if m.v != nil {
+			m.v.forget(k.Hash)
+		}
+		return key, k, nil
+	}
+}
+
+// checkLabel trims a label and checks it is present and not too long.
+func checkLabel(label string) (string, error) {
+	label = strings.TrimSpace(label)
+	if label == "" {
+		return "", errors.New("label is required: name the key after its user, e.g. \"newsletter app\"")
+	}
+	if n := utf8.RuneCountInString(label); n > MaxLabelLen {
+		return "", fmt.Errorf("label is %d characters long: at most %d are allowed", n, MaxLabelLen)
+	}
+	if !utf8.ValidString(label) {
+		return "", errors.New("label is not valid UTF-8")
+	}
+	return label, nil
+}
+
+// Update changes an active key and evicts it from the Verifier's cache. It
+// returns the key as stored; store.ErrNotFound (wrapped) if there is no
+// active key with that id.
+func (m *Manager) Update(ctx context.Context, id string, p UpdateParams) (*store.Key, error) {
+	if p.ClearAllowedIPs && len(p.AllowedIPs) > 0 {
+		return nil, fmt.Errorf("update key %s: allowed IPs both given and cleared: give one", id)
+	}
+	k, err := m.Get(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("update key: %w", err)
+	}
+	if p.Label != nil {
+		if k.Label, err = checkLabel(*p.Label); err != nil {
+			return nil, fmt.Errorf("update key %s: %w", id, err)
+		}
+	}
+	if p.Grants != nil {
+		grants := NormalizeGrants(p.Grants)
+		if err := ValidateGrants(grants); err != nil {
+			return nil, fmt.Errorf("update key %s: %w", id, err)
+		}
+		k.Grants = grants
+	}
+	if p.Subaccount != nil {
+		if *p.Subaccount < 0 {
+			return nil, fmt.Errorf("update key %s: subaccount %d: give 0 (master account) or a positive subaccount id", id, *p.Subaccount)
+		}
+		k.Subaccount = *p.Subaccount
+	}
+	if len(p.AllowedIPs) > 0 {
+		if k.AllowedIPs, err = ParseAllowedIPs(p.AllowedIPs); err != nil {
+			return nil, fmt.Errorf("update key %s: allowed IPs: %w", id, err)
+		}
+	}
+	if p.ClearAllowedIPs {
+		k.AllowedIPs = nil
+	}
+	err = m.st.UpdateKey(ctx, k)
+	m.evict(id) // even on error: the store may have applied it
+	if err != nil {
+		return nil, fmt.Errorf("update key %s: %w", id, err)
+	}
+	return k, nil
+}
+
+// Delete revokes the key with that id and evicts it from the Verifier's
+// cache: this node refuses it at once, other nodes within their cache TTL.
+// The record is kept (so AUTH can log "revoked key") but no longer listed.
+// It returns store.ErrNotFound (wrapped) if there is no active key with
+// that id.
+func (m *Manager) Delete(ctx context.Context, id string) error {
+	err := m.st.RevokeKey(ctx, id)
+	m.evict(id)
+	if err != nil {
+		return fmt.Errorf("delete key %s: %w", id, err)
+	}
+	return nil
+}
+
+// Get returns the active key with that id; store.ErrNotFound (wrapped) if
+// there is none or it was deleted.
+func (m *Manager) Get(ctx context.Context, id string) (*store.Key, error) {
+	k, err := m.st.GetKey(ctx, id)
+	if err == nil && !k.RevokedAt.IsZero() {
+		err = store.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get key %s: %w", id, err)
+	}
+	return k, nil
+}
+
+// List returns the active keys, oldest first.
+func (m *Manager) List(ctx context.Context) ([]*store.Key, error) {
+	keys, err := m.st.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	return keys, nil
+}
+
+func (m *Manager) evict(id string) {
+	if m.v != nil {
+		m.v.Evict(id)
+	}
+}
