@@ -110,9 +110,9 @@ func (r *Relay) lookupRoutes(ctx context.Context, domain string) ([]route, error
 		if err == nil || errors.As(err, &dnsErr) && dnsErr.IsNotFound {
 			return nil, &permanentError{reply: replyNoDomain}
 		}
-		return nil, fmt.Errorf("451 4.4.3 address lookup for %s failed: %w", domain, err)
+		return nil, &tempError{reply: "451 4.4.3 address lookup for " + domain + " failed", err: err}
 	default:
-		return nil, fmt.Errorf("451 4.4.3 MX lookup for %s failed: %w", domain, err)
+		return nil, &tempError{reply: "451 4.4.3 MX lookup for " + domain + " failed", err: err}
 	}
 }
 

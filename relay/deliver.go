@@ -370,6 +370,15 @@ type permanentError struct{ reply string }
 
 func (e *permanentError) Error() string { return e.reply }
 
+// tempError is a local failure that defers, with the reply to record.
+type tempError struct {
+	reply string
+	err   error
+}
+
+func (e *tempError) Error() string { return e.reply + ": " + e.err.Error() }
+func (e *tempError) Unwrap() error { return e.err }
+
 // classify maps an attempt error to a recipient state and a one-line reply:
 // 5xx bounces, 4xx and everything else (timeouts, broken connections,
 // TLS failures) defers.
@@ -400,10 +409,13 @@ func formatSMTPError(se *smtp.SMTPError) string {
 // replyOf renders a local or transport error as a reply line.
 func replyOf(err error) string {
 	var pe *permanentError
+	var te *tempError
 	var se *smtp.SMTPError
 	switch {
 	case errors.As(err, &pe):
 		return pe.reply
+	case errors.As(err, &te):
+		return te.reply
 	case errors.As(err, &se):
 		return formatSMTPError(se)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):

@@ -221,19 +221,24 @@ var storeKinds = []string{"sqlite", "postgres"}
 // the test ends.
 func openStore(t testing.TB, kind string) store.Store {
 	t.Helper()
-	ctx := context.Background()
-	var st store.Store
-	var err error
 	switch kind {
 	case "sqlite":
-		st, err = store.Open(ctx, "", t.TempDir())
+		return openURL(t, "", t.TempDir())
 	case "postgres":
-		st, err = store.Open(ctx, pgtest.URL(t), "")
-	default:
-		t.Fatalf("unknown store kind %q", kind)
+		return openURL(t, pgtest.URL(t), "")
 	}
+	t.Fatalf("unknown store kind %q", kind)
+	return nil
+}
+
+// openURL opens and migrates the store at url (or SQLite in dir), closed
+// when the test ends.
+func openURL(t testing.TB, url, dir string) store.Store {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.Open(ctx, url, dir)
 	if err != nil {
-		t.Fatalf("open %s store: %v", kind, err)
+		t.Fatalf("open store: %v", err)
 	}
 	t.Cleanup(func() {
 		if err := st.Close(); err != nil {
@@ -241,7 +246,7 @@ func openStore(t testing.TB, kind string) store.Store {
 		}
 	})
 	if err := st.Migrate(ctx); err != nil {
-		t.Fatalf("migrate %s store: %v", kind, err)
+		t.Fatalf("migrate store: %v", err)
 	}
 	return st
 }

@@ -1,0 +1,233 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/smtpgw/smtpgw/store"
+)
+
+func TestBackoff(t *testing.T) {
+	t.Parallel()
+	initial, max := time.Minute, time.Hour
+	cases := []struct {
+		attempts int
+		base     time.Duration
+	}{
+		{1, time.Minute}, {2, 2 * time.Minute}, {3, 4 * time.Minute}, {6, 32 * time.Minute},
+		{7, time.Hour}, {50, time.Hour},
+	}
+	for _, c := range cases {
+		for range 50 {
+			d := backoff(initial, max, c.attempts)
+			lo, hi := time.Duration(float64(c.base)*0.8), time.Duration(float64(c.base)*1.2)
+			if d < lo || d > hi {
+				t.Fatalf("backoff(attempts=%d) = %v, want within [%v, %v]", c.attempts, d, lo, hi)
+			}
+		}
+	}
+}
+
+func TestParseNotify(t *testing.T) {
+	t.Parallel()
+	cases := map[string]string{
+		"":                      "",
+		"NEVER":                 "NEVER",
+		"never":                 "NEVER",
+		"SUCCESS,FAILURE":       "SUCCESS,FAILURE",
+		"delay , failure":       "DELAY,FAILURE",
+		"NEVER,SUCCESS":         "", // invalid combination: dropped
+		"BOGUS,FAILURE":         "FAILURE",
+		"SUCCESS,DELAY,FAILURE": "SUCCESS,DELAY,FAILURE",
+	}
+	for in, want := range cases {
+		var got []string
+		for _, v := range parseNotify(in) {
+			got = append(got, string(v))
+		}
+		if strings.Join(got, ",") != want {
+			t.Errorf("parseNotify(%q) = %v, want %q", in, got, want)
+		}
+	}
+	if !notifies("", "FAILURE") || notifies("", "DELAY") || notifies("NEVER", "FAILURE") || !notifies("DELAY", "DELAY") {
+		t.Error("notifies: wrong defaults")
+	}
+}
+
+func TestClassify(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		err   error
+		state string
+		reply string
+	}{
+		{smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such user"), store.StateBounced, "550 5.1.1 no such user"},
+		{smtpErr(452, smtp.EnhancedCode{4, 5, 3}, "too many\nrecipients"), store.StateDeferred, "452 4.5.3 too many recipients"},
+		{&smtp.SMTPError{Code: 554, EnhancedCode: smtp.NoEnhancedCode, Message: "go away"}, store.StateBounced, "554 go away"},
+		{fmt.Errorf("write: %w", io.ErrUnexpectedEOF), store.StateDeferred, "451 4.4.1 write: unexpected EOF"},
+		{context.DeadlineExceeded, store.StateDeferred, "451 4.4.2 timeout talking to remote server"},
+		{&permanentError{reply: replyNullMX}, store.StateDeferred, replyNullMX}, // routes() decides bounces
+	}
+	for _, c := range cases {
+		state, reply := classify(c.err)
+		if state != c.state || reply != c.reply {
+			t.Errorf("classify(%v) = %s %q, want %s %q", c.err, state, reply, c.state, c.reply)
+		}
+	}
+}
+
+func TestStatusOf(t *testing.T) {
+	t.Parallel()
+	if s := statusOf("550 5.1.1 no", '5', "5.0.0"); s != "5.1.1" {
+		t.Errorf("got %s", s)
+	}
+	if s := statusOf("550 no code", '5', "5.0.0"); s != "5.0.0" {
+		t.Errorf("got %s", s)
+	}
+	if s := statusOf("451 4.2.2 full", '5', "5.0.0"); s != "5.0.0" {
+		t.Errorf("class mismatch: got %s", s)
+	}
+}
+
+func TestFromDomain(t *testing.T) {
+	t.Parallel()
+	cases := map[string]string{
+		"alice@Example.COM":                 "example.com",
+		"Alice <alice@example.com>":         "example.com",
+		`"Smith, A" <a@x.test>, b@y.test`:   "x.test",
+		"=?utf-8?q?J=C3=BCrgen?= <j@z.test>": "z.test",
+		"broken <<a@w.test>":                "w.test",
+		"":                                  "",
+		"no address here":                   "",
+	}
+	for in, want := range cases {
+		if got := fromDomain(in); got != want {
+			t.Errorf("fromDomain(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestGenerateDKIMKey(t *testing.T) {
+	t.Parallel()
+	for _, alg := range []string{"rsa", "ed25519"} {
+		priv, pub, err := GenerateDKIMKey(alg)
+		if err != nil {
+			t.Fatalf("%s: %v", alg, err)
+		}
+		if !bytes.HasPrefix(priv, []byte("-----BEGIN PRIVATE KEY-----")) {
+			t.Errorf("%s: private key is not PKCS#8 PEM", alg)
+		}
+		if _, err := parseDKIMKey(priv); err != nil {
+			t.Errorf("%s: parse generated key: %v", alg, err)
+		}
+		name, value := DKIMRecord(&store.Domain{Name: "example.com", Selector: "s1", Algorithm: alg, PublicKey: pub})
+		if name != "s1._domainkey.example.com" || value != "v=DKIM1; k="+alg+"; p="+pub {
+			t.Errorf("%s: record %s %s", alg, name, value)
+		}
+	}
+	if _, _, err := GenerateDKIMKey("dsa"); err == nil {
+		t.Error("unknown algorithm accepted")
+	}
+	if _, err := parseDKIMKey([]byte("not pem")); err == nil {
+		t.Error("garbage key parsed")
+	}
+}
+
+func TestBuildDSNStructure(t *testing.T) {
+	t.Parallel()
+	orig := &store.Claimed{MailFrom: "s@src.test", DSNEnvID: "env42", DSNRet: "HDRS", Subaccount: 3,
+		CreatedAt: time.Date(2026, 11, 23, 20, 0, 0, 0, time.UTC)}
+	body := []byte(testBody("s@src.test", "dsn"))
+	now := time.Date(2026, 11, 23, 21, 0, 0, 0, time.UTC)
+	m, err := buildDSN("relay.test", orig, []dsnRecipient{{
+		address: "x@dest.test", action: actionFailed, status: "5.1.1", reply: "550 5.1.1 no such user",
+		remoteMTA: "mx.dest.test", lastAttempt: now,
+	}}, body, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.MailFrom != "" || len(m.Recipients) != 1 || m.Recipients[0].Address != "s@src.test" ||
+		m.Recipients[0].Domain != "src.test" || m.Subaccount != 3 || m.KeyID != "" {
+		t.Errorf("DSN envelope: %+v", m)
+	}
+	if !bytes.Contains(m.Body, []byte("\r\nAuto-Submitted: auto-replied\r\n")) {
+		t.Errorf("DSN lacks Auto-Submitted")
+	}
+	_, status, original := dsnReport(t, m.Body)
+	for _, want := range []string{"Original-Envelope-Id: env42", "Arrival-Date: Mon, 23 Nov 2026 20:00:00 +0000",
+		"Remote-MTA: dns; mx.dest.test", "Status: 5.1.1"} {
+		if !strings.Contains(status, want) {
+			t.Errorf("status part lacks %q:\n%s", want, status)
+		}
+	}
+	if !strings.HasPrefix(original, "From: s@src.test\r\n") || strings.Contains(original, "Hello") {
+		t.Errorf("headers part:\n%s", original)
+	}
+}
+
+func TestSemaphores(t *testing.T) {
+	t.Parallel()
+	s := newSemaphores(2)
+	ctx := context.Background()
+	r1, err1 := s.acquire(ctx, "a")
+	r2, err2 := s.acquire(ctx, "a")
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := s.acquire(short, "a"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("third acquire: %v, want deadline exceeded", err)
+	}
+	rb, err := s.acquire(ctx, "b")
+	if err != nil {
+		t.Fatalf("other key blocked: %v", err)
+	}
+	rb()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r, err := s.acquire(ctx, "a")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		r()
+	}()
+	r1()
+	wg.Wait()
+	r2()
+	s.mu.Lock()
+	left := len(s.m)
+	s.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d semaphores left after release, want 0", left)
+	}
+}
+
+func TestGroupJobs(t *testing.T) {
+	t.Parallel()
+	c := func(id int64, msg, addr string) *store.Claimed {
+		return &store.Claimed{Recipient: store.Recipient{ID: id, MessageID: msg, Address: addr, Domain: domainOf(addr)}}
+	}
+	jobs := groupJobs([]*store.Claimed{
+		c(1, "m1", "a@x.test"), c(2, "m1", "b@X.test"), c(3, "m1", "c@y.test"), c(4, "m2", "d@x.test"),
+	}, ModeMX, time.Now())
+	if len(jobs) != 3 || len(jobs[0].rcpts) != 2 || jobs[0].dest != "x.test" || jobs[2].rcpts[0].ID != 4 {
+		t.Fatalf("jobs: %+v", jobs)
+	}
+	sh := groupJobs([]*store.Claimed{c(1, "m1", "a@x.test"), c(2, "m1", "c@y.test")}, ModeSmarthost, time.Now())
+	if len(sh) != 2 || sh[0].dest != "smarthost" || sh[1].dest != "smarthost" {
+		t.Errorf("smarthost jobs share one destination: %+v", sh)
+	}
+}
