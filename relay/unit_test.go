@@ -101,13 +101,13 @@ func TestStatusOf(t *testing.T) {
 func TestFromDomain(t *testing.T) {
 	t.Parallel()
 	cases := map[string]string{
-		"alice@Example.COM":                 "example.com",
-		"Alice <alice@example.com>":         "example.com",
-		`"Smith, A" <a@x.test>, b@y.test`:   "x.test",
+		"alice@Example.COM":                  "example.com",
+		"Alice <alice@example.com>":          "example.com",
+		`"Smith, A" <a@x.test>, b@y.test`:    "x.test",
 		"=?utf-8?q?J=C3=BCrgen?= <j@z.test>": "z.test",
-		"broken <<a@w.test>":                "w.test",
-		"":                                  "",
-		"no address here":                   "",
+		"broken <<a@w.test>":                 "w.test",
+		"":                                   "",
+		"no address here":                    "",
 	}
 	for in, want := range cases {
 		if got := fromDomain(in); got != want {
