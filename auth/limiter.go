@@ -28,14 +28,14 @@ const maxLimiterEntries = 100_000
 // addresses can make the limiter forget some of them, not grow it). It is safe for concurrent
 // use.
 type FailureLimiter struct {
-	max        int
-	window     time.Duration
-	every      rate.Limit
-	maxEntries int // maxLimiterEntries; tests lower it
+	max        int           // failures allowed per window; <= 0 disables
+	window     time.Duration // the period max failures are counted over
+	every      rate.Limit    // refill rate: max per window
+	maxEntries int           // maxLimiterEntries; tests lower it
 
 	mu        sync.Mutex
-	clients   map[netip.Addr]*rate.Limiter
-	lastSweep time.Time
+	clients   map[netip.Addr]*rate.Limiter // by clientKey
+	lastSweep time.Time                    // when idle entries were last dropped
 }
 
 // NewFailureLimiter returns a limiter blocking an address after max failures
