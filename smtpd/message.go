@@ -1,0 +1,172 @@
+package smtpd
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net/mail"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-message/textproto"
+)
+
+// traceInfo is what the Received: field records (RFC 5321 §4.4).
+type traceInfo struct {
+	helo      string     // EHLO argument
+	ip        netip.Addr // client address
+	hostname  string     // our name
+	protocol  string     // RFC 3848 / RFC 6531 "with" keyword, e.g. ESMTPSA
+	tls       string     // e.g. "TLS1.3 TLS_AES_128_GCM_SHA256"; "" without TLS
+	id        string     // queue id
+	recipient string     // the single recipient, or ""
+	now       time.Time
+}
+
+// prepared is a message ready to enqueue.
+type prepared struct {
+	body       []byte   // stored form: header with our fields, CRLF line ends
+	msys       *MsysAPI // nil: no X-MSYS-API header
+	fromDomain string   // domain of the From: header's first address; "" if none
+}
+
+// prepareMessage turns a message as received into the stored form: line
+// ends made CRLF, the header parsed losslessly (textproto keeps every
+// field's raw bytes), X-MSYS-API parsed and removed, Message-ID: and Date:
+// added when missing (RFC 6409 §8.2, §8.3) and Received: prepended. The
+// body is not touched beyond line ends.
+func prepareMessage(raw []byte, tr traceInfo) (*prepared, error) {
+	raw = toCRLF(raw)
+	r := bytes.NewReader(raw)
+	br := bufio.NewReader(r)
+	h, err := textproto.ReadHeader(br)
+	if err != nil {
+		return nil, fmt.Errorf("read message header: %w: %w", ErrMalformedMessage, err)
+	}
+	body := raw[len(raw)-r.Len()-br.Buffered():]
+
+	p := &prepared{}
+	switch vals := h.Values(MsysAPIHeader); len(vals) {
+	case 0:
+	case 1:
+		if p.msys, err = ParseMsysAPI(vals[0]); err != nil {
+			return nil, err
+		}
+		h.Del(MsysAPIHeader)
+		if len(p.msys.Recipients()) > 0 {
+			// Naming one recipient of several would reveal it to the
+			// others (RFC 5321 §7.2).
+			tr.recipient = ""
+		}
+	default:
+		return nil, msysErrorf("more than one X-MSYS-API header")
+	}
+	p.fromDomain = fromDomain(h.Get("From"))
+
+	if !h.Has("Date") {
+		h.Add("Date", tr.now.Format(time.RFC1123Z))
+	}
+	if !h.Has("Message-Id") {
+		h.Add("Message-Id", "<"+tr.id+"@"+tr.hostname+">")
+	}
+	h.AddRaw(received(tr))
+
+	var b bytes.Buffer
+	b.Grow(len(raw) + 512)
+	if err := textproto.WriteHeader(&b, h); err != nil {
+		return nil, fmt.Errorf("write message header: %w: %w", ErrMalformedMessage, err)
+	}
+	b.Write(body)
+	if len(body) > 0 && !bytes.HasSuffix(body, []byte("\r\n")) {
+		b.WriteString("\r\n")
+	}
+	p.body = b.Bytes()
+	return p, nil
+}
+
+// received formats the Received: field, folded so that no line passes 78
+// characters for ordinary names:
+//
+//	Received: from client.example (client.example [192.0.2.7])
+//		by gw.example (smtpgw) with ESMTPSA id 0123
+//		(TLS1.3 TLS_AES_128_GCM_SHA256)
+//		for <rcpt@example.com>; Mon, 02 Jan 2006 15:04:05 +0000
+func received(tr traceInfo) []byte {
+	var b strings.Builder
+	ip := "[" + tr.ip.String() + "]"
+	if tr.ip.Is6() {
+		ip = "[IPv6:" + tr.ip.String() + "]"
+	}
+	fmt.Fprintf(&b, "Received: from %s (%s)\r\n", sanitizeTrace(tr.helo), ip)
+	fmt.Fprintf(&b, "\tby %s (smtpgw) with %s id %s\r\n", sanitizeTrace(tr.hostname), tr.protocol, tr.id)
+	if tr.tls != "" {
+		fmt.Fprintf(&b, "\t(%s)\r\n", tr.tls)
+	}
+	if tr.recipient != "" {
+		fmt.Fprintf(&b, "\tfor <%s>;", sanitizeTrace(tr.recipient))
+	} else {
+		b.WriteString("\t;")
+	}
+	fmt.Fprintf(&b, " %s\r\n", tr.now.Format(time.RFC1123Z))
+	return []byte(b.String())
+}
+
+// sanitizeTrace keeps client-chosen text (the EHLO name) from breaking the
+// header: only printable ASCII other than parentheses and angle brackets
+// survive (non-ASCII of an SMTPUTF8 address is kept).
+func sanitizeTrace(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '(' || r == ')' || r == '<' || r == '>' || r == ';':
+			return '_'
+		case r < '!' || r == 0x7f:
+			return '_'
+		}
+		return r
+	}, s)
+}
+
+// fromDomain returns the lowercased domain of the first address of a
+// From: field value, or "" if it has none that parses.
+func fromDomain(v string) string {
+	if v == "" {
+		return ""
+	}
+	list, err := mail.ParseAddressList(v)
+	if err != nil || len(list) == 0 {
+		return ""
+	}
+	a := list[0].Address
+	at := strings.LastIndexByte(a, '@')
+	if at < 0 {
+		return ""
+	}
+	return strings.ToLower(a[at+1:])
+}
+
+// toCRLF returns b with every bare LF made CRLF (the stored form, RFC 5322
+// §2.3). go-smtp already ends DATA only at CRLF.CRLF, so a bare "\n.\n"
+// reaching here is content, and is relayed dot-stuffed.
+func toCRLF(b []byte) []byte {
+	n := 0
+	for i, c := range b {
+		if c == '\n' && (i == 0 || b[i-1] != '\r') {
+			n++
+		}
+	}
+	if n == 0 {
+		return b
+	}
+	out := make([]byte, 0, len(b)+n)
+	for i, c := range b {
+		if c == '\n' && (i == 0 || b[i-1] != '\r') {
+			out = append(out, '\r')
+		}
+		out = append(out, c)
+	}
+	return out
+}

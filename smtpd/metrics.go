@@ -1,0 +1,80 @@
+package smtpd
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics counts what the SMTP side does. They live beside the code they
+// count (maddy); New registers them on the caller's registry, if any.
+type metrics struct {
+	connections   *prometheus.CounterVec // by listener
+	active        prometheus.Gauge
+	rejectedConns prometheus.Counter
+	auth          *prometheus.CounterVec // by outcome
+	queued        prometheus.Counter
+	bytes         prometheus.Counter
+	replies       *prometheus.CounterVec // by command, code, enhanced code
+	enqueue       prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "smtpgw_smtp_connections_total",
+			Help: "SMTP connections accepted, by listener (submission, submissions).",
+		}, []string{"listener"}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "smtpgw_smtp_connections_active",
+			Help: "SMTP connections currently open.",
+		}),
+		rejectedConns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "smtpgw_smtp_connections_rejected_total",
+			Help: "SMTP connections refused because max_connections was reached.",
+		}),
+		auth: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "smtpgw_smtp_auth_total",
+			Help: "AUTH attempts by outcome (success, unknown_key, revoked_key, missing_grant, ip_not_allowed, bad_username, bad_subaccount, malformed, throttled, temporary_failure).",
+		}, []string{"outcome"}),
+		queued: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "smtpgw_smtp_messages_queued_total",
+			Help: "Messages accepted and committed to the queue.",
+		}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "smtpgw_smtp_message_bytes_total",
+			Help: "Bytes of messages committed to the queue, as stored.",
+		}),
+		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "smtpgw_smtp_replies_total",
+			Help: "Replies given by the session to MAIL, RCPT, DATA/BDAT and AUTH, by command, code and enhanced code.",
+		}, []string{"command", "code", "enhanced"}),
+		enqueue: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "smtpgw_smtp_enqueue_seconds",
+			Help:    "Time from the end of DATA to the commit of the message (group commit included).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.connections, m.active, m.rejectedConns, m.auth, m.queued, m.bytes, m.replies, m.enqueue} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register smtpd metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// reply counts the reply to one command: err is what the session returns
+// (nil or a *smtp.SMTPError), ok is the code go-smtp sends for nil.
+func (m *metrics) reply(command string, err error, ok int) {
+	code, enh := strconv.Itoa(ok), "2.0.0"
+	if se, isSE := err.(*smtp.SMTPError); isSE {
+		code = strconv.Itoa(se.Code)
+		enh = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+	}
+	m.replies.WithLabelValues(command, code, enh).Inc()
+}

@@ -1,0 +1,647 @@
+// Package smtpd is smtpgw's SMTP submission side (SPEC §4), built on
+// github.com/emersion/go-smtp.
+//
+// A message goes through these steps:
+//
+//  1. A listener accepts the connection: "submission" offers STARTTLS,
+//     "submissions" speaks TLS from the first byte (RFC 8314). Behind a
+//     trusted load balancer the client address comes from its PROXY
+//     protocol header; PROXY headers from anyone else are refused.
+//  2. The client authenticates with AUTH PLAIN or LOGIN (RFC 4954), offered
+//     only under TLS unless AllowInsecureAuth. The password is an API key,
+//     checked by auth.Verifier (smtp/inject grant, allowed IPs). The
+//     username selects the subaccount (SMTP_Injection:X-MSYS-SUBACCOUNT=N).
+//     Failed attempts count against the client address in an
+//     auth.FailureLimiter; past the limit the client gets 421 and is
+//     disconnected.
+//  3. MAIL and RCPT addresses are checked and DSN parameters (RFC 3461)
+//     kept. DATA or BDAT (RFC 3030) bodies are read up to MaxMessageBytes.
+//  4. The header is parsed losslessly: X-MSYS-API is parsed and removed,
+//     the From: domain is checked against the sending domains, Received:
+//     is prepended and Message-ID:/Date: added when missing (RFC 6409 §8).
+//  5. The message is handed to store.Enqueue, which commits it together
+//     with other sessions' messages (group commit). Only then does the
+//     client get "250 2.0.0 OK queued as <id>"; any store failure is
+//     "451 4.3.0" and nothing of the message is stored.
+//
+// Every reply to the client is a named value from reply.go chosen by one
+// function, reply(err); causes go to the log under the connection's id.
+// Shutdown is two-phase (mox): new transactions are refused with 421 4.3.2
+// while running ones finish, then what is left is closed.
+package smtpd
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/store"
+)
+
+// Defaults for zero Config fields (SPEC §8).
+const (
+	DefaultMaxMessageBytes   = 20 << 20
+	DefaultMaxRecipients     = 1000
+	DefaultIdleTimeout       = 60 * time.Second
+	DefaultMaxAuthFailures   = 5
+	DefaultAuthFailureWindow = 5 * time.Minute
+	// DefaultAuthUsername is SparkPost's SMTP injection username.
+	DefaultAuthUsername = "SMTP_Injection"
+)
+
+const (
+	// maxTotalRecipients caps the envelope recipients of one message,
+	// X-MSYS-API cc/bcc/archive included (SPEC §4).
+	maxTotalRecipients = 1000
+	// enqueueTimeout bounds the wait for the commit of one message.
+	enqueueTimeout = 30 * time.Second
+	// authTimeout bounds one key lookup.
+	authTimeout = 10 * time.Second
+	// proxyHeaderTimeout bounds the wait for a PROXY header.
+	proxyHeaderTimeout = 10 * time.Second
+	// rejectTimeout bounds the refusal of a connection over the limit.
+	rejectTimeout = 10 * time.Second
+)
+
+// Config configures a Server. Zero values select the defaults above.
+type Config struct {
+	// Hostname is the name in the banner, EHLO reply, Received: and
+	// Message-ID:; "" means os.Hostname().
+	Hostname string
+	// SubmissionAddr is the STARTTLS listener's address; "" disables it.
+	SubmissionAddr string
+	// SubmissionsAddr is the implicit-TLS listener's address; "" disables it.
+	SubmissionsAddr string
+	// TLSCert and TLSKey are PEM files; both "" selects a self-signed
+	// certificate kept in DataDir (see LoadOrCreateCert).
+	TLSCert, TLSKey string
+	// DataDir holds the self-signed certificate.
+	DataDir string
+	// AllowInsecureAuth offers AUTH without TLS: for development only.
+	AllowInsecureAuth bool
+	// AuthUsernames are the accepted AUTH usernames, compared without
+	// regard to case; "*" accepts any. Empty means ["SMTP_Injection"].
+	AuthUsernames []string
+	// MaxMessageBytes limits the size of a message as received.
+	MaxMessageBytes int64
+	// MaxRecipients limits the envelope recipients of a message
+	// (X-MSYS-API cc/bcc/archive included; never more than 1000 of those).
+	MaxRecipients int
+	// IdleTimeout closes a session that sends nothing for this long.
+	IdleTimeout time.Duration
+	// MaxAuthFailures failed AUTH attempts from one client address within
+	// AuthFailureWindow block it (421 and disconnect); negative disables.
+	MaxAuthFailures int
+	// AuthFailureWindow is the window of MaxAuthFailures.
+	AuthFailureWindow time.Duration
+	// ProxyProtocolFrom are the load balancers trusted to send a PROXY
+	// protocol (v1 or v2) header, which they must send; PROXY headers from
+	// other peers are refused like any unknown command.
+	ProxyProtocolFrom []netip.Prefix
+	// MaxConnections limits concurrent connections over all listeners; 0
+	// means no limit. Connections over it get 421 4.7.0 and are closed.
+	MaxConnections int
+	// Logger receives the session logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is the SMTP submission server. Create it with New, then Start it
+// and finally Shutdown.
+type Server struct {
+	cfg       Config
+	st        store.Store
+	verifier  *auth.Verifier
+	limiter   *auth.FailureLimiter
+	log       *slog.Logger
+	metrics   *metrics
+	tlsConfig *tls.Config
+	smtp      *smtp.Server
+	domains   domainCache
+	usernames []string // lowercased; nil: any
+
+	// baseCtx is the parent of every session's context; cancelled when
+	// Shutdown gives up waiting.
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+	// draining is set by Shutdown: MAIL is refused with 421 4.3.2.
+	draining atomic.Bool
+
+	mu          sync.Mutex
+	started     bool
+	listeners   []net.Listener
+	subAddr     net.Addr
+	subsAddr    net.Addr
+	conns       map[*conn]struct{}
+	connsWG     sync.WaitGroup // one per open conn
+	serveWG     sync.WaitGroup // one per Serve goroutine
+	shutdownErr error
+}
+
+// New checks cfg, loads (or creates) the TLS certificate and prepares the
+// server; it does not listen yet. reg, if not nil, receives the metrics.
+func New(cfg Config, st store.Store, v *auth.Verifier, reg prometheus.Registerer) (*Server, error) {
+	if st == nil || v == nil {
+		return nil, errors.New("new smtp server: store and verifier are required")
+	}
+	if cfg.SubmissionAddr == "" && cfg.SubmissionsAddr == "" {
+		return nil, errors.New("new smtp server: no listener: set smtp.submission_addr and/or smtp.submissions_addr")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("new smtp server: hostname: %w (set hostname)", err)
+		}
+		cfg.Hostname = h
+	}
+	if cfg.MaxMessageBytes <= 0 {
+		cfg.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if cfg.MaxRecipients <= 0 {
+		cfg.MaxRecipients = DefaultMaxRecipients
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxAuthFailures == 0 {
+		cfg.MaxAuthFailures = DefaultMaxAuthFailures
+	}
+	if cfg.AuthFailureWindow <= 0 {
+		cfg.AuthFailureWindow = DefaultAuthFailureWindow
+	}
+	if len(cfg.AuthUsernames) == 0 {
+		cfg.AuthUsernames = []string{DefaultAuthUsername}
+	}
+	s := &Server{
+		cfg:      cfg,
+		st:       st,
+		verifier: v,
+		limiter:  auth.NewFailureLimiter(cfg.MaxAuthFailures, cfg.AuthFailureWindow),
+		log:      cfg.Logger,
+		conns:    make(map[*conn]struct{}),
+		domains:  domainCache{st: st, ttl: domainCacheTTL},
+	}
+	for _, u := range cfg.AuthUsernames {
+		if u == "*" {
+			s.usernames = nil
+			break
+		}
+		if u == "" || strings.Contains(u, ":") {
+			return nil, fmt.Errorf("new smtp server: smtp.auth_usernames: %q is not a valid username (no colon, not empty)", u)
+		}
+		s.usernames = append(s.usernames, strings.ToLower(u))
+	}
+	cert, err := LoadOrCreateCert(cfg.TLSCert, cfg.TLSKey, cfg.DataDir, cfg.Hostname, s.log)
+	if err != nil {
+		return nil, fmt.Errorf("new smtp server: %w", err)
+	}
+	s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if s.metrics, err = newMetrics(reg); err != nil {
+		return nil, fmt.Errorf("new smtp server: %w", err)
+	}
+	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
+
+	srv := smtp.NewServer(backend{s})
+	srv.Domain = cfg.Hostname
+	srv.TLSConfig = s.tlsConfig
+	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	srv.MaxRecipients = cfg.MaxRecipients
+	srv.AllowInsecureAuth = cfg.AllowInsecureAuth
+	srv.ReadTimeout = cfg.IdleTimeout
+	srv.WriteTimeout = cfg.IdleTimeout
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	// Never srv.Debug: it copies every byte, AUTH included, to the writer.
+	srv.ErrorLog = errorLog{s.log}
+	s.smtp = srv
+	return s, nil
+}
+
+// Start binds every configured listener (returning the first bind error,
+// with nothing left open) and serves them in background goroutines.
+func (s *Server) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("start smtp server: already started")
+	}
+	type spec struct {
+		name, addr string
+		implicit   bool
+		dst        *net.Addr
+	}
+	specs := []spec{
+		{"submission", s.cfg.SubmissionAddr, false, &s.subAddr},
+		{"submissions", s.cfg.SubmissionsAddr, true, &s.subsAddr},
+	}
+	var ls []*listener
+	for _, sp := range specs {
+		if sp.addr == "" {
+			continue
+		}
+		raw, err := net.Listen("tcp", sp.addr)
+		if err != nil {
+			for _, l := range ls {
+				_ = l.Close()
+			}
+			return fmt.Errorf("start smtp server: listen on %s (smtp.%s_addr): %w", sp.addr, sp.name, err)
+		}
+		ls = append(ls, s.newListener(raw, sp.name, sp.implicit))
+		*sp.dst = raw.Addr()
+	}
+	s.started = true
+	if s.cfg.AllowInsecureAuth {
+		s.log.Warn("SMTP AUTH IS ALLOWED WITHOUT TLS (smtp.allow_insecure_auth = true): API keys can be read off the network. Use this for development only")
+	}
+	for _, l := range ls {
+		s.listeners = append(s.listeners, l)
+		s.serveWG.Add(1)
+		go func() {
+			defer s.serveWG.Done()
+			err := s.smtp.Serve(l)
+			if err != nil && !errors.Is(err, net.ErrClosed) {
+				s.log.Error("smtp listener stopped", "listener", l.name, "err", err)
+			}
+		}()
+		s.log.Info("smtp listening", "listener", l.name, "addr", l.Addr().String(), "implicit_tls", l.implicitTLS)
+	}
+	return nil
+}
+
+// SubmissionAddr is the bound address of the STARTTLS listener, or nil.
+func (s *Server) SubmissionAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.subAddr
+}
+
+// SubmissionsAddr is the bound address of the implicit-TLS listener, or nil.
+func (s *Server) SubmissionsAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.subsAddr
+}
+
+// Shutdown stops the server in two phases. First, new transactions are
+// refused (MAIL gets 421 4.3.2 and the connection is closed), the listeners
+// stop accepting, and sessions with no transaction under way are told 421
+// 4.3.2 and closed. Sessions in the middle of a message may finish it
+// until ctx ends. Then every connection left gets 421 4.3.2 and is closed,
+// and their pending store calls are cancelled. It returns ctx's error if
+// sessions had to be cut off. Calling it again returns the first result.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.draining.Swap(true) {
+		s.serveWG.Wait()
+		s.connsWG.Wait()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.shutdownErr
+	}
+	s.mu.Lock()
+	for _, l := range s.listeners {
+		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			s.log.Warn("close smtp listener", "err", err)
+		}
+	}
+	s.mu.Unlock()
+	s.serveWG.Wait()
+
+	closeAll(s.snapshotConns(), (*conn).closeIfIdle)
+	done := make(chan struct{})
+	go func() {
+		s.connsWG.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("shutdown smtp server: %w", ctx.Err())
+		left := s.snapshotConns()
+		s.log.Warn("smtp shutdown grace period over: closing sessions", "sessions", len(left))
+		s.cancelBase()
+		closeAll(left, func(c *conn) { c.closeWith(ErrShuttingDown) })
+		<-done
+	}
+	s.cancelBase()
+	s.mu.Lock()
+	s.shutdownErr = err
+	s.mu.Unlock()
+	return err
+}
+
+// closeAll runs f on every conn in parallel: a peer that does not read
+// must not hold up the others.
+func closeAll(cs []*conn, f func(*conn)) {
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Go(func() { f(c) })
+	}
+	wg.Wait()
+}
+
+func (s *Server) snapshotConns() []*conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+// newListener wraps a bound TCP listener with PROXY protocol handling,
+// connection tracking and, for submissions, TLS.
+func (s *Server) newListener(raw net.Listener, name string, implicitTLS bool) *listener {
+	var inner net.Listener = raw
+	if len(s.cfg.ProxyProtocolFrom) > 0 {
+		trusted := s.cfg.ProxyProtocolFrom
+		inner = &proxyproto.Listener{
+			Listener:          raw,
+			ReadHeaderTimeout: proxyHeaderTimeout,
+			ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+				if addrIn(o.Upstream, trusted) {
+					// A trusted balancer always sends the header; a
+					// connection without one is refused at its first read.
+					return proxyproto.REQUIRE, nil
+				}
+				// Not wrapped: a PROXY line from anyone else is just an
+				// unknown command.
+				return proxyproto.SKIP, nil
+			},
+		}
+	}
+	return &listener{Listener: inner, srv: s, name: name, implicitTLS: implicitTLS}
+}
+
+func addrIn(a net.Addr, prefixes []netip.Prefix) bool {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return false
+	}
+	ip := ap.Addr().Unmap()
+	for _, p := range prefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// listener hands go-smtp tracked connections, TLS-wrapped for submissions,
+// and turns away connections over MaxConnections.
+type listener struct {
+	net.Listener
+	srv         *Server
+	name        string
+	implicitTLS bool
+}
+
+// Accept returns the next connection within the limit.
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		nc, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		c, ok := l.srv.track(nc, l.name)
+		if !ok {
+			go l.reject(nc)
+			continue
+		}
+		if l.implicitTLS {
+			// The writer is set by NewSession, after the handshake: a
+			// write from Shutdown must not start or wait on one.
+			return tls.Server(c, l.srv.tlsConfig), nil
+		}
+		c.setWriter(c)
+		return c, nil
+	}
+}
+
+// reject tells a connection over the limit to come back later.
+func (l *listener) reject(nc net.Conn) {
+	defer func() { _ = nc.Close() }()
+	var w net.Conn = nc
+	if l.implicitTLS {
+		w = tls.Server(nc, l.srv.tlsConfig)
+	}
+	if err := w.SetDeadline(time.Now().Add(rejectTimeout)); err != nil {
+		return
+	}
+	_, _ = fmt.Fprintf(w, "%s\r\n", replyLine(ErrTooManyConnections))
+	_ = w.Close()
+}
+
+func replyLine(e *smtp.SMTPError) string {
+	return fmt.Sprintf("%d %d.%d.%d %s", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
+}
+
+// track registers a new connection, or reports false when MaxConnections
+// are open (or the server is shutting down).
+func (s *Server) track(nc net.Conn, listenerName string) (*conn, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining.Load() || (s.cfg.MaxConnections > 0 && len(s.conns) >= s.cfg.MaxConnections) {
+		s.metrics.rejectedConns.Inc()
+		return nil, false
+	}
+	c := &conn{Conn: nc, srv: s, id: newConnID(), listener: listenerName}
+	s.conns[c] = struct{}{}
+	s.connsWG.Add(1)
+	s.metrics.connections.WithLabelValues(listenerName).Inc()
+	s.metrics.active.Inc()
+	return c, true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.metrics.active.Dec()
+	s.connsWG.Done()
+}
+
+func newConnID() string {
+	var b [6]byte
+	// crypto/rand.Read never returns an error (Go 1.24+).
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// conn is one client connection as accepted (after any PROXY header,
+// before TLS). It tracks whether a transaction is under way, so Shutdown
+// knows which sessions it may close at once, and can close itself right
+// after the next reply is written (421 replies).
+type conn struct {
+	net.Conn
+	srv      *Server
+	id       string
+	listener string
+
+	closeAfterWrite atomic.Bool
+	closeOnce       sync.Once
+	logOnce         sync.Once
+	logger          *slog.Logger
+	remote          netip.Addr
+
+	mu     sync.Mutex
+	writer net.Conn // what replies are written to: c, or the TLS conn over it; nil while unknown
+	inTx   bool     // between MAIL and the end of the message or RSET
+	closed bool
+}
+
+// Read reads and, as data arrives, pushes the read deadline out by the
+// idle timeout: go-smtp sets it once per command line, which would cut off
+// a large DATA transfer that takes longer than the idle timeout in all.
+func (c *conn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		_ = c.Conn.SetReadDeadline(time.Now().Add(c.srv.cfg.IdleTimeout))
+	}
+	return n, err
+}
+
+// Write writes and, if a 421 reply was just written, closes the connection.
+func (c *conn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if c.closeAfterWrite.Load() {
+		_ = c.Close()
+	}
+	return n, err
+}
+
+// Close closes the connection once and unregisters it.
+func (c *conn) Close() error {
+	err := net.ErrClosed
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		err = c.Conn.Close()
+		c.srv.untrack(c)
+		c.log().Debug("connection closed")
+	})
+	return err
+}
+
+// log returns the connection's logger, with its id and client address.
+// It must first be called from the connection's goroutine: finding the
+// address may read the PROXY header.
+func (c *conn) log() *slog.Logger {
+	c.logOnce.Do(func() {
+		c.remote = addrOf(c.Conn.RemoteAddr())
+		c.logger = c.srv.log.With("conn_id", c.id, "remote", c.remote.String(), "listener", c.listener)
+	})
+	return c.logger
+}
+
+// clientIP is the client's address: the TCP peer, or the PROXY source.
+func (c *conn) clientIP() netip.Addr {
+	c.log()
+	return c.remote
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	if a == nil {
+		return netip.Addr{}
+	}
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		return ip.Unmap()
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+func (c *conn) setWriter(w net.Conn) {
+	c.mu.Lock()
+	c.writer = w
+	c.mu.Unlock()
+}
+
+// beginTx marks a transaction under way, unless the server is draining.
+func (c *conn) beginTx() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.srv.draining.Load() {
+		return false
+	}
+	c.inTx = true
+	return true
+}
+
+func (c *conn) endTx() {
+	c.mu.Lock()
+	c.inTx = false
+	c.mu.Unlock()
+}
+
+// closeIfIdle closes the connection with 421 4.3.2 unless a transaction is
+// under way.
+func (c *conn) closeIfIdle() {
+	c.mu.Lock()
+	idle := !c.inTx
+	c.mu.Unlock()
+	if idle {
+		c.closeWith(ErrShuttingDown)
+	}
+}
+
+// closeWith writes reply (if the connection's writer is known) and closes
+// the connection. It is called from outside the connection's goroutine,
+// which is blocked reading or finishing a command: the reply may interleave
+// with one the session writes, which is acceptable at shutdown.
+func (c *conn) closeWith(e *smtp.SMTPError) {
+	c.mu.Lock()
+	w, closed := c.writer, c.closed
+	c.mu.Unlock()
+	if !closed && w != nil {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = fmt.Fprintf(w, "%s\r\n", replyLine(e))
+	}
+	_ = c.Close()
+}
+
+// errorLog routes go-smtp's internal errors (failed TLS handshakes, broken
+// connections, recovered panics) to slog.
+type errorLog struct{ log *slog.Logger }
+
+func (l errorLog) Printf(format string, v ...any) {
+	l.print(fmt.Sprintf(format, v...))
+}
+
+func (l errorLog) Println(v ...any) {
+	l.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n"))
+}
+
+// print logs a recovered panic as an error; the rest (handshake failures,
+// connections reset by the peer) is the noise of a public port.
+func (l errorLog) print(msg string) {
+	if strings.HasPrefix(msg, "panic") {
+		l.log.Error("smtp: " + msg)
+		return
+	}
+	l.log.Debug("smtp: " + msg)
+}

@@ -1,0 +1,448 @@
+package smtpd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/store"
+)
+
+// backend creates go-smtp sessions for a Server.
+type backend struct{ s *Server }
+
+// NewSession is called by go-smtp at the first EHLO/HELO, and again after
+// STARTTLS (which ends the previous session, authentication included).
+func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	nc := c.Conn()
+	raw := nc
+	if tc, ok := nc.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	tc, ok := raw.(*conn)
+	if !ok {
+		return nil, errors.New("new session: connection not accepted by this server")
+	}
+	// Replies from Shutdown go to the TLS connection once it exists.
+	tc.setWriter(nc)
+	ctx, cancel := context.WithCancel(b.s.baseCtx)
+	s := &session{
+		srv:    b.s,
+		c:      c,
+		conn:   tc,
+		ctx:    ctx,
+		cancel: cancel,
+		log:    tc.log(),
+		ip:     tc.clientIP(),
+	}
+	if st, ok := c.TLSConnectionState(); ok {
+		s.tls = tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)
+	}
+	s.log.Debug("session started", "helo", c.Hostname(), "tls", s.tls)
+	return s, nil
+}
+
+// session is one SMTP session: from EHLO (or STARTTLS) to the end of the
+// connection. go-smtp calls its methods from the connection's goroutine,
+// except Data for BDAT, which runs in its own goroutine while RSET may
+// arrive: the transaction is guarded by mu.
+type session struct {
+	srv    *Server
+	c      *smtp.Conn
+	conn   *conn
+	ctx    context.Context // cancelled by Logout and by Shutdown's deadline
+	cancel context.CancelFunc
+	log    *slog.Logger
+	ip     netip.Addr
+	tls    string // "TLS 1.3 TLS_AES_128_GCM_SHA256"; "" without TLS
+
+	// Set by a successful AUTH; not changed afterwards.
+	id         *auth.Identity
+	subaccount int64 // the subaccount messages are sent for
+
+	mu sync.Mutex
+	tx transaction
+}
+
+// transaction is the envelope of the message being received.
+type transaction struct {
+	helo     string
+	from     string
+	utf8     bool
+	bodyType string
+	dsnRet   string
+	dsnEnvID string
+	rcpts    []*store.Recipient
+}
+
+var _ smtp.AuthSession = (*session)(nil)
+
+// AuthMechanisms lists the SASL mechanisms offered (go-smtp offers them
+// only under TLS unless AllowInsecureAuth, and answers AUTH without TLS
+// with 523 5.7.10).
+func (s *session) AuthMechanisms() []string {
+	return []string{sasl.Plain, sasl.Login}
+}
+
+// Auth starts an AUTH exchange.
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	if s.srv.limiter.Blocked(s.ip) {
+		s.srv.metrics.auth.WithLabelValues("throttled").Inc()
+		s.log.Info("authentication refused: too many failures from this address")
+		return nil, s.closeAfter(ErrAuthThrottled)
+	}
+	switch mech {
+	case sasl.Plain:
+		return newPlainServer(s.authenticate), nil
+	case sasl.Login:
+		return newLoginServer(s.authenticate), nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// closeAfter arranges for the connection to close once e is written.
+func (s *session) closeAfter(e *smtp.SMTPError) error {
+	s.conn.closeAfterWrite.Store(true)
+	return e
+}
+
+// authenticate checks the AUTH credentials; the password is the API key.
+// It returns nil or a named reply. Neither the key nor the username is
+// logged: a client may put its key in the wrong field.
+func (s *session) authenticate(username, password string) error {
+	err := s.checkCredentials(username, password)
+	s.srv.metrics.reply("AUTH", err, 235)
+	return err
+}
+
+func (s *session) checkCredentials(username, password string) error {
+	sub, err := parseUsername(username, s.srv.usernames)
+	if err != nil {
+		return s.authFailed("bad_username", err)
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, authTimeout)
+	defer cancel()
+	id, err := s.srv.verifier.Verify(ctx, password, s.ip)
+	var ae *auth.Error
+	switch {
+	case errors.As(err, &ae):
+		return s.authFailed(authOutcome(ae), err)
+	case err != nil:
+		s.srv.metrics.auth.WithLabelValues("temporary_failure").Inc()
+		s.log.Warn("authentication: key store unavailable", "err", err)
+		return ErrAuthTemporary
+	}
+	subaccount := id.Subaccount
+	if sub >= 0 {
+		// A subaccount's key always sends as its subaccount; only a
+		// master key may choose one.
+		if id.Subaccount != 0 && sub != id.Subaccount {
+			return s.authFailed("bad_subaccount", fmt.Errorf("key %s (short key %s) of subaccount %d asked for subaccount %d",
+				id.KeyID, id.ShortKey, id.Subaccount, sub))
+		}
+		subaccount = sub
+	}
+	s.id, s.subaccount = id, subaccount
+	s.srv.metrics.auth.WithLabelValues("success").Inc()
+	s.log = s.log.With("key_id", id.KeyID, "subaccount", subaccount)
+	s.log.Info("authenticated", "short_key", id.ShortKey)
+	return nil
+}
+
+// authFailed logs why AUTH failed, counts the failure against the client
+// address and answers 535, or 421 and disconnect once the address is
+// blocked.
+func (s *session) authFailed(outcome string, cause error) error {
+	s.srv.metrics.auth.WithLabelValues(outcome).Inc()
+	s.log.Info("authentication failed", "reason", cause.Error())
+	if s.srv.limiter.Fail(s.ip) {
+		s.log.Warn("too many failed authentications from this address: disconnecting")
+		return s.closeAfter(ErrAuthThrottled)
+	}
+	return ErrAuthInvalid
+}
+
+func authOutcome(e *auth.Error) string {
+	switch {
+	case errors.Is(e, auth.ErrRevokedKey):
+		return "revoked_key"
+	case errors.Is(e, auth.ErrMissingGrant):
+		return "missing_grant"
+	case errors.Is(e, auth.ErrIPNotAllowed):
+		return "ip_not_allowed"
+	}
+	return "unknown_key"
+}
+
+// Mail starts a transaction.
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	err := reply(s.mail(from, opts))
+	s.srv.metrics.reply("MAIL", err, 250)
+	return err
+}
+
+func (s *session) mail(from string, opts *smtp.MailOptions) error {
+	if s.srv.draining.Load() {
+		return s.closeAfter(ErrShuttingDown)
+	}
+	if s.id == nil {
+		return ErrAuthRequired
+	}
+	if from != "" {
+		var err error
+		if from, err = parseMailbox(from, opts.UTF8); err != nil {
+			return fmt.Errorf("mail from: %w", err)
+		}
+	}
+	if !s.conn.beginTx() {
+		return s.closeAfter(ErrShuttingDown)
+	}
+	s.mu.Lock()
+	s.tx = transaction{
+		helo:     s.c.Hostname(),
+		from:     from,
+		utf8:     opts.UTF8,
+		bodyType: string(opts.Body),
+		dsnRet:   string(opts.Return),
+		dsnEnvID: opts.EnvelopeID,
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// Rcpt adds a recipient. go-smtp has already refused the one over
+// MaxRecipients (452 4.5.3).
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	err := reply(s.rcpt(to, opts))
+	s.srv.metrics.reply("RCPT", err, 250)
+	return err
+}
+
+func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	addr, err := parseMailbox(to, s.tx.utf8)
+	if err != nil {
+		return fmt.Errorf("rcpt to: %w", err)
+	}
+	r := &store.Recipient{Address: addr, Domain: domainOf(addr)}
+	if len(opts.Notify) > 0 {
+		n := make([]string, len(opts.Notify))
+		for i, v := range opts.Notify {
+			n[i] = string(v)
+		}
+		r.DSNNotify = strings.Join(n, ",")
+	}
+	if opts.OriginalRecipient != "" {
+		r.DSNOrcpt = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
+	}
+	s.tx.rcpts = append(s.tx.rcpts, r)
+	return nil
+}
+
+// Reset ends the transaction (RSET, a new EHLO, the end of DATA).
+func (s *session) Reset() {
+	s.mu.Lock()
+	s.tx = transaction{}
+	s.mu.Unlock()
+	s.conn.endTx()
+}
+
+// Logout ends the session (connection closed, or STARTTLS).
+func (s *session) Logout() error {
+	s.cancel()
+	s.conn.endTx()
+	// After STARTTLS the next session sets the TLS writer; until then a
+	// reply from Shutdown could only be garbage in the TLS stream.
+	s.conn.setWriter(nil)
+	return nil
+}
+
+// Data receives the message (DATA or BDAT), stores it and answers
+// 250 only once it is committed.
+func (s *session) Data(r io.Reader) error {
+	start := time.Now()
+	id := store.NewID()
+	m, err := s.data(r, id)
+	if err == nil {
+		s.srv.metrics.reply("DATA", queued(id), 250)
+		s.log.Info("queued", "msg_id", id, "from", m.MailFrom, "rcpts", len(m.Recipients), "size", len(m.Body),
+			"campaign_id", m.CampaignID, "duration", time.Since(start).Round(time.Microsecond).String())
+		return queued(id)
+	}
+	rep := reply(err).(*smtp.SMTPError)
+	if rep == ErrTemporary {
+		rep = &smtp.SMTPError{Code: rep.Code, EnhancedCode: rep.EnhancedCode, Message: rep.Message + " (id " + id + ")"}
+	}
+	s.srv.metrics.reply("DATA", rep, 250)
+	level := slog.LevelInfo
+	if rep.Code/100 == 4 {
+		level = slog.LevelWarn
+	}
+	s.log.Log(s.ctx, level, "rejected", "msg_id", id, "code", rep.Code,
+		"enhanced", fmt.Sprintf("%d.%d.%d", rep.EnhancedCode[0], rep.EnhancedCode[1], rep.EnhancedCode[2]), "err", err.Error())
+	return rep
+}
+
+// data reads, checks, prepares and enqueues one message.
+func (s *session) data(r io.Reader, id string) (*store.Message, error) {
+	s.mu.Lock()
+	tx := s.tx
+	tx.rcpts = slices.Clone(tx.rcpts)
+	s.mu.Unlock()
+
+	limit := s.srv.cfg.MaxMessageBytes
+	raw, err := io.ReadAll(io.LimitReader(r, limit+1))
+	switch {
+	case errors.Is(err, smtp.ErrDataTooLarge), err == nil && int64(len(raw)) > limit:
+		return nil, fmt.Errorf("read message: over %d bytes: %w", limit, ErrTooBig)
+	case err != nil:
+		return nil, fmt.Errorf("read message: %w", err)
+	case s.id == nil || len(tx.rcpts) == 0:
+		return nil, errors.New("read message: transaction was reset")
+	}
+
+	tr := traceInfo{
+		helo:     tx.helo,
+		ip:       s.ip,
+		hostname: s.srv.cfg.Hostname,
+		protocol: withProtocol(s.tls != "", tx.utf8),
+		tls:      s.tls,
+		id:       id,
+		now:      time.Now(),
+	}
+	if len(tx.rcpts) == 1 {
+		tr.recipient = tx.rcpts[0].Address
+	}
+	p, err := prepareMessage(raw, tr)
+	raw = nil // at most one copy of the message held from here on
+	if err != nil {
+		return nil, err
+	}
+	m := &store.Message{
+		ID:         id,
+		KeyID:      s.id.KeyID,
+		Subaccount: s.subaccount,
+		MailFrom:   tx.from,
+		Body:       p.body,
+		SMTPUTF8:   tx.utf8,
+		BodyType:   tx.bodyType,
+		DSNRet:     tx.dsnRet,
+		DSNEnvID:   tx.dsnEnvID,
+		Recipients: tx.rcpts,
+	}
+	if p.msys != nil {
+		if err := s.addMsysRecipients(m, p.msys); err != nil {
+			return nil, err
+		}
+		m.CampaignID = p.msys.CampaignID
+		if m.MsysAPI, err = p.msys.Encode(); err != nil {
+			return nil, err
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(s.ctx, enqueueTimeout)
+	defer cancel()
+	ok, err := s.srv.domains.allowed(ctx, p.fromDomain, s.subaccount)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		rep := unconfiguredDomain(p.fromDomain)
+		if p.fromDomain == "" {
+			rep = unconfiguredDomain("(no From: address)")
+		}
+		s.policyRejection(ctx, m, p.msys, rep)
+		return nil, fmt.Errorf("from domain %q: %w", p.fromDomain, rep)
+	}
+
+	t0 := time.Now()
+	err = s.srv.st.Enqueue(ctx, m)
+	s.srv.metrics.enqueue.Observe(time.Since(t0).Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("enqueue: %w", err)
+	}
+	s.srv.metrics.queued.Inc()
+	s.srv.metrics.bytes.Add(float64(len(m.Body)))
+	return m, nil
+}
+
+// addMsysRecipients adds X-MSYS-API cc, bcc and archive addresses to the
+// envelope, within MaxRecipients and 1000 in all.
+func (s *session) addMsysRecipients(m *store.Message, x *MsysAPI) error {
+	extra := x.Recipients()
+	if len(extra) == 0 {
+		return nil
+	}
+	limit := min(s.srv.cfg.MaxRecipients, maxTotalRecipients)
+	if len(m.Recipients)+len(extra) > limit {
+		return msysErrorf("too many recipients with cc, bcc and archive (at most %d in all)", limit)
+	}
+	for _, a := range extra {
+		addr, err := parseMailbox(a, true)
+		if err != nil {
+			return msysErrorf("bad address %q", a)
+		}
+		m.Recipients = append(m.Recipients, &store.Recipient{Address: addr, Domain: domainOf(addr)})
+	}
+	return nil
+}
+
+// policyRejection records a refused message as policy_rejection events,
+// one per recipient, so it shows in the events API. A failure to record is
+// only logged: the client gets its 550 anyway.
+func (s *session) policyRejection(ctx context.Context, m *store.Message, x *MsysAPI, rep *smtp.SMTPError) {
+	evs := make([]store.Event, 0, len(m.Recipients))
+	for _, r := range m.Recipients {
+		ev := store.Event{
+			Type:       store.EventPolicyRejection,
+			MessageID:  m.ID,
+			KeyID:      m.KeyID,
+			Subaccount: m.Subaccount,
+			Recipient:  r.Address,
+			CampaignID: m.CampaignID,
+			Reply:      replyLine(rep),
+		}
+		if x != nil {
+			ev.CampaignID = x.CampaignID
+			ev.Metadata = x.Metadata
+			ev.Tags = x.Tags
+		}
+		evs = append(evs, ev)
+	}
+	if err := s.srv.st.AddEvents(ctx, evs); err != nil {
+		s.log.Warn("record policy rejection", "msg_id", m.ID, "err", err)
+	}
+}
+
+// withProtocol is the Received: "with" keyword: ESMTP plus S for TLS and A
+// for AUTH (RFC 3848), UTF8 variants for SMTPUTF8 (RFC 6531 §3.7.3).
+func withProtocol(tls, utf8 bool) string {
+	p := "ESMTP"
+	if utf8 {
+		p = "UTF8SMTP"
+	}
+	if tls {
+		p += "S"
+	}
+	return p + "A"
+}
+
+// interface checks.
+var (
+	_ smtp.Backend = backend{}
+	_ net.Conn     = (*conn)(nil)
+)
