@@ -30,7 +30,7 @@ var backends = []string{"sqlite", "postgres"}
 
 // testEnv is a running server on a real store, with a master key.
 type testEnv struct {
-	t       *testing.T
+	t       testing.TB
 	backend string
 	url     string // "" for SQLite
 	dataDir string
@@ -82,7 +82,7 @@ func openStore(t testing.TB, backend, url, dataDir string) store.Store {
 
 // setup starts a server on a fresh store of backend; mod may change the
 // configuration first.
-func setup(t *testing.T, backend string, mod func(*Config)) *testEnv {
+func setup(t testing.TB, backend string, mod func(*Config)) *testEnv {
 	t.Helper()
 	e := &testEnv{t: t, backend: backend, dataDir: t.TempDir(), pair: tlstest.New(t), logs: &syncBuffer{}}
 	if backend == "postgres" {
