@@ -68,7 +68,8 @@ func prepareMessage(raw []byte, tr traceInfo) (*prepared, error) {
 		h.Add("Date", tr.now.Format(time.RFC1123Z))
 	}
 	if !h.Has("Message-Id") {
-		h.Add("Message-Id", "<"+tr.id+"@"+tr.hostname+">")
+		// AddRaw keeps the customary spelling "Message-ID".
+		h.AddRaw([]byte("Message-ID: <" + tr.id + "@" + sanitizeTrace(tr.hostname) + ">\r\n"))
 	}
 	h.AddRaw(received(tr))
 

@@ -130,7 +130,7 @@ func TestPrepareMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"\r\nMessage-Id: <abc@gw.test>\r\n", "\r\nDate: Fri, 02 Jan 2026 03:04:05 +0000\r\n"} {
+	for _, s := range []string{"\r\nMessage-ID: <abc@gw.test>\r\n", "\r\nDate: Fri, 02 Jan 2026 03:04:05 +0000\r\n"} {
 		if !strings.Contains(string(p.body), s) {
 			t.Errorf("body lacks %q:\n%s", s, p.body)
 		}

@@ -22,6 +22,8 @@ var (
 	ErrAuthThrottled = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many failed authentications, try later"}
 	// ErrMalformedAuth answers an AUTH exchange that is not valid SASL.
 	ErrMalformedAuth = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Malformed authentication response"}
+	// ErrRateLimited answers MAIL from a key over its message rate.
+	ErrRateLimited = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "Rate limit exceeded, try later"}
 	// ErrTooBig answers a SIZE parameter or a message body over
 	// max_message_bytes.
 	ErrTooBig = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message size exceeds limit"}

@@ -117,6 +117,13 @@ type Config struct {
 	// MaxConnections limits concurrent connections over all listeners; 0
 	// means no limit. Connections over it get 421 4.7.0 and are closed.
 	MaxConnections int
+	// KeyRateLimit is how many messages per second one API key may inject
+	// on this node, over all its sessions; 0 means no limit. MAIL over it
+	// gets 451 4.7.1.
+	KeyRateLimit float64
+	// KeyRateBurst is how many messages a key may send at once before
+	// KeyRateLimit applies; 0 means KeyRateLimit rounded up (at least 1).
+	KeyRateBurst int
 	// Logger receives the session logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -133,7 +140,8 @@ type Server struct {
 	tlsConfig *tls.Config
 	smtp      *smtp.Server
 	domains   domainCache
-	usernames []string // lowercased; nil: any
+	rates     *keyLimiter // nil: no per-key limit
+	usernames []string    // lowercased; nil: any
 
 	// baseCtx is the parent of every session's context; cancelled when
 	// Shutdown gives up waiting.
@@ -198,6 +206,7 @@ func New(cfg Config, st store.Store, v *auth.Verifier, reg prometheus.Registerer
 		log:      cfg.Logger,
 		conns:    make(map[*conn]struct{}),
 		domains:  domainCache{st: st, ttl: domainCacheTTL},
+		rates:    newKeyLimiter(cfg.KeyRateLimit, cfg.KeyRateBurst),
 	}
 	for _, u := range cfg.AuthUsernames {
 		if u == "*" {

@@ -201,6 +201,10 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	if s.id == nil {
 		return ErrAuthRequired
 	}
+	if !s.srv.rates.allow(s.id.KeyID) {
+		s.log.Info("message refused: key over its rate limit")
+		return ErrRateLimited
+	}
 	if from != "" {
 		var err error
 		if from, err = parseMailbox(from, opts.UTF8); err != nil {

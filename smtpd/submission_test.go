@@ -290,6 +290,20 @@ var submissionCases = []submissionCase{
 		}
 	}},
 	{name: "subaccount username", run: testSubaccounts},
+	{name: "per-key rate limit", mod: func(c *Config) { c.KeyRateLimit, c.KeyRateBurst = 0.001, 2 }, run: func(t *testing.T, e *testEnv) {
+		c := e.dialAuth("SMTP_Injection", e.key)
+		for range 2 {
+			if err := send(c, "sender@example.com", []string{"rcpt@example.net"}, message("sender@example.com")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The limit is per key, not per session.
+		wantCode(t, e.dialAuth("SMTP_Injection", e.key).Mail("sender@example.com"), 451, "4.7.1")
+		other, _ := e.newKey(auth.CreateParams{Label: "other", Grants: []string{"smtp/inject"}})
+		if err := e.dialAuth("SMTP_Injection", other).Mail("sender@example.com"); err != nil {
+			t.Fatalf("another key: %v", err)
+		}
+	}},
 	{name: "store down during AUTH", run: func(t *testing.T, e *testEnv) {
 		if err := e.st.Close(); err != nil {
 			t.Fatal(err)
@@ -463,7 +477,7 @@ func testSuccess(t *testing.T, e *testEnv) {
 	body := string(m.Body)
 	for _, s := range []string{
 		"Received: from client.test ([127.0.0.1])\r\n\tby gw.test (smtpgw) with ESMTPSA id " + id + "\r\n\t(TLS",
-		"Message-Id: <" + id + "@gw.test>\r\n",
+		"Message-ID: <" + id + "@gw.test>\r\n",
 		"\r\nSubject: test\r\n",
 		"\r\n\r\nHello.\r\n",
 	} {
