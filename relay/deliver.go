@@ -222,10 +222,10 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 		}
 	}
 	if err := c.client.Mail(first.MailFrom, opts); err != nil {
-		state, reply := classify(err)
-		setAll(state, reply)
-		var se *smtp.SMTPError
-		if !errors.As(err, &se) {
+		setAll(classify(err))
+		if closing(err) {
+			// A broken connection or 421 (the server closing an idle
+			// connection): nothing was sent, a fresh connection may do.
 			return txResult{retryFresh: ctx.Err() == nil}
 		}
 		return txResult{reusable: true}
@@ -238,8 +238,7 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 			accepted++
 			continue
 		}
-		var se *smtp.SMTPError
-		if !errors.As(err, &se) {
+		if closing(err) {
 			setAll(classify(err))
 			return txResult{}
 		}
@@ -252,8 +251,7 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 	reply, err := r.data(c, body)
 	if err != nil {
 		setAll(classify(err))
-		var se *smtp.SMTPError
-		return txResult{reusable: errors.As(err, &se)}
+		return txResult{reusable: !closing(err)}
 	}
 	for i := range res {
 		if res[i].state == "accepted" {
@@ -283,6 +281,14 @@ func (r *Relay) data(c *conn, body []byte) (string, error) {
 		return "", err
 	}
 	return oneLine("250 " + resp.StatusText), nil
+}
+
+// closing reports whether err leaves the connection unusable: a transport
+// error, or a 421 reply, after which the server closes the connection
+// (https://tools.ietf.org/html/rfc5321#section-3.8).
+func closing(err error) bool {
+	var se *smtp.SMTPError
+	return !errors.As(err, &se) || se.Code == 421
 }
 
 // rcptOptions returns the NOTIFY and ORCPT parameters of a recipient, or nil.

@@ -39,6 +39,8 @@ type targetOpts struct {
 	authUser    string // require AUTH PLAIN with these credentials
 	authPass    string
 	noDSN       bool // don't advertise DSN
+	// mail decides the MAIL reply; n counts earlier MAILs in the session.
+	mail func(n int) error
 	// rcpt decides the RCPT reply; n counts earlier RCPTs for that address.
 	rcpt func(to string, n int) error
 	// data decides the DATA reply; n counts earlier DATA commands.
@@ -126,6 +128,7 @@ type tsession struct {
 	c      *smtp.Conn
 	cur    received
 	authed bool
+	mails  int
 }
 
 func (s *tsession) AuthMechanisms() []string {
@@ -152,6 +155,13 @@ func (s *tsession) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	if s.tg.opts.authUser != "" && !s.authed {
 		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+	}
+	n := s.mails
+	s.mails++
+	if s.tg.opts.mail != nil {
+		if err := s.tg.opts.mail(n); err != nil {
+			return err
+		}
 	}
 	s.cur = received{from: from, tls: isTLS}
 	if opts != nil {

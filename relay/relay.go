@@ -394,6 +394,9 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 		return 0, 0
 	}
 	limit := min(maxBatch, 2*idle)
+	// The lease runs from the store's clock at claim time; take the
+	// deadline before asking so it is never later than the lease allows.
+	deadline := time.Now().Add(r.cfg.Lease * 3 / 4)
 	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	claimed, err := r.st.ClaimDue(cctx, r.cfg.Owner, limit, r.cfg.Lease)
 	cancel()
@@ -407,7 +410,6 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 		return 0, limit
 	}
 	r.metrics.claimed.Add(float64(len(claimed)))
-	deadline := time.Now().Add(r.cfg.Lease * 3 / 4)
 	for _, j := range groupJobs(claimed, r.cfg.Mode, deadline) {
 		// Claimed work always runs, even when stopping: its lease is ours.
 		r.slots <- struct{}{}

@@ -265,3 +265,37 @@ func TestTwoRelaysShareOnePostgres(t *testing.T) {
 		}
 	}
 }
+
+func TestReusedConnectionClosedByServer(t *testing.T) {
+	t.Parallel()
+	// The server takes one message per connection, then answers 421 as if
+	// it had timed the idle connection out.
+	var closed atomic.Int32
+	tg := newTarget(t, targetOpts{mail: func(n int) error {
+		if n > 0 {
+			closed.Add(1)
+			return smtpErr(421, smtp.EnhancedCode{4, 4, 2}, "idle too long, closing")
+		}
+		return nil
+	}})
+	st := openStore(t, "sqlite")
+	cfg := smarthostConfig(t, tg)
+	cfg.PerDomainConcurrency = 1
+	startRelay(t, cfg, st)
+	a := enqueue(t, st, "s@src.test", []string{"a@dest.test"}, testBody("s@src.test", "first"))
+	waitFinal(t, st, a.ID)
+	b := enqueue(t, st, "s@src.test", []string{"b@dest.test"}, testBody("s@src.test", "second"))
+	fb := waitFinal(t, st, b.ID)
+	if s, reply := rcptState(t, fb, "b@dest.test"); s != store.StateDelivered {
+		t.Fatalf("second message: %s (%s), want delivered", s, reply)
+	}
+	if ev := eventTypes(t, st, b.ID, "b@dest.test"); strings.Join(ev, ",") != "injection,delivery" {
+		t.Errorf("events %v: the 421 on a reused connection should be retried at once on a new one", ev)
+	}
+	tg.mu.Lock()
+	conns := tg.conns
+	tg.mu.Unlock()
+	if conns != 2 || closed.Load() != 1 {
+		t.Errorf("%d connections and %d 421 replies, want 2 and 1 (reuse, 421, a fresh connection)", conns, closed.Load())
+	}
+}
