@@ -1,0 +1,88 @@
+package relay
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/smtpgw/smtpgw/store"
+)
+
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	st := openStore(t, "sqlite")
+	tg := newTarget(t, targetOpts{})
+	reg := prometheus.NewRegistry()
+	r, err := New(smarthostConfig(t, tg), st, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(smarthostConfig(t, tg), st, reg); err == nil {
+		t.Error("a second Relay on the same registry registered its metrics again")
+	}
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	m := enqueue(t, st, "s@src.test", []string{"a@dest.test", "b@dest.test"}, testBody("s@src.test", "metrics"))
+	waitFinal(t, st, m.ID)
+	if v := testutil.ToFloat64(r.metrics.deliveries.WithLabelValues(store.StateDelivered)); v != 2 {
+		t.Errorf("deliveries_total{outcome=delivered} = %v, want 2", v)
+	}
+	if v := testutil.ToFloat64(r.metrics.claimed); v != 2 {
+		t.Errorf("claimed_total = %v, want 2", v)
+	}
+	if n := testutil.CollectAndCount(r.metrics.attempt); n != 1 {
+		t.Errorf("attempt histogram has %d series, want 1", n)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, f := range families {
+		names[f.GetName()] = true
+	}
+	for _, want := range []string{"smtpgw_relay_deliveries_total", "smtpgw_relay_attempt_duration_seconds",
+		"smtpgw_relay_claimed_total", "smtpgw_relay_inflight_transactions", "smtpgw_relay_dsn_total"} {
+		if !names[want] {
+			t.Errorf("metric %s not registered", want)
+		}
+	}
+}
+
+func TestEventPruning(t *testing.T) {
+	t.Parallel()
+	st := openStore(t, "sqlite")
+	ctx := context.Background()
+	now := time.Now()
+	if err := st.AddEvents(ctx, []store.Event{
+		{Type: store.EventDelivery, Time: now.Add(-48 * time.Hour), MessageID: "old", Recipient: "a@x.test"},
+		{Type: store.EventDelivery, Time: now.Add(-time.Minute), MessageID: "new", Recipient: "a@x.test"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := smarthostConfig(t, newTarget(t, targetOpts{}))
+	cfg.EventRetention = 24 * time.Hour
+	startRelay(t, cfg, st)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		evs, err := st.ListEvents(ctx, store.EventFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) == 1 {
+			if evs[0].MessageID != "new" {
+				t.Fatalf("kept %q, want the recent event", evs[0].MessageID)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d events left, want the old one pruned at start", len(evs))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
