@@ -34,6 +34,10 @@ var (
 	ErrBadAddress = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
 	// ErrMalformedMessage answers a message whose header cannot be parsed.
 	ErrMalformedMessage = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Malformed message header"}
+	// ErrLineTooLong answers a message with a line over go-smtp's limit
+	// (2000 bytes, twice RFC 5321's 1000); go-smtp then closes the
+	// connection. Permanent: sending it again cannot help.
+	ErrLineTooLong = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message line too long"}
 	// ErrTemporary answers a message that could not be made durable: the
 	// store is down, too slow, or failed. Nothing of it was stored.
 	ErrTemporary = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, message not accepted"}
@@ -79,8 +83,11 @@ func reply(err error) error {
 	if errors.As(err, &me) {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Invalid X-MSYS-API header: " + me.Why}
 	}
-	if errors.Is(err, errBadAddress) {
+	switch {
+	case errors.Is(err, errBadAddress):
 		return ErrBadAddress
+	case errors.Is(err, smtp.ErrTooLongLine):
+		return ErrLineTooLong
 	}
 	// store.ErrUnavailable, a deadline, a cancelled session, a failed
 	// transaction: the client may retry, and nothing was stored.

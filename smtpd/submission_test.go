@@ -208,6 +208,19 @@ var submissionCases = []submissionCase{
 		}
 		r.cmd(250, "NOOP")
 	}},
+	{name: "line too long", run: func(t *testing.T, e *testEnv) {
+		r := e.authedRaw()
+		r.cmd(250, "MAIL FROM:<sender@example.com>")
+		r.cmd(250, "RCPT TO:<rcpt@example.net>")
+		r.cmd(354, "DATA")
+		r.write("Subject: long\r\n\r\n" + strings.Repeat("x", 3000) + "\r\n.\r\n")
+		if msg := r.expect(550); !strings.HasPrefix(msg, "5.6.0 ") {
+			t.Fatalf("line too long: %q", msg)
+		}
+		if n := len(e.messages()); n != 0 {
+			t.Fatalf("%d messages stored, want none", n)
+		}
+	}},
 	{name: "too many recipients", run: func(t *testing.T, e *testEnv) {
 		c := e.dialAuth("SMTP_Injection", e.key)
 		if err := c.Mail("sender@example.com"); err != nil {
