@@ -63,6 +63,23 @@
 // deferred and retried; the default lease, 15 min, lets every command use
 // its full 5 min CommandTimeout. A node that dies loses its leases when they
 // end and another node retries the work.
+//
+// # Choices where the specification is silent
+//
+//   - DSNs: failure reports follow NOTIFY (default FAILURE). A "delayed" DSN
+//     is sent once, on the first deferral, only to recipients that asked
+//     NOTIFY=DELAY. A "relayed" DSN is sent for NOTIFY=SUCCESS when the next
+//     hop does not offer DSN; when it does, NOTIFY and ORCPT go along and the
+//     next hop reports. Original headers are returned unless RET=FULL.
+//   - A message needing SMTPUTF8 bounces (5.6.7) at a server without it.
+//     8-bit bodies are sent as they are to servers without 8BITMIME, and
+//     BINARYMIME bodies are sent with DATA (go-smtp's client has no BDAT).
+//   - Opportunistic TLS in MX mode does not verify certificates.
+//   - A 5xx to AUTH at the smarthost, or a missing STARTTLS, defers (a
+//     configuration problem on our side must not bounce mail).
+//   - A job waiting for its destination's semaphore holds a worker: a backlog
+//     for one destination can keep other destinations waiting until it
+//     drains. Give Workers a multiple of PerDomainConcurrency.
 package relay
 
 import (
