@@ -131,17 +131,17 @@ type Config struct {
 // Server is the SMTP submission server. Create it with New, then Start it
 // and finally Shutdown.
 type Server struct {
-	cfg       Config
-	st        store.Store
-	verifier  *auth.Verifier
-	limiter   *auth.FailureLimiter
-	log       *slog.Logger
-	metrics   *metrics
-	tlsConfig *tls.Config
-	smtp      *smtp.Server
-	domains   domainCache
-	rates     *keyLimiter // nil: no per-key limit
-	usernames []string    // lowercased; nil: any
+	cfg       Config               // with defaults applied
+	st        store.Store          // where messages, events and domains live
+	verifier  *auth.Verifier       // checks the API key given as AUTH password
+	limiter   *auth.FailureLimiter // failed AUTH per client address
+	log       *slog.Logger         // server-wide; sessions add conn_id and remote
+	metrics   *metrics             // see metrics.go
+	tlsConfig *tls.Config          // STARTTLS and implicit TLS, TLS 1.2+
+	smtp      *smtp.Server         // go-smtp, serving every listener
+	domains   domainCache          // sending domains, refreshed every 5 s
+	rates     *keyLimiter          // nil: no per-key limit
+	usernames []string             // accepted AUTH usernames, lowercased; nil: any
 
 	// baseCtx is the parent of every session's context; cancelled when
 	// Shutdown gives up waiting.
@@ -150,15 +150,19 @@ type Server struct {
 	// draining is set by Shutdown: MAIL is refused with 421 4.3.2.
 	draining atomic.Bool
 
-	mu          sync.Mutex
-	started     bool
-	listeners   []net.Listener
-	subAddr     net.Addr
-	subsAddr    net.Addr
-	conns       map[*conn]struct{}
-	connsWG     sync.WaitGroup // one per open conn
-	serveWG     sync.WaitGroup // one per Serve goroutine
-	shutdownErr error
+	mu        sync.Mutex         // guards the fields below
+	started   bool               // Start was called
+	listeners []net.Listener     // closed by Shutdown
+	subAddr   net.Addr           // bound submission address, nil if disabled
+	subsAddr  net.Addr           // bound submissions address, nil if disabled
+	conns     map[*conn]struct{} // open connections
+	connsWG   sync.WaitGroup     // one per open conn
+	serveWG   sync.WaitGroup     // one per Serve goroutine
+
+	// shutdownDone is closed when the first Shutdown call returns, with
+	// its result in shutdownErr.
+	shutdownDone chan struct{}
+	shutdownErr  error
 }
 
 // New checks cfg, loads (or creates) the TLS certificate and prepares the
@@ -199,14 +203,15 @@ func New(cfg Config, st store.Store, v *auth.Verifier, reg prometheus.Registerer
 		cfg.AuthUsernames = []string{DefaultAuthUsername}
 	}
 	s := &Server{
-		cfg:      cfg,
-		st:       st,
-		verifier: v,
-		limiter:  auth.NewFailureLimiter(cfg.MaxAuthFailures, cfg.AuthFailureWindow),
-		log:      cfg.Logger,
-		conns:    make(map[*conn]struct{}),
-		domains:  domainCache{st: st, ttl: domainCacheTTL},
-		rates:    newKeyLimiter(cfg.KeyRateLimit, cfg.KeyRateBurst),
+		cfg:          cfg,
+		st:           st,
+		verifier:     v,
+		limiter:      auth.NewFailureLimiter(cfg.MaxAuthFailures, cfg.AuthFailureWindow),
+		log:          cfg.Logger,
+		conns:        make(map[*conn]struct{}),
+		shutdownDone: make(chan struct{}),
+		domains:      domainCache{st: st, ttl: domainCacheTTL},
+		rates:        newKeyLimiter(cfg.KeyRateLimit, cfg.KeyRateBurst),
 	}
 	for _, u := range cfg.AuthUsernames {
 		if u == "*" {
@@ -318,12 +323,10 @@ func (s *Server) SubmissionsAddr() net.Addr {
 // sessions had to be cut off. Calling it again returns the first result.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if s.draining.Swap(true) {
-		s.serveWG.Wait()
-		s.connsWG.Wait()
-		s.mu.Lock()
-		defer s.mu.Unlock()
+		<-s.shutdownDone
 		return s.shutdownErr
 	}
+	defer close(s.shutdownDone)
 	s.mu.Lock()
 	for _, l := range s.listeners {
 		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
@@ -351,9 +354,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	s.cancelBase()
-	s.mu.Lock()
-	s.shutdownErr = err
-	s.mu.Unlock()
+	s.shutdownErr = err // read by later calls after shutdownDone is closed
 	return err
 }
 
@@ -501,16 +502,16 @@ func newConnID() string {
 // knows which sessions it may close at once, and can close itself right
 // after the next reply is written (421 replies).
 type conn struct {
-	net.Conn
-	srv      *Server
-	id       string
-	listener string
+	net.Conn         // TCP, or the PROXY-protocol conn over it
+	srv      *Server // that accepted it
+	id       string  // conn_id in the logs
+	listener string  // "submission" or "submissions"
 
-	closeAfterWrite atomic.Bool
-	closeOnce       sync.Once
-	logOnce         sync.Once
-	logger          *slog.Logger
-	remote          netip.Addr
+	closeAfterWrite atomic.Bool  // close once the next reply is written
+	closeOnce       sync.Once    // Close runs once
+	logOnce         sync.Once    // guards logger and remote
+	logger          *slog.Logger // with conn_id, remote, listener
+	remote          netip.Addr   // client address, unmapped
 
 	mu     sync.Mutex
 	writer net.Conn // what replies are written to: c, or the TLS conn over it; nil while unknown
