@@ -835,3 +835,28 @@ func TestProxyProtocol(t *testing.T) {
 	r.startTLS(untrusted.pair.Client())
 	r.cmd(535, "AUTH PLAIN %s", b64("\x00SMTP_Injection\x00"+key))
 }
+
+// TestIdleTimeout: a silent session is closed with 421 4.4.2, while a slow
+// but steady DATA transfer longer than the idle timeout in all goes
+// through (the deadline moves with every read).
+func TestIdleTimeout(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "sqlite", func(c *Config) { c.IdleTimeout = 400 * time.Millisecond })
+	silent := e.dialRaw(e.srv.SubmissionAddr().String(), false)
+	if msg := silent.expect(421); !strings.HasPrefix(msg, "4.4.2 ") {
+		t.Fatalf("idle session got %q", msg)
+	}
+
+	r := e.authedRaw()
+	r.cmd(250, "MAIL FROM:<sender@example.com>")
+	r.cmd(250, "RCPT TO:<rcpt@example.net>")
+	r.cmd(354, "DATA")
+	r.write("From: <sender@example.com>\r\nSubject: slow\r\n\r\n")
+	start := time.Now()
+	for time.Since(start) < 1200*time.Millisecond {
+		r.write("a line of a slow message\r\n")
+		time.Sleep(100 * time.Millisecond)
+	}
+	r.write(".\r\n")
+	queuedID(t, r.expect(250))
+}
