@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/textproto"
 	"sort"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"golang.org/x/net/idna"
 )
 
 // idleTimeout is how long an unused connection stays open for the next
@@ -75,9 +77,23 @@ func (r *Relay) lookupRoutes(ctx context.Context, domain string) ([]route, error
 		return nil, &permanentError{reply: "550 5.1.3 recipient address has no domain"}
 	}
 	port := strconv.Itoa(r.cfg.MXPort)
+	if lit, ok := strings.CutPrefix(domain, "["); ok {
+		// An address literal names the host itself
+		// (https://tools.ietf.org/html/rfc5321#section-4.1.3).
+		ip, err := netip.ParseAddr(strings.TrimPrefix(strings.TrimSuffix(lit, "]"), "ipv6:"))
+		if err != nil {
+			return nil, &permanentError{reply: "550 5.1.2 bad address literal " + domain}
+		}
+		addr := net.JoinHostPort(ip.String(), port)
+		return []route{{host: ip.String(), addr: addr, tls: tlsMay, key: "mx:" + addr}}, nil
+	}
+	ascii, err := idna.Lookup.ToASCII(strings.TrimSuffix(domain, "."))
+	if err != nil {
+		return nil, &permanentError{reply: "550 5.1.2 bad domain name " + domain}
+	}
 	lctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectTimeout)
 	defer cancel()
-	fqdn := strings.TrimSuffix(domain, ".") + "."
+	fqdn := ascii + "."
 	mxs, err := r.resolver.LookupMX(lctx, fqdn)
 	var dnsErr *net.DNSError
 	switch {
@@ -104,8 +120,8 @@ func (r *Relay) lookupRoutes(ctx context.Context, domain string) ([]route, error
 		// No MX records: the domain is its own mail host if it has an address.
 		ips, err := r.resolver.LookupIPAddr(lctx, fqdn)
 		if err == nil && len(ips) > 0 {
-			addr := net.JoinHostPort(domain, port)
-			return []route{{host: domain, addr: addr, tls: tlsMay, key: "mx:" + addr}}, nil
+			addr := net.JoinHostPort(ascii, port)
+			return []route{{host: ascii, addr: addr, tls: tlsMay, key: "mx:" + addr}}, nil
 		}
 		if err == nil || errors.As(err, &dnsErr) && dnsErr.IsNotFound {
 			return nil, &permanentError{reply: replyNoDomain}

@@ -87,14 +87,17 @@ func TestMXMode(t *testing.T) {
 		"afallback.test. 60 IN A 127.0.0.1",
 		// Null MX (RFC 7505).
 		"nullmx.test. 60 IN MX 0 .",
+		// Internationalised domain, looked up as its A-label.
+		"xn--bcher-kva.test. 60 IN MX 10 mail.mx.test.",
 		// Exists, but has neither MX nor address.
 		"nomail.test. 60 IN TXT \"v=spf1 -all\"",
 	)
 	st := openStore(t, "sqlite")
 	startRelay(t, mxConfig(t, dnsAddr, tg.port), st)
 
-	m := enqueue(t, st, "", []string{"a@mx.test", "b@afallback.test", "c@nullmx.test", "d@nxdomain.test", "e@nomail.test"},
-		testBody("s@src.test", "mx"))
+	m := enqueue(t, st, "", []string{"a@mx.test", "b@afallback.test", "c@nullmx.test", "d@nxdomain.test", "e@nomail.test",
+		"f@[127.0.0.1]", "g@bücher.test"},
+		testBody("s@src.test", "mx"), func(m *store.Message) { m.SMTPUTF8 = true })
 	fm := waitFinal(t, st, m.ID)
 	want := map[string]string{
 		"a@mx.test":        store.StateDelivered,
@@ -102,6 +105,8 @@ func TestMXMode(t *testing.T) {
 		"c@nullmx.test":    store.StateBounced,
 		"d@nxdomain.test":  store.StateBounced,
 		"e@nomail.test":    store.StateBounced,
+		"f@[127.0.0.1]":    store.StateDelivered,
+		"g@bücher.test":    store.StateDelivered,
 	}
 	for addr, w := range want {
 		if s, reply := rcptState(t, fm, addr); s != w {
@@ -115,8 +120,8 @@ func TestMXMode(t *testing.T) {
 		t.Errorf("NXDOMAIN reply %q, want 5.1.2", reply)
 	}
 	got := tg.messages()
-	if len(got) != 2 {
-		t.Fatalf("target got %d messages, want 2 (one per deliverable domain)", len(got))
+	if len(got) != 4 {
+		t.Fatalf("target got %d messages, want 4 (one per deliverable domain)", len(got))
 	}
 	for _, g := range got {
 		if !g.tls {
