@@ -329,6 +329,7 @@ func (r *Relay) Start(ctx context.Context) error {
 	}
 	select {
 	case <-r.stop:
+		close(r.loopDone) // Stop may be waiting for a loop that never ran
 		return errors.New("start relay: already stopped")
 	default:
 	}
