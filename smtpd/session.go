@@ -21,6 +21,10 @@ import (
 	"github.com/smtpgw/smtpgw/store"
 )
 
+// errClientRead marks a failure to read the message from the client
+// (connection dropped, RSET during BDAT): not a fault of ours.
+var errClientRead = errors.New("client stopped sending")
+
 // backend creates go-smtp sessions for a Server.
 type backend struct{ s *Server }
 
@@ -292,8 +296,10 @@ func (s *session) Data(r io.Reader) error {
 		rep = &smtp.SMTPError{Code: rep.Code, EnhancedCode: rep.EnhancedCode, Message: rep.Message + " (id " + id + ")"}
 	}
 	s.srv.metrics.reply("DATA", rep, 250)
+	// Client mistakes and dropped connections log lower than our own
+	// failures (mox userError).
 	level := slog.LevelInfo
-	if rep.Code/100 == 4 {
+	if rep.Code/100 == 4 && !errors.Is(err, errClientRead) {
 		level = slog.LevelWarn
 	}
 	s.log.Log(s.ctx, level, "rejected", "msg_id", id, "code", rep.Code,
@@ -314,7 +320,7 @@ func (s *session) data(r io.Reader, id string) (*store.Message, error) {
 	case errors.Is(err, smtp.ErrDataTooLarge), err == nil && int64(len(raw)) > limit:
 		return nil, fmt.Errorf("read message: over %d bytes: %w", limit, ErrTooBig)
 	case err != nil:
-		return nil, fmt.Errorf("read message: %w", err)
+		return nil, fmt.Errorf("read message: %w: %w", errClientRead, err)
 	case s.id == nil || len(tx.rcpts) == 0:
 		return nil, errors.New("read message: transaction was reset")
 	}
