@@ -74,6 +74,7 @@ type committer struct {
 	mu     sync.Mutex
 	queue  []*waiter
 	closed bool
+	taken  int64 // waiters taken into batches so far (tests observe it)
 
 	kick chan struct{} // buffered 1: the queue may be non-empty
 	stop chan struct{} // closed by close
@@ -125,13 +126,16 @@ func (c *committer) enqueue(ctx context.Context, m *Message) error {
 	}
 }
 
-// close fails the waiters not yet taken and stops the loop after the batch
-// in progress, if any, was answered. Safe to call twice.
+// close fails the waiters not yet taken at once, and returns when the loop
+// stopped, after the batch in progress (if any) was answered. Safe to call
+// twice.
 func (c *committer) close() {
 	c.once.Do(func() {
 		c.mu.Lock()
 		c.closed = true
 		c.mu.Unlock()
+		// Answer the queued waiters now, not after the batch in progress.
+		c.failQueued()
 		close(c.stop)
 	})
 	<-c.done
@@ -181,6 +185,7 @@ func (c *committer) take() []*waiter {
 		batch = append(batch, w)
 		bytes += w.size
 	}
+	c.taken += int64(len(batch))
 	rest := copy(c.queue, c.queue[i:])
 	clear(c.queue[rest:])
 	c.queue = c.queue[:rest]

@@ -1,0 +1,182 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"testing"
+	"time"
+)
+
+// Group-commit semantics, observed on SQLite: the test holds the single
+// write connection in a transaction, so the committer blocks inside a batch
+// while the test arranges who is taken and who is still queued.
+
+// holdWriter opens a write transaction on s's only write connection; the
+// committer blocks until it ends.
+func holdWriter(t *testing.T, s *sqliteStore) *sql.Tx {
+	t.Helper()
+	tx, err := s.w.BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// If the test fails early, release the writer so Close does not wait.
+	t.Cleanup(func() {
+		if err := tx.Rollback(); err != nil && !errors.Is(err, sql.ErrTxDone) {
+			t.Error(err)
+		}
+	})
+	return tx
+}
+
+// awaitTaken waits until the committer took n waiters in all and has
+// queued waiting ones.
+func awaitTaken(t *testing.T, c *committer, n int64, queued int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		taken, q := c.taken, len(c.queue)
+		c.mu.Unlock()
+		if taken == n && q == queued {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("committer took %d with %d queued, want %d and %d", taken, q, n, queued)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestGroupCommitTakenWaiterWaitsForCommit(t *testing.T) {
+	t.Parallel()
+	s := openEnv(t, "sqlite").s.(*sqliteStore)
+	tx := holdWriter(t, s)
+
+	// A is taken into a batch that cannot start: its caller's deadline
+	// passes, yet it must get the commit's answer, not a failure.
+	a := newMsg(1)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	errA := make(chan error, 1)
+	go func() { errA <- s.Enqueue(ctx, a) }()
+	awaitTaken(t, s.gc, 1, 0)
+
+	// B arrives while the committer is busy: it stays queued, and its
+	// caller gives up before it is taken, so it must never be written.
+	b := newMsg(1)
+	bctx, bcancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer bcancel()
+	if err := s.Enqueue(bctx, b); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("queued waiter with expired ctx: %v, want DeadlineExceeded", err)
+	}
+	<-ctx.Done()
+	select {
+	case err := <-errA:
+		t.Fatalf("taken waiter answered %v before its batch committed", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errA; err != nil {
+		t.Errorf("taken waiter: %v, want nil (its batch committed)", err)
+	}
+	check := context.Background()
+	if _, err := s.GetMessage(check, a.ID); err != nil {
+		t.Errorf("taken message not stored: %v", err)
+	}
+	// Let the committer run any further batch, then check B is absent.
+	mustEnqueue(t, s, newMsg(1))
+	if _, err := s.GetMessage(check, b.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("cancelled message: %v, want ErrNotFound", err)
+	}
+}
+
+func TestGroupCommitCloseFailsQueued(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	st, err := Open(context.Background(), "", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := st.(*sqliteStore)
+	if err := s.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	tx := holdWriter(t, s)
+
+	a := newMsg(1)
+	errA := make(chan error, 1)
+	go func() { errA <- s.Enqueue(context.Background(), a) }()
+	awaitTaken(t, s.gc, 1, 0)
+	b := newMsg(1)
+	errB := make(chan error, 1)
+	go func() { errB <- s.Enqueue(context.Background(), b) }()
+	awaitTaken(t, s.gc, 1, 1)
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	if err := <-errB; !errors.Is(err, ErrUnavailable) {
+		t.Errorf("queued waiter at close: %v, want ErrUnavailable", err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errA; err != nil {
+		t.Errorf("batch in progress at close: %v, want nil", err)
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("close: %v", err)
+	}
+
+	// Reopen: A is there, B is not.
+	s2 := openStore(t, "", dir)
+	ctx := context.Background()
+	if _, err := s2.GetMessage(ctx, a.ID); err != nil {
+		t.Errorf("A after reopen: %v", err)
+	}
+	if _, err := s2.GetMessage(ctx, b.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("B after reopen: %v, want ErrNotFound", err)
+	}
+}
+
+// TestGroupCommitBatches checks concurrent callers really share
+// transactions: fewer commits than messages.
+func TestGroupCommitBatches(t *testing.T) {
+	t.Parallel()
+	s := openEnv(t, "sqlite").s.(*sqliteStore)
+	tx := holdWriter(t, s)
+	first := newMsg(1)
+	errs := make(chan error, 21)
+	go func() { errs <- s.Enqueue(context.Background(), first) }()
+	awaitTaken(t, s.gc, 1, 0)
+	// 20 more queue up behind the blocked batch...
+	for i := 0; i < 20; i++ {
+		go func() { errs <- s.Enqueue(context.Background(), newMsg(1)) }()
+	}
+	awaitTaken(t, s.gc, 1, 20)
+	// ...and are taken as one batch.
+	batch := s.gc.take()
+	if len(batch) != 20 {
+		t.Errorf("take() = %d waiters, want 20", len(batch))
+	}
+	// Put them back for the committer.
+	s.gc.mu.Lock()
+	for _, w := range batch {
+		w.state.Store(waitQueued)
+	}
+	s.gc.queue = append(batch, s.gc.queue...)
+	s.gc.mu.Unlock()
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 21; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	st, err := s.Stats(context.Background())
+	if err != nil || st.ByState[StateQueued] != 21 {
+		t.Errorf("stats %+v, %v", st, err)
+	}
+}
