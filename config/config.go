@@ -157,6 +157,12 @@ type SMTP struct {
 	ShutdownGrace Duration `toml:"shutdown_grace"`
 	// MaxConnections is the most concurrent SMTP connections per node.
 	MaxConnections int `toml:"max_connections"`
+	// KeyRateLimit is the most messages per second one API key may inject on
+	// this node (MAIL beyond it gets 451 4.7.1); 0 means no limit.
+	KeyRateLimit int `toml:"key_rate_limit"`
+	// KeyRateBurst is how many messages a key may send at once before
+	// KeyRateLimit applies; 0 means the same as KeyRateLimit.
+	KeyRateBurst int `toml:"key_rate_burst"`
 }
 
 // Auth is the [auth] section.
@@ -257,7 +263,7 @@ func Default() *Config {
 			MaxQueueLifetime:     Duration{72 * time.Hour},
 			MXPort:               25,
 			DKIMSelector:         "smtpgw",
-			Lease:                Duration{5 * time.Minute},
+			Lease:                Duration{15 * time.Minute},
 			ConnectTimeout:       Duration{30 * time.Second},
 			CommandTimeout:       Duration{5 * time.Minute},
 		},
@@ -536,6 +542,9 @@ func (c *Config) Validate() error {
 	checkPositive(bad, "smtp.max_recipients", int64(s.MaxRecipients))
 	checkPositive(bad, "smtp.max_auth_failures", int64(s.MaxAuthFailures))
 	checkPositive(bad, "smtp.max_connections", int64(s.MaxConnections))
+	if s.KeyRateLimit < 0 || s.KeyRateBurst < 0 {
+		bad("smtp.key_rate_limit", "must be 0 (no limit) or a positive number of messages per second; key_rate_burst likewise")
+	}
 	checkDuration(bad, "smtp.idle_timeout", s.IdleTimeout)
 	checkDuration(bad, "smtp.auth_failure_window", s.AuthFailureWindow)
 	checkDuration(bad, "smtp.shutdown_grace", s.ShutdownGrace)

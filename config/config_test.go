@@ -132,7 +132,7 @@ func TestDefaults(t *testing.T) {
 		{"relay.dns_resolver", c.Relay.DNSResolver, ""},
 		{"relay.mx_port", c.Relay.MXPort, 25},
 		{"relay.dkim_selector", c.Relay.DKIMSelector, "smtpgw"},
-		{"relay.lease", c.Relay.Lease.Duration, 5 * time.Minute},
+		{"relay.lease", c.Relay.Lease.Duration, 15 * time.Minute},
 		{"relay.connect_timeout", c.Relay.ConnectTimeout.Duration, 30 * time.Second},
 		{"relay.command_timeout", c.Relay.CommandTimeout.Duration, 5 * time.Minute},
 		{"relay.smarthost_insecure_skip_verify", c.Relay.SmarthostInsecureSkipVerify, false},

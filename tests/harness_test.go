@@ -131,45 +131,55 @@ var (
 
 func (g *Gateway) start() {
 	g.t.Helper()
-	g.logs = &syncBuffer{}
+	if g.logs == nil {
+		g.logs = &syncBuffer{} // kept across restarts
+	}
+	logs := g.logs
 	g.cmd = exec.Command(binary, "serve", "--config", g.cfgPath, "--log-level", "debug")
 	g.cmd.Env = append(g.environ(), g.opts.Env...)
 	pr, pw := io.Pipe()
-	g.cmd.Stdout = g.logs
+	g.cmd.Stdout = logs
 	g.cmd.Stderr = pw
 	if err := g.cmd.Start(); err != nil {
 		g.t.Fatalf("start gateway: %v", err)
 	}
-	g.done = make(chan struct{})
-	ready := make(chan struct{})
+	done := make(chan struct{})
+	g.done = done
+	ready := make(chan [2]string, 1)
+	readerDone := make(chan struct{})
 	go func() {
+		defer close(readerDone)
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		closed := false
+		var httpAddr string
+		sent := false
 		for sc.Scan() {
 			line := sc.Text()
-			g.logs.WriteString(line + "\n")
+			logs.WriteString(line + "\n")
 			if m := httpListenRe.FindStringSubmatch(line); m != nil {
-				g.HTTP = m[1]
+				httpAddr = m[1]
 			}
-			if m := readyRe.FindStringSubmatch(line); m != nil && !closed {
-				g.Submission = m[1]
-				closed = true
-				close(ready)
+			if m := readyRe.FindStringSubmatch(line); m != nil && !sent {
+				sent = true
+				ready <- [2]string{m[1], httpAddr}
 			}
 		}
+		_, _ = io.Copy(io.Discard, pr)
 	}()
+	cmd := g.cmd
 	go func() {
-		_ = g.cmd.Wait()
+		_ = cmd.Wait()
 		_ = pw.Close()
-		close(g.done)
+		<-readerDone // the log is complete once done is closed
+		close(done)
 	}()
 	select {
-	case <-ready:
-	case <-g.done:
-		g.t.Fatalf("gateway exited before it was ready:\n%s", g.logs.String())
+	case addrs := <-ready:
+		g.Submission, g.HTTP = addrs[0], addrs[1]
+	case <-done:
+		g.t.Fatalf("gateway exited before it was ready:\n%s", logs.String())
 	case <-time.After(60 * time.Second):
-		g.t.Fatalf("gateway not ready after 60s:\n%s", g.logs.String())
+		g.t.Fatalf("gateway not ready after 60s:\n%s", logs.String())
 	}
 }
 

@@ -160,6 +160,8 @@ func smtpdConfig(cfg *config.Config, log *slog.Logger) smtpd.Config {
 		AuthFailureWindow: c.AuthFailureWindow.Duration,
 		ProxyProtocolFrom: c.ProxyProtocolPrefixes,
 		MaxConnections:    c.MaxConnections,
+		KeyRateLimit:      float64(c.KeyRateLimit),
+		KeyRateBurst:      c.KeyRateBurst,
 		Logger:            log.With("component", "smtpd"),
 	}
 }
