@@ -37,6 +37,8 @@ const (
 	// pgConnectTimeout applies when the url sets no connect_timeout, so a
 	// dead server fails a request instead of hanging it.
 	pgConnectTimeout = 5 * time.Second
+	// pgDefaultMaxConns is the pool size when the url sets no pool_max_conns.
+	pgDefaultMaxConns = 16
 	// Reconnect backoff of the listener.
 	listenBackoffMin = 100 * time.Millisecond
 	listenBackoffMax = 5 * time.Second
@@ -65,6 +67,11 @@ func openPostgres(_ context.Context, url string) (*pgStore, error) {
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = pgConnectTimeout
+	}
+	// pgxpool's default (max(4, CPUs)) is small for a gateway whose SMTP
+	// sessions, relay workers and group committer share the pool.
+	if !strings.Contains(url, "pool_max_conns") {
+		cfg.MaxConns = pgDefaultMaxConns
 	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
