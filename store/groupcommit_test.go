@@ -180,3 +180,36 @@ func TestGroupCommitBatches(t *testing.T) {
 		t.Errorf("stats %+v, %v", st, err)
 	}
 }
+
+// TestSQLiteReadersDoNotWaitForWriter checks reads go to their own pool:
+// with a write transaction open (and uncommitted rows in it), reads answer
+// at once with the committed state.
+func TestSQLiteReadersDoNotWaitForWriter(t *testing.T) {
+	t.Parallel()
+	s := openEnv(t, "sqlite").s.(*sqliteStore)
+	m := newMsg(1)
+	mustEnqueue(t, s, m)
+	tx := holdWriter(t, s)
+	if _, err := tx.Exec(`DELETE FROM messages`); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	got, err := s.GetMessage(ctx, m.ID)
+	if err != nil || got.ID != m.ID {
+		t.Fatalf("read during a write transaction: %v", err)
+	}
+	if _, err := s.ListMessages(ctx, QueueFilter{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Stats(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The read pool cannot write.
+	if _, err := s.r.ExecContext(ctx, `DELETE FROM events`); err == nil {
+		t.Error("the read pool accepted a write")
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+}
