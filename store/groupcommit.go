@@ -68,18 +68,18 @@ type waiter struct {
 
 // committer runs the group-commit loop for one store.
 type committer struct {
-	write    batchWriter
-	onCommit func() // called after a commit that stored at least one message
+	write    batchWriter // the backend's one-transaction writer
+	onCommit func()      // called after a commit that stored at least one message
 
 	mu     sync.Mutex
-	queue  []*waiter
-	closed bool
-	taken  int64 // waiters taken into batches so far (tests observe it)
+	queue  []*waiter // waiting to be taken, in arrival order
+	closed bool      // no more enqueues
+	taken  int64     // waiters taken into batches so far (tests observe it)
 
 	kick chan struct{} // buffered 1: the queue may be non-empty
 	stop chan struct{} // closed by close
 	done chan struct{} // closed when the loop returned
-	once sync.Once
+	once sync.Once     // guards close
 }
 
 // newCommitter starts a committer writing with write.

@@ -47,13 +47,13 @@ const (
 // pgStore implements Store on PostgreSQL.
 type pgStore struct {
 	pool      *pgxpool.Pool
-	listenCfg *pgx.ConnConfig
+	listenCfg *pgx.ConnConfig // for the dedicated LISTEN connection
 	log       *slog.Logger
-	gc        *committer
-	wake      chan struct{}
+	gc        *committer    // group commit for Enqueue
+	wake      chan struct{} // Wakeups, buffered 1
 
-	stopListen context.CancelFunc
-	listenDone chan struct{}
+	stopListen context.CancelFunc // ends the listener
+	listenDone chan struct{}      // closed when the listener returned
 
 	closeOnce sync.Once
 }

@@ -33,14 +33,14 @@ const (
 
 // sqliteStore implements Store on a SQLite file.
 type sqliteStore struct {
-	path string
-	w    *sql.DB // the one write connection
-	r    *sql.DB // read-only pool
-	gc   *committer
-	wake chan struct{}
+	path string        // database file
+	w    *sql.DB       // the one write connection (BEGIN IMMEDIATE)
+	r    *sql.DB       // query_only read pool
+	gc   *committer    // group commit for Enqueue
+	wake chan struct{} // Wakeups, buffered 1
 
 	closeOnce sync.Once
-	closeErr  error
+	closeErr  error // result of the first Close
 }
 
 // openSQLite opens (creating if needed, mode 0600) the database at path.
