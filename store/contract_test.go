@@ -1239,10 +1239,19 @@ func TestPostgresTwoNodes(t *testing.T) {
 
 	// Enqueue on A wakes B. B's listener wakes once when it connects; wait
 	// until it is listening (a wakeup arrived), then expect the next.
+	// A node on another schema of the same database is not woken.
+	c := openStore(t, pgtest.URL(t), "")
 	waitWake(t, b.Wakeups(), "listener connected")
+	waitWake(t, c.Wakeups(), "listener connected")
 	drain(b.Wakeups())
+	drain(c.Wakeups())
 	mustEnqueue(t, a, newMsg(1))
 	waitWake(t, b.Wakeups(), "Enqueue on the other node")
+	select {
+	case <-c.Wakeups():
+		t.Error("a node on another schema was woken")
+	case <-time.After(300 * time.Millisecond):
+	}
 
 	// Concurrent claims from both nodes never return the same recipient.
 	const n = 200
@@ -1304,4 +1313,35 @@ func TestPostgresTwoNodes(t *testing.T) {
 	}
 	sort.Strings(keys)
 	t.Logf("claiming nodes: %v", keys)
+}
+
+// TestPostgresListenerReconnects kills the listener's connection: the
+// store reconnects and other nodes' Enqueue wakes it again.
+func TestPostgresListenerReconnects(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	app := "smtpgw_listen_" + NewKeyID()
+	a := openStore(t, url, "")
+	b := openStore(t, url+"&application_name="+app, "")
+	ctx := ctxT(t)
+	waitWake(t, b.Wakeups(), "listener connected")
+
+	conn, err := pgx.Connect(ctx, pgtest.BaseURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close(ctx) }()
+	var killed int
+	if err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE application_name = $1 AND query ILIKE 'LISTEN%'`, app).Scan(&killed); err != nil {
+		t.Fatal(err)
+	}
+	if killed != 1 {
+		t.Fatalf("terminated %d listener connections, want 1", killed)
+	}
+	// The reconnected listener wakes once on its own, then on NOTIFY.
+	waitWake(t, b.Wakeups(), "listener reconnected")
+	drain(b.Wakeups())
+	mustEnqueue(t, a, newMsg(1))
+	waitWake(t, b.Wakeups(), "Enqueue after reconnect")
 }

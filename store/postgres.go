@@ -44,6 +44,11 @@ const (
 	listenBackoffMax = 5 * time.Second
 )
 
+// pgNotify announces new mail to every node. The payload is the schema, so
+// gateways (or tests) sharing a database but not a schema do not wake each
+// other; the channel itself is database-wide.
+const pgNotify = `SELECT pg_notify($1, coalesce(current_schema(), ''))`
+
 // pgStore implements Store on PostgreSQL.
 type pgStore struct {
 	pool      *pgxpool.Pool
@@ -182,16 +187,23 @@ func (s *pgStore) listenOnce(ctx context.Context) (connected bool, err error) {
 			err = cerr
 		}
 	}()
+	var schema string
+	if err := conn.QueryRow(ctx, `SELECT coalesce(current_schema(), '')`).Scan(&schema); err != nil {
+		return false, err
+	}
 	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
 		return false, err
 	}
 	// Notifications sent while we were not listening are lost: look again.
 	wake(s.wake)
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return true, err
 		}
-		wake(s.wake)
+		if n.Payload == "" || n.Payload == schema {
+			wake(s.wake)
+		}
 	}
 }
 
@@ -446,7 +458,7 @@ func insertPGMessages(ctx context.Context, tx pgx.Tx, msgs []*Message, notify bo
 	}
 	queueEvents(b, evs)
 	if notify {
-		b.Queue(`SELECT pg_notify($1, '')`, notifyChannel)
+		b.Queue(pgNotify, notifyChannel)
 	}
 	br := tx.SendBatch(ctx, b)
 	err := readBatch(br, msgs, rcpts, evs)
@@ -781,7 +793,7 @@ func (s *pgStore) RetryMessage(ctx context.Context, id string) (int, error) {
 		}
 		n = tag.RowsAffected()
 		if n > 0 {
-			_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, notifyChannel)
+			_, err = tx.Exec(ctx, pgNotify, notifyChannel)
 		}
 		return err
 	})
