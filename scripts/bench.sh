@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-5000}; SIZE=${SIZE:-10240}; S=${S:-20}
 PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/test}
+export PGOPTIONS="-c client_min_messages=warning"
 ANCHOR=${ANCHOR:-../shared/bench/postfix-anchor.sh}
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/smtpgw" ./cmd/smtpgw
