@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/smtpgw/smtpgw/internal/storetest"
 )
 
 // BenchmarkVerify measures one successful verification of a key restricted
@@ -20,10 +22,10 @@ func BenchmarkVerify(b *testing.B) {
 		{"cache-hit", time.Hour},
 		{"cache-miss", -1},
 	} {
-		for _, be := range backends {
-			b.Run(mode.name+"/"+be.name, func(b *testing.B) {
+		for _, be := range storetest.Backends {
+			b.Run(mode.name+"/"+be, func(b *testing.B) {
 				ctx := context.Background()
-				st := be.open(b)
+				st := storetest.Open(b, be)
 				v := newTestVerifier(b, st, mode.ttl)
 				key, _ := mustCreate(b, NewManager(st, v), CreateParams{
 					Grants:     []string{GrantSMTPInject, GrantMetricsView},
@@ -56,10 +58,10 @@ func BenchmarkVerifyRefused(b *testing.B) {
 		{"cache-hit", time.Hour},
 		{"cache-miss", -1},
 	} {
-		for _, be := range backends {
-			b.Run(mode.name+"/"+be.name, func(b *testing.B) {
+		for _, be := range storetest.Backends {
+			b.Run(mode.name+"/"+be, func(b *testing.B) {
 				ctx := context.Background()
-				st := be.open(b)
+				st := storetest.Open(b, be)
 				v := newTestVerifier(b, st, mode.ttl)
 				known, _ := mustCreate(b, NewManager(st, v), CreateParams{
 					Grants:     []string{GrantSMTPInject},

@@ -8,12 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/store"
 )
 
 func TestManagerCreate(t *testing.T) {
 	t.Parallel()
-	forEachStore(t, func(t *testing.T, st store.Store) {
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
 		m := NewManager(st, nil)
 		before := time.Now().Add(-time.Second)
@@ -96,7 +97,7 @@ func TestManagerCreate(t *testing.T) {
 
 func TestManagerUpdate(t *testing.T) {
 	t.Parallel()
-	forEachStore(t, func(t *testing.T, st store.Store) {
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
 		m := NewManager(st, nil)
 		_, k := mustCreate(t, m, CreateParams{Label: "a", Grants: []string{GrantSMTPInject}, Subaccount: 2, AllowedIPs: []string{"192.0.2.0/24"}})
@@ -167,7 +168,7 @@ func TestManagerUpdate(t *testing.T) {
 
 func TestManagerDelete(t *testing.T) {
 	t.Parallel()
-	forEachStore(t, func(t *testing.T, st store.Store) {
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
 		m := NewManager(st, nil)
 		_, k := mustCreate(t, m, CreateParams{Grants: []string{GrantSMTPInject}})

@@ -10,12 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/store"
 )
 
 func TestVerify(t *testing.T) {
 	t.Parallel()
-	forEachStore(t, func(t *testing.T, st store.Store) {
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
 		v := newTestVerifier(t, st, time.Hour)
 		m := NewManager(st, v)
@@ -118,7 +119,7 @@ func TestVerify(t *testing.T) {
 
 func TestVerifyCacheAndStoreFailure(t *testing.T) {
 	t.Parallel()
-	forEachStore(t, func(t *testing.T, st store.Store) {
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
 		cachedV := newTestVerifier(t, st, time.Hour)
 		uncachedV := newTestVerifier(t, st, -1)
@@ -157,7 +158,7 @@ func TestVerifyCacheAndStoreFailure(t *testing.T) {
 
 func TestVerifyDeleteAndUpdateEvict(t *testing.T) {
 	t.Parallel()
-	forEachStore(t, func(t *testing.T, st store.Store) {
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
 		v := newTestVerifier(t, st, time.Hour) // only eviction can make it see changes
 		m := NewManager(st, v)
@@ -208,7 +209,7 @@ func TestVerifyDeleteAndUpdateEvict(t *testing.T) {
 // another node's cache when its TTL expired, and not before.
 func TestVerifyOtherNode(t *testing.T) {
 	t.Parallel()
-	forEachStore(t, func(t *testing.T, st store.Store) {
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
 		here := newTestVerifier(t, st, time.Hour)
 		shortNode := newTestVerifier(t, st, 50*time.Millisecond)
@@ -249,7 +250,7 @@ func TestVerifyOtherNode(t *testing.T) {
 // (created by another node, which cannot evict here).
 func TestVerifyNegativeCacheExpires(t *testing.T) {
 	t.Parallel()
-	forEachStore(t, func(t *testing.T, st store.Store) {
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
 		v := newTestVerifier(t, st, 50*time.Millisecond)
 		key, err := GenerateKey()
@@ -274,7 +275,7 @@ func TestVerifyNegativeCacheExpires(t *testing.T) {
 
 func TestVerifyRecordsLastUse(t *testing.T) {
 	t.Parallel()
-	forEachStore(t, func(t *testing.T, st store.Store) {
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
 		v := newTestVerifier(t, st, 0)
 		m := NewManager(st, v)
@@ -315,7 +316,7 @@ func TestVerifyRecordsLastUse(t *testing.T) {
 // written by Close.
 func TestVerifyCloseFlushes(t *testing.T) {
 	t.Parallel()
-	forEachStore(t, func(t *testing.T, st store.Store) {
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
 		v := NewVerifier(st, Config{})
 		v.flushDelay = time.Hour // set before the first use wakes the writer
@@ -363,7 +364,7 @@ func TestRecordUseOncePerMinute(t *testing.T) {
 // ones.
 func TestVerifyConcurrent(t *testing.T) {
 	t.Parallel()
-	forEachStore(t, func(t *testing.T, st store.Store) {
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
 		v := newTestVerifier(t, st, 20*time.Millisecond)
 		m := NewManager(st, v)

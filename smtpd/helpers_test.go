@@ -21,6 +21,7 @@ import (
 
 	"github.com/smtpgw/smtpgw/auth"
 	"github.com/smtpgw/smtpgw/internal/pgtest"
+	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/internal/tlstest"
 	"github.com/smtpgw/smtpgw/store"
 )
@@ -65,21 +66,6 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
-// openStore opens and migrates a store of the given backend.
-func openStore(t testing.TB, backend, url, dataDir string) store.Store {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := store.Open(ctx, url, dataDir)
-	if err != nil {
-		t.Fatalf("open %s store: %v", backend, err)
-	}
-	if err := st.Migrate(ctx); err != nil {
-		t.Fatalf("migrate %s store: %v", backend, err)
-	}
-	return st
-}
-
 // setup starts a server on a fresh store of backend; mod may change the
 // configuration first.
 func setup(t testing.TB, backend string, mod func(*Config)) *testEnv {
@@ -88,12 +74,7 @@ func setup(t testing.TB, backend string, mod func(*Config)) *testEnv {
 	if backend == "postgres" {
 		e.url = pgtest.URL(t)
 	}
-	e.st = openStore(t, backend, e.url, e.dataDir)
-	t.Cleanup(func() {
-		if err := e.st.Close(); err != nil {
-			t.Errorf("close store: %v", err)
-		}
-	})
+	e.st = storetest.OpenURL(t, e.url, e.dataDir)
 	e.v = auth.NewVerifier(e.st, auth.Config{CacheTTL: -1})
 	t.Cleanup(func() { e.v.Close() })
 	e.mgr = auth.NewManager(e.st, e.v)

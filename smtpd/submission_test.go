@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/store"
 )
 
@@ -328,8 +329,7 @@ var submissionCases = []submissionCase{
 		}
 		err := send(c, "sender@example.com", []string{"rcpt@example.net"}, message("sender@example.com"))
 		wantCode(t, err, 451, "4.3.0")
-		st := openStore(t, e.backend, e.url, e.dataDir)
-		defer func() { _ = st.Close() }()
+		st := storetest.OpenURL(t, e.url, e.dataDir)
 		if n := len(listMessages(t, st)); n != 0 {
 			t.Fatalf("%d messages stored after 451, want none", n)
 		}
