@@ -91,7 +91,6 @@ var (
 	enforcedSet = setOf(EnforcedGrants)
 	acceptedSet = setOf(AcceptedGrants)
 	enforcedStr = strings.Join(EnforcedGrants, ", ")
-	inertStr    = strings.Join(inertGrants, ", ")
 )
 
 func setOf(names []string) map[string]bool {
@@ -149,6 +148,6 @@ func ValidateGrants(grants []string) error {
 	if len(unknown) > 1 {
 		noun = "grants"
 	}
-	return fmt.Errorf("validate grants: unknown %s %s: enforced grants are %s; also accepted (no effect here): %s",
-		noun, strings.Join(unknown, ", "), enforcedStr, inertStr)
+	return fmt.Errorf("validate grants: unknown %s %s: smtpgw enforces %s; SparkPost's other grant names (e.g. transmissions/modify, templates/view) are accepted with no effect",
+		noun, strings.Join(unknown, ", "), enforcedStr)
 }

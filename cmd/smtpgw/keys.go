@@ -110,7 +110,7 @@ func keysCreate(ctx context.Context, args []string, e env) (err error) {
 		Label: *label, Grants: grants, Subaccount: *sub, AllowedIPs: ips,
 	})
 	if err != nil {
-		return fmt.Errorf("keys create: %w", err)
+		return err // auth names the operation: "create key: ..."
 	}
 	if *asJSON {
 		j := toKeyJSON(k)

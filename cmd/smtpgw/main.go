@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -106,7 +107,9 @@ func report(err error, e env) int {
 		fmt.Fprintf(e.stderr, "smtpgw: %s\n", ue.msg)
 		return exitUsage
 	default:
-		fmt.Fprintf(e.stderr, "smtpgw: %s\n", err)
+		// One line: drivers put newlines and tabs in their errors.
+		msg := strings.Join(strings.Fields(strings.NewReplacer(":\n", ": ", "\n", "; ").Replace(err.Error())), " ")
+		fmt.Fprintf(e.stderr, "smtpgw: %s\n", msg)
 		return exitFail
 	}
 }
