@@ -483,6 +483,9 @@ func (r *Relay) finish(base context.Context, log *slog.Logger, j *job, res []res
 	expireAt := first.CreatedAt.Add(r.cfg.MaxQueueLifetime)
 	var f store.Finish
 	var reports []dsnRecipient
+	// A job's recipients share one message: its events carry the metadata
+	// and tags of its X-MSYS-API header, like its injection events.
+	meta, tags := store.MsysEventFields(first.MsysAPI)
 	for i, c := range j.rcpts {
 		rs := res[i]
 		if rs.state == "" || rs.state == "accepted" {
@@ -506,6 +509,8 @@ func (r *Relay) finish(base context.Context, log *slog.Logger, j *job, res []res
 			Subaccount: c.Subaccount,
 			Recipient:  c.Address,
 			CampaignID: c.CampaignID,
+			Metadata:   meta,
+			Tags:       tags,
 			Reply:      out.Reply,
 		})
 		r.metrics.deliveries.WithLabelValues(out.State).Inc()

@@ -86,9 +86,11 @@ type msysFields struct {
 	Tags     []string        `json:"tags"`
 }
 
-// parseMsys extracts metadata and tags from m.MsysAPI. A header that does
-// not decode (smtpd validated it before) gives neither.
-func parseMsys(raw json.RawMessage) (json.RawMessage, []string) {
+// MsysEventFields returns the metadata object and tags that events report
+// for a message whose X-MSYS-API header is raw ([Message.MsysAPI],
+// [Claimed.MsysAPI]). No header, or one that does not decode (smtpd
+// validated it before), gives neither.
+func MsysEventFields(raw json.RawMessage) (metadata json.RawMessage, tags []string) {
 	if len(raw) == 0 {
 		return nil, nil
 	}
@@ -104,7 +106,7 @@ func parseMsys(raw json.RawMessage) (json.RawMessage, []string) {
 
 // injectionEvents returns the injection events of m, one per recipient.
 func injectionEvents(m *Message) []Event {
-	meta, tags := parseMsys(m.MsysAPI)
+	meta, tags := MsysEventFields(m.MsysAPI)
 	evs := make([]Event, 0, len(m.Recipients))
 	for _, r := range m.Recipients {
 		evs = append(evs, Event{
@@ -140,6 +142,7 @@ func prepareMessage(m *Message, now time.Time) error {
 		m.CreatedAt = now
 	}
 	m.CreatedAt = m.CreatedAt.UTC().Truncate(time.Microsecond)
+	m.Size = int64(len(m.Body))
 	for _, r := range m.Recipients {
 		if r == nil {
 			return fmt.Errorf("message %s has a nil recipient", m.ID)

@@ -441,10 +441,10 @@ func insertPGMessages(ctx context.Context, tx pgx.Tx, msgs []*Message, notify bo
 		if len(m.MsysAPI) > 0 {
 			msys = string(m.MsysAPI)
 		}
-		b.Queue(`INSERT INTO messages (id, key_id, subaccount, mail_from, body, smtputf8, body_type,
+		b.Queue(`INSERT INTO messages (id, key_id, subaccount, mail_from, body, size, smtputf8, body_type,
 			dsn_ret, dsn_envid, campaign_id, msys_api, created_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-			m.ID, m.KeyID, m.Subaccount, m.MailFrom, body, m.SMTPUTF8, m.BodyType,
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+			m.ID, m.KeyID, m.Subaccount, m.MailFrom, body, int64(len(body)), m.SMTPUTF8, m.BodyType,
 			m.DSNRet, m.DSNEnvID, m.CampaignID, msys, m.CreatedAt)
 		for _, r := range m.Recipients {
 			b.Queue(`INSERT INTO recipients (message_id, address, domain, state, attempts, next_attempt,
@@ -542,17 +542,21 @@ func (s *pgStore) ClaimDue(ctx context.Context, owner string, limit int, lease t
 		FROM due, messages m
 		WHERE r.id = due.id AND m.id = r.message_id
 		RETURNING `+pgRcptCols+`, m.mail_from, m.key_id, m.subaccount, m.campaign_id,
-			m.body_type, m.smtputf8, m.dsn_ret, m.dsn_envid, m.created_at`,
+			m.body_type, m.smtputf8, m.dsn_ret, m.dsn_envid, m.created_at, m.msys_api`,
 		owner, now.Add(lease), now, limit)
 	if err != nil {
 		return nil, pgErr("claim due", err)
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Claimed, error) {
 		c := &Claimed{}
+		var msys *string
 		dest := append(rcptDest(&c.Recipient), &c.MailFrom, &c.KeyID, &c.Subaccount, &c.CampaignID,
-			&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &c.CreatedAt)
+			&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &c.CreatedAt, &msys)
 		if err := row.Scan(dest...); err != nil {
 			return nil, err
+		}
+		if msys != nil {
+			c.MsysAPI = json.RawMessage(*msys)
 		}
 		utcRcpt(&c.Recipient)
 		c.CreatedAt = c.CreatedAt.UTC()
@@ -647,7 +651,7 @@ func (s *pgStore) Finish(ctx context.Context, owner string, f Finish) (int, erro
 
 // Queue administration.
 
-const pgMsgCols = `m.id, m.key_id, m.subaccount, m.mail_from, m.smtputf8, m.body_type, m.dsn_ret,
+const pgMsgCols = `m.id, m.key_id, m.subaccount, m.mail_from, m.size, m.smtputf8, m.body_type, m.dsn_ret,
 	m.dsn_envid, m.campaign_id, m.msys_api, m.created_at`
 
 func scanPGMsg(row pgx.Row, extra ...any) (*Message, error) {
@@ -655,7 +659,7 @@ func scanPGMsg(row pgx.Row, extra ...any) (*Message, error) {
 		m    Message
 		msys *string
 	)
-	dest := append([]any{&m.ID, &m.KeyID, &m.Subaccount, &m.MailFrom, &m.SMTPUTF8, &m.BodyType,
+	dest := append([]any{&m.ID, &m.KeyID, &m.Subaccount, &m.MailFrom, &m.Size, &m.SMTPUTF8, &m.BodyType,
 		&m.DSNRet, &m.DSNEnvID, &m.CampaignID, &msys, &m.CreatedAt}, extra...)
 	if err := row.Scan(dest...); err != nil {
 		return nil, err

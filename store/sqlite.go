@@ -380,8 +380,8 @@ func (s *sqliteStore) insertMessages(ctx context.Context, tx *sql.Tx, msgs []*Me
 		return nil
 	}
 	ms, err := tx.PrepareContext(ctx, `INSERT INTO messages (id, key_id, subaccount, mail_from, body,
-		smtputf8, body_type, dsn_ret, dsn_envid, campaign_id, msys_api, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		size, smtputf8, body_type, dsn_ret, dsn_envid, campaign_id, msys_api, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return err
 	}
@@ -403,7 +403,7 @@ func (s *sqliteStore) insertMessages(ctx context.Context, tx *sql.Tx, msgs []*Me
 		if len(m.MsysAPI) > 0 {
 			msys = string(m.MsysAPI)
 		}
-		if _, err := ms.ExecContext(ctx, m.ID, m.KeyID, m.Subaccount, m.MailFrom, body, m.SMTPUTF8,
+		if _, err := ms.ExecContext(ctx, m.ID, m.KeyID, m.Subaccount, m.MailFrom, body, len(body), m.SMTPUTF8,
 			m.BodyType, m.DSNRet, m.DSNEnvID, m.CampaignID, msys, us(m.CreatedAt)); err != nil {
 			return fmt.Errorf("insert message %s: %w", m.ID, err)
 		}
@@ -521,7 +521,7 @@ func (s *sqliteStore) ClaimDue(ctx context.Context, owner string, limit int, lea
 			ids = append(ids, id)
 		}
 		mrows, err := tx.QueryContext(ctx, `SELECT id, mail_from, key_id, subaccount, campaign_id,
-			body_type, smtputf8, dsn_ret, dsn_envid, created_at
+			body_type, smtputf8, dsn_ret, dsn_envid, created_at, msys_api
 			FROM messages WHERE id IN (`+placeholders(len(ids))+`)`, ids...)
 		if err != nil {
 			return err
@@ -532,12 +532,16 @@ func (s *sqliteStore) ClaimDue(ctx context.Context, owner string, limit int, lea
 				c       Claimed
 				id      string
 				created int64
+				msys    sql.NullString
 			)
 			if err := mrows.Scan(&id, &c.MailFrom, &c.KeyID, &c.Subaccount, &c.CampaignID,
-				&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &created); err != nil {
+				&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &created, &msys); err != nil {
 				return err
 			}
 			c.CreatedAt = fromUS(created)
+			if msys.Valid {
+				c.MsysAPI = json.RawMessage(msys.String)
+			}
 			for _, cl := range byMsg[id] {
 				rcpt := cl.Recipient
 				*cl = c
@@ -640,7 +644,7 @@ func (s *sqliteStore) Finish(ctx context.Context, owner string, f Finish) (int, 
 
 // Queue administration.
 
-const sqliteMsgCols = `id, key_id, subaccount, mail_from, smtputf8, body_type, dsn_ret, dsn_envid,
+const sqliteMsgCols = `id, key_id, subaccount, mail_from, size, smtputf8, body_type, dsn_ret, dsn_envid,
 	campaign_id, msys_api, created_at`
 
 func scanSQLiteMsg(sc scanner, extra ...any) (*Message, error) {
@@ -649,7 +653,7 @@ func scanSQLiteMsg(sc scanner, extra ...any) (*Message, error) {
 		msys    sql.NullString
 		created int64
 	)
-	dest := append([]any{&m.ID, &m.KeyID, &m.Subaccount, &m.MailFrom, &m.SMTPUTF8, &m.BodyType,
+	dest := append([]any{&m.ID, &m.KeyID, &m.Subaccount, &m.MailFrom, &m.Size, &m.SMTPUTF8, &m.BodyType,
 		&m.DSNRet, &m.DSNEnvID, &m.CampaignID, &msys, &created}, extra...)
 	if err := sc.Scan(dest...); err != nil {
 		return nil, err

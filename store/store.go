@@ -70,6 +70,9 @@ type Message struct {
 	Subaccount int64
 	MailFrom   string // envelope sender; "" is the null sender <>
 	Body       []byte // the full message as relayed (headers + body, CRLF line ends)
+	// Size is the length of Body in bytes; filled by the store on every
+	// read, also when Body is not loaded (ListMessages), and by Enqueue.
+	Size       int64
 	SMTPUTF8   bool   // MAIL FROM had SMTPUTF8
 	BodyType   string // "", "7BIT", "8BITMIME" or "BINARYMIME"
 	DSNRet     string // "", "FULL" or "HDRS" (RFC 3461 RET)
@@ -110,6 +113,10 @@ type Claimed struct {
 	DSNRet     string
 	DSNEnvID   string
 	CreatedAt  time.Time // message creation, for max_queue_lifetime
+	// MsysAPI is the message's X-MSYS-API header as stored (see
+	// [Message.MsysAPI]); [MsysEventFields] gives the metadata and tags
+	// events report.
+	MsysAPI json.RawMessage
 }
 
 // Outcome is the result of one delivery attempt of a claimed recipient.

@@ -282,7 +282,7 @@ func cmdQueue(ctx context.Context, args []string, e env) (err error) {
 		fmt.Fprintln(tw, "ID\tCREATED\tSIZE\tKEY\tSUBACCOUNT\tFROM\tRECIPIENTS")
 		for _, m := range ms {
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t<%s>\t%s\n", m.ID, m.CreatedAt.UTC().Format(time.RFC3339),
-				len(m.Body), dash(m.KeyID), subaccountText(m.Subaccount), m.MailFrom, recipientSummary(m.Recipients))
+				m.Size, dash(m.KeyID), subaccountText(m.Subaccount), m.MailFrom, recipientSummary(m.Recipients))
 		}
 		return tw.Flush()
 	case "show":
@@ -295,7 +295,7 @@ func cmdQueue(ctx context.Context, args []string, e env) (err error) {
 		}
 		fmt.Fprintf(e.stdout, "id:          %s\ncreated:     %s\nfrom:        <%s>\nkey:         %s\nsubaccount:  %s\ncampaign:    %s\nsize:        %d bytes\n\n",
 			m.ID, m.CreatedAt.UTC().Format(time.RFC3339), m.MailFrom, dash(m.KeyID), subaccountText(m.Subaccount),
-			dash(m.CampaignID), len(m.Body))
+			dash(m.CampaignID), m.Size)
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "RECIPIENT\tSTATE\tATTEMPTS\tNEXT ATTEMPT\tLAST REPLY")
 		for _, r := range m.Recipients {
@@ -362,7 +362,7 @@ func messagesJSON(ms []*store.Message) []map[string]any {
 		}
 		out = append(out, map[string]any{"id": m.ID, "created_at": m.CreatedAt.UTC().Format(time.RFC3339),
 			"mail_from": m.MailFrom, "key_id": m.KeyID, "subaccount_id": m.Subaccount, "campaign_id": m.CampaignID,
-			"size": len(m.Body), "recipients": rcpts})
+			"size": m.Size, "recipients": rcpts})
 	}
 	return out
 }

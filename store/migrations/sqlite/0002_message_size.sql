@@ -1,0 +1,5 @@
+-- Message size in bytes, so queue listings need not load bodies.
+-- Rows written before this migration get the length of their body.
+
+ALTER TABLE messages ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+UPDATE messages SET size = length(CAST(body AS BLOB));
