@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"testing"
+	"time"
 )
 
 // benchBackends runs fn as sub-benchmarks "sqlite" and "postgres".
@@ -68,6 +69,63 @@ func BenchmarkKeyByHash(b *testing.B) {
 					return
 				}
 				i++
+			}
+		})
+	})
+}
+
+// BenchmarkFinish measures Finish as relay workers call it: 32 concurrent
+// callers, each writing one delivered outcome and its event per call.
+func BenchmarkFinish(b *testing.B) {
+	benchBackends(b, func(b *testing.B, s Store) {
+		ctx := context.Background()
+		// b.N one-recipient messages, claimed by one owner.
+		errs := make(chan error, 32)
+		for w := range 32 {
+			go func() {
+				for i := w; i < b.N; i += 32 {
+					m := &Message{ID: NewID(), MailFrom: "bench@example.com", Body: []byte("Subject: x\r\n\r\nx\r\n"),
+						Recipients: []*Recipient{{Address: fmt.Sprintf("r%d@example.org", i), Domain: "example.org"}}}
+					if err := s.Enqueue(ctx, m); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		for range 32 {
+			if err := <-errs; err != nil {
+				b.Fatal(err)
+			}
+		}
+		var claimed []*Claimed
+		for len(claimed) < b.N {
+			cs, err := s.ClaimDue(ctx, "bench", 1000, time.Hour)
+			if err != nil || len(cs) == 0 {
+				b.Fatalf("claim: %d, %v", len(cs), err)
+			}
+			claimed = append(claimed, cs...)
+		}
+		next := make(chan *Claimed, len(claimed))
+		for _, c := range claimed {
+			next <- c
+		}
+		close(next)
+		b.SetParallelism(max(1, 32/runtime.GOMAXPROCS(0)))
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				c := <-next
+				n, err := s.Finish(ctx, "bench", Finish{
+					Outcomes: []Outcome{{RecipientID: c.ID, State: StateDelivered, Reply: "250 2.0.0 ok"}},
+					Events: []Event{{Type: EventDelivery, MessageID: c.MessageID, Recipient: c.Address,
+						Reply: "250 2.0.0 ok"}},
+				})
+				if err != nil || n != 1 {
+					b.Errorf("finish: %d, %v", n, err)
+					return
+				}
 			}
 		})
 	})

@@ -1109,6 +1109,10 @@ func TestClose(t *testing.T) {
 		if !errors.Is(err, ErrUnavailable) {
 			t.Errorf("enqueue after close: %v, want ErrUnavailable", err)
 		}
+		_, err = e.s.Finish(context.Background(), "w1", Finish{Outcomes: []Outcome{{RecipientID: 1, State: StateDelivered}}})
+		if !errors.Is(err, ErrUnavailable) {
+			t.Errorf("finish after close: %v, want ErrUnavailable", err)
+		}
 		if _, err := e.s.GetKey(context.Background(), "x"); !errors.Is(err, ErrUnavailable) {
 			t.Errorf("GetKey after close: %v, want ErrUnavailable", err)
 		}

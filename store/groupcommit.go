@@ -12,27 +12,29 @@ import (
 // Group commit.
 //
 // Enqueue hands its message to a committer goroutine and waits. The
-// committer takes everything waiting (up to maxBatchMessages messages or
+// committer takes everything waiting (up to maxBatchMessages items or
 // maxBatchBytes bytes), writes all of it in one transaction with the
 // backend's batch writer, commits, and only then answers every waiter. So N
 // concurrent SMTP sessions cost one fsync (SQLite) or one commit round trip
 // (PostgreSQL) instead of N, and none of them gets its 250 before its message
-// is durable.
+// is durable. Finish uses a second committer of the same kind, so the
+// outcomes of N relay workers' attempts also share one transaction.
 //
-// A waiter whose context ends before the committer took its message gets
-// ctx.Err() and its message is never written. Once taken, a message's fate is
+// A waiter whose context ends before the committer took its item gets
+// ctx.Err() and its item is never written. Once taken, an item's fate is
 // decided by the transaction, so the waiter waits for that answer even if its
 // context ends: answering "failed" for a message that then commits would make
 // the client send it twice.
 //
 // If a batch transaction fails, nothing of it is stored. When the cause is the
 // database being unavailable, every waiter gets that error. Otherwise the
-// cause may be one bad message (a duplicate id, say), so the committer writes
-// the batch's messages again one per transaction and each waiter gets its own
-// message's result.
+// cause may be one bad item (a duplicate message id, say), so the committer
+// writes the batch's items again one per transaction and each waiter gets its
+// own item's result.
 
 const (
-	// maxBatchMessages bounds the messages written in one transaction.
+	// maxBatchMessages bounds the items (messages, Finish calls) written in
+	// one transaction.
 	maxBatchMessages = 256
 	// maxBatchBytes bounds the bytes (bodies mostly) written in one transaction.
 	maxBatchBytes = 32 << 20
@@ -41,15 +43,26 @@ const (
 	batchTimeout = 30 * time.Second
 )
 
-// errClosed is the error for Enqueue calls on a closed store, and for
-// waiters still queued when it closed. It matches ErrUnavailable: the
-// message was not stored and the client should try again later.
+// errClosed is the error for calls on a closed store, and for waiters still
+// queued when it closed. It matches ErrUnavailable: nothing was stored and
+// the client should try again later.
 var errClosed = fmt.Errorf("%w: store closed", ErrUnavailable)
 
-// batchWriter writes msgs, their recipients (assigning Recipient.ID) and
-// their injection events in one transaction and commits it. On error nothing
-// is stored.
-type batchWriter func(ctx context.Context, msgs []*Message) error
+// commitSpec is what a committer needs to know about its items.
+type commitSpec[T any] struct {
+	// write writes items in one transaction and commits it. On error
+	// nothing is stored.
+	write func(ctx context.Context, items []T) error
+	// size is what an item counts against maxBatchBytes.
+	size func(T) int
+	// label names an item's operation in errors, e.g. "enqueue 0123...".
+	label func(T) string
+	// undo clears what a failed write assigned to an item (recipient ids,
+	// counts), before it is written again or answered.
+	undo func(T)
+	// onCommit is called after a commit with the items it stored.
+	onCommit func(stored []T)
+}
 
 // Waiter states.
 const (
@@ -58,23 +71,23 @@ const (
 	waitCancelled
 )
 
-// waiter is one Enqueue call waiting for its commit.
-type waiter struct {
-	m      *Message
+// waiter is one call waiting for its item's commit.
+type waiter[T any] struct {
+	item   T
 	size   int
 	state  atomic.Int32 // waitQueued, then waitTaken (committer) or waitCancelled (caller)
 	result chan error   // buffered 1; written once, after the state became waitTaken
 }
 
-// committer runs the group-commit loop for one store.
-type committer struct {
-	write    batchWriter // the backend's one-transaction writer
-	onCommit func()      // called after a commit that stored at least one message
+// committer runs the group-commit loop for one kind of item of one store.
+type committer[T any] struct {
+	spec commitSpec[T]
 
 	mu     sync.Mutex
-	queue  []*waiter // waiting to be taken, in arrival order
-	closed bool      // no more enqueues
-	taken  int64     // waiters taken into batches so far (tests observe it)
+	queue  []*waiter[T] // waiting to be taken, in arrival order
+	closed bool         // no more items
+	taken  int64        // waiters taken into batches so far (tests observe it)
+	writes int64        // transactions the writer was called for (tests observe it)
 
 	kick chan struct{} // buffered 1: the queue may be non-empty
 	stop chan struct{} // closed by close
@@ -82,30 +95,52 @@ type committer struct {
 	once sync.Once     // guards close
 }
 
-// newCommitter starts a committer writing with write.
-func newCommitter(write batchWriter, onCommit func()) *committer {
-	c := &committer{
-		write:    write,
-		onCommit: onCommit,
-		kick:     make(chan struct{}, 1),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
+// newCommitter starts a committer for spec.
+func newCommitter[T any](spec commitSpec[T]) *committer[T] {
+	c := &committer[T]{
+		spec: spec,
+		kick: make(chan struct{}, 1),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
 	}
 	go c.loop()
 	return c
 }
 
-// enqueue stores m through the next batch and returns that batch's result
-// for m.
-func (c *committer) enqueue(ctx context.Context, m *Message) error {
+// messageCommitter returns the Enqueue committer of a backend whose batch
+// writer is write; commits wake relay workers through wakeCh.
+func messageCommitter(write func(context.Context, []*Message) error, wakeCh chan struct{}) *committer[*Message] {
+	return newCommitter(commitSpec[*Message]{
+		write: write,
+		size:  messageSize,
+		label: func(m *Message) string { return "enqueue " + m.ID },
+		undo:  func(m *Message) { undoRecipientIDs([]*Message{m}) },
+		onCommit: func([]*Message) {
+			wake(wakeCh)
+		},
+	})
+}
+
+// undoRecipientIDs forgets the recipient ids a failed write assigned.
+func undoRecipientIDs(msgs []*Message) {
+	for _, m := range msgs {
+		for _, r := range m.Recipients {
+			r.ID = 0
+		}
+	}
+}
+
+// add writes item through the next batch and returns that batch's result
+// for it.
+func (c *committer[T]) add(ctx context.Context, item T) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	w := &waiter{m: m, size: messageSize(m), result: make(chan error, 1)}
+	w := &waiter[T]{item: item, size: c.spec.size(item), result: make(chan error, 1)}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return fmt.Errorf("enqueue %s: %w", m.ID, errClosed)
+		return fmt.Errorf("%s: %w", c.spec.label(item), errClosed)
 	}
 	c.queue = append(c.queue, w)
 	c.mu.Unlock()
@@ -129,7 +164,7 @@ func (c *committer) enqueue(ctx context.Context, m *Message) error {
 // close fails the waiters not yet taken at once, and returns when the loop
 // stopped, after the batch in progress (if any) was answered. Safe to call
 // twice.
-func (c *committer) close() {
+func (c *committer[T]) close() {
 	c.once.Do(func() {
 		c.mu.Lock()
 		c.closed = true
@@ -141,7 +176,7 @@ func (c *committer) close() {
 	<-c.done
 }
 
-func (c *committer) loop() {
+func (c *committer[T]) loop() {
 	defer close(c.done)
 	for {
 		select {
@@ -168,10 +203,10 @@ func (c *committer) loop() {
 
 // take removes the next batch from the queue, marking its waiters taken and
 // dropping those whose callers gave up.
-func (c *committer) take() []*waiter {
+func (c *committer[T]) take() []*waiter[T] {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var batch []*waiter
+	var batch []*waiter[T]
 	bytes := 0
 	i := 0
 	for ; i < len(c.queue); i++ {
@@ -193,66 +228,67 @@ func (c *committer) take() []*waiter {
 }
 
 // commit writes one batch and answers its waiters.
-func (c *committer) commit(batch []*waiter) {
-	msgs := make([]*Message, len(batch))
+func (c *committer[T]) commit(batch []*waiter[T]) {
+	items := make([]T, len(batch))
 	for i, w := range batch {
-		msgs[i] = w.m
+		items[i] = w.item
 	}
-	err := c.writeOnce(msgs)
+	err := c.writeOnce(items)
 	if err == nil {
 		for _, w := range batch {
 			w.result <- nil
 		}
-		c.onCommit()
+		c.spec.onCommit(items)
 		return
 	}
 	if len(batch) == 1 || errors.Is(err, ErrUnavailable) {
 		for _, w := range batch {
-			w.result <- fmt.Errorf("enqueue %s: %w", w.m.ID, err)
+			w.result <- fmt.Errorf("%s: %w", c.spec.label(w.item), err)
 		}
 		return
 	}
-	// Perhaps one bad message: isolate it.
-	stored := false
+	// Perhaps one bad item: isolate it.
+	var stored []T
 	for _, w := range batch {
-		err := c.writeOnce([]*Message{w.m})
+		err := c.writeOnce([]T{w.item})
 		if err != nil {
-			err = fmt.Errorf("enqueue %s: %w", w.m.ID, err)
+			err = fmt.Errorf("%s: %w", c.spec.label(w.item), err)
 		} else {
-			stored = true
+			stored = append(stored, w.item)
 		}
 		w.result <- err
 	}
-	if stored {
-		c.onCommit()
+	if len(stored) > 0 {
+		c.spec.onCommit(stored)
 	}
 }
 
-// writeOnce runs the batch writer with its own deadline and undoes the
-// recipient ids it may have assigned when it fails.
-func (c *committer) writeOnce(msgs []*Message) error {
+// writeOnce runs the batch writer with its own deadline and undoes what it
+// may have assigned to the items when it fails.
+func (c *committer[T]) writeOnce(items []T) error {
+	c.mu.Lock()
+	c.writes++
+	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
-	err := c.write(ctx, msgs)
+	err := c.spec.write(ctx, items)
 	if err != nil {
-		for _, m := range msgs {
-			for _, r := range m.Recipients {
-				r.ID = 0
-			}
+		for _, it := range items {
+			c.spec.undo(it)
 		}
 	}
 	return err
 }
 
 // failQueued answers every waiter still queued with errClosed.
-func (c *committer) failQueued() {
+func (c *committer[T]) failQueued() {
 	c.mu.Lock()
 	q := c.queue
 	c.queue = nil
 	c.mu.Unlock()
 	for _, w := range q {
 		if w.state.CompareAndSwap(waitQueued, waitTaken) {
-			w.result <- fmt.Errorf("enqueue %s: %w", w.m.ID, errClosed)
+			w.result <- fmt.Errorf("%s: %w", c.spec.label(w.item), errClosed)
 		}
 	}
 }

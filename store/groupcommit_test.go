@@ -31,7 +31,7 @@ func holdWriter(t *testing.T, s *sqliteStore) *sql.Tx {
 
 // awaitTaken waits until the committer took n waiters in all and has
 // queued waiting ones.
-func awaitTaken(t *testing.T, c *committer, n int64, queued int) {
+func awaitTaken[T any](t *testing.T, c *committer[T], n int64, queued int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {

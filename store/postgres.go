@@ -54,8 +54,9 @@ type pgStore struct {
 	pool      *pgxpool.Pool
 	listenCfg *pgx.ConnConfig // for the dedicated LISTEN connection
 	log       *slog.Logger
-	gc        *committer    // group commit for Enqueue
-	wake      chan struct{} // Wakeups, buffered 1
+	gc        *committer[*Message]  // group commit for Enqueue
+	fc        *committer[*finishOp] // group commit for Finish
+	wake      chan struct{}         // Wakeups, buffered 1
 
 	stopListen context.CancelFunc // ends the listener
 	listenDone chan struct{}      // closed when the listener returned
@@ -91,7 +92,8 @@ func openPostgres(_ context.Context, url string) (*pgStore, error) {
 		stopListen: cancel,
 		listenDone: make(chan struct{}),
 	}
-	s.gc = newCommitter(s.writeBatch, func() { wake(s.wake) })
+	s.gc = messageCommitter(s.writeBatch, s.wake)
+	s.fc = finishCommitter(s.writeFinishes, s.wake)
 	go s.listen(lctx)
 	return s, nil
 }
@@ -253,6 +255,7 @@ func (s *pgStore) Ping(ctx context.Context) error {
 func (s *pgStore) Close() error {
 	s.closeOnce.Do(func() {
 		s.gc.close()
+		s.fc.close()
 		s.stopListen()
 		<-s.listenDone
 		s.pool.Close()
@@ -411,7 +414,7 @@ func (s *pgStore) Enqueue(ctx context.Context, m *Message) error {
 	if err := prepareMessage(m, time.Now()); err != nil {
 		return fmt.Errorf("enqueue: %w", err)
 	}
-	return s.gc.enqueue(ctx, m)
+	return s.gc.add(ctx, m)
 }
 
 // writeBatch is the group committer's batch writer: one pipelined batch of
@@ -579,54 +582,109 @@ func (s *pgStore) MessageBody(ctx context.Context, id string) ([]byte, error) {
 	return b, pgErr("message body", err)
 }
 
-// Finish implements Store.
+// Finish implements Store. Concurrent calls share a transaction (see
+// finishCommitter).
 func (s *pgStore) Finish(ctx context.Context, owner string, f Finish) (int, error) {
-	now := utc(time.Now())
-	for _, o := range f.Outcomes {
-		if !validOutcomeState(o.State) {
-			return 0, fmt.Errorf("finish: recipient %d: bad state %q", o.RecipientID, o.State)
-		}
+	op, err := newFinishOp(owner, f, time.Now())
+	if err != nil {
+		return 0, err
 	}
-	for _, m := range f.Enqueue {
-		if err := prepareMessage(m, now); err != nil {
-			return 0, fmt.Errorf("finish: %w", err)
-		}
+	if err := s.fc.add(ctx, op); err != nil {
+		return 0, err
 	}
-	evs := append([]Event(nil), f.Events...)
-	prepareEvents(evs, now)
-	applied := 0
-	err := s.inTx(ctx, "finish", func(tx pgx.Tx) error {
-		applied = 0
-		stale := map[staleRecipient]bool{}
-		for _, o := range f.Outcomes {
-			next := o.NextAttempt
-			if next.IsZero() {
-				next = now
+	return op.applied, nil
+}
+
+// pgFinishUpdate applies one outcome if the recipient is still leased to
+// the owner.
+const pgFinishUpdate = `UPDATE recipients SET state = $1,
+	next_attempt = CASE WHEN $2 THEN $3 ELSE next_attempt END,
+	last_reply = $4, attempts = attempts + 1, lease_owner = NULL, lease_until = NULL,
+	updated_at = $5
+	WHERE id = $6 AND lease_owner = $7`
+
+// writeFinishes is the Finish committer's batch writer: the outcomes,
+// events and new messages of every op in one transaction, in a few
+// pipelined round trips (outcomes; lost leases, if any; events and
+// messages).
+func (s *pgStore) writeFinishes(ctx context.Context, ops []*finishOp) error {
+	return s.inTx(ctx, "write finish batch", func(tx pgx.Tx) error {
+		// 1. Every outcome.
+		b := &pgx.Batch{}
+		for _, op := range ops {
+			for _, o := range op.f.Outcomes {
+				next, setNext := op.outcomeNext(o)
+				b.Queue(pgFinishUpdate, o.State, setNext, next, o.Reply, op.now, o.RecipientID, op.owner)
 			}
-			setNext := o.State == StateDeferred || o.State == StateQueued
-			tag, err := tx.Exec(ctx, `UPDATE recipients SET state = $1,
-				next_attempt = CASE WHEN $2 THEN $3 ELSE next_attempt END,
-				last_reply = $4, attempts = attempts + 1, lease_owner = NULL, lease_until = NULL,
-				updated_at = $5
-				WHERE id = $6 AND lease_owner = $7`,
-				o.State, setNext, utc(next), o.Reply, now, o.RecipientID, owner)
-			if err != nil {
+		}
+		type lost struct {
+			op *finishOp
+			id int64
+		}
+		var lostLease []lost
+		if b.Len() > 0 {
+			br := tx.SendBatch(ctx, b)
+			var err error
+			for _, op := range ops {
+				for _, o := range op.f.Outcomes {
+					if err != nil {
+						break
+					}
+					var tag pgconn.CommandTag
+					tag, err = br.Exec()
+					if err == nil {
+						if tag.RowsAffected() == 1 {
+							op.applied++
+						} else {
+							lostLease = append(lostLease, lost{op, o.RecipientID})
+						}
+					}
+				}
+			}
+			if err := errors.Join(err, br.Close()); err != nil {
 				return err
 			}
-			if tag.RowsAffected() == 1 {
-				applied++
-				continue
+		}
+		// 2. Who the lost recipients are, to drop their events.
+		stale := map[*finishOp]map[staleRecipient]bool{}
+		if len(lostLease) > 0 {
+			b := &pgx.Batch{}
+			for _, l := range lostLease {
+				b.Queue(`SELECT message_id, address FROM recipients WHERE id = $1`, l.id)
 			}
-			var sr staleRecipient
-			err = tx.QueryRow(ctx, `SELECT message_id, address FROM recipients WHERE id = $1`,
-				o.RecipientID).Scan(&sr.messageID, &sr.address)
-			if err == nil {
-				stale[sr] = true
-			} else if !errors.Is(err, pgx.ErrNoRows) {
+			br := tx.SendBatch(ctx, b)
+			var err error
+			for _, l := range lostLease {
+				var sr staleRecipient
+				err = br.QueryRow().Scan(&sr.messageID, &sr.address)
+				if errors.Is(err, pgx.ErrNoRows) {
+					err = nil // deleted: nobody else reports it
+					continue
+				}
+				if err != nil {
+					break
+				}
+				if stale[l.op] == nil {
+					stale[l.op] = map[staleRecipient]bool{}
+				}
+				stale[l.op][sr] = true
+			}
+			if err := errors.Join(err, br.Close()); err != nil {
 				return err
 			}
 		}
-		evs := dropStaleEvents(evs, stale)
+		// 3. Events and new messages.
+		var (
+			evs  []Event
+			msgs []*Message
+		)
+		for _, op := range ops {
+			evs = append(evs, dropStaleEvents(op.evs, stale[op])...)
+			if op.writesMessages() && len(op.f.Enqueue) > 0 {
+				msgs = append(msgs, op.f.Enqueue...)
+				op.wrote = true
+			}
+		}
 		if len(evs) > 0 {
 			b := &pgx.Batch{}
 			queueEvents(b, evs)
@@ -635,18 +693,8 @@ func (s *pgStore) Finish(ctx context.Context, owner string, f Finish) (int, erro
 				return err
 			}
 		}
-		if applied > 0 || len(f.Outcomes) == 0 {
-			return insertPGMessages(ctx, tx, f.Enqueue, true)
-		}
-		return nil
+		return insertPGMessages(ctx, tx, msgs, true)
 	})
-	if err != nil {
-		return 0, err
-	}
-	if len(f.Enqueue) > 0 && (applied > 0 || len(f.Outcomes) == 0) {
-		wake(s.wake)
-	}
-	return applied, nil
 }
 
 // Queue administration.

@@ -33,11 +33,12 @@ const (
 
 // sqliteStore implements Store on a SQLite file.
 type sqliteStore struct {
-	path string        // database file
-	w    *sql.DB       // the one write connection (BEGIN IMMEDIATE)
-	r    *sql.DB       // query_only read pool
-	gc   *committer    // group commit for Enqueue
-	wake chan struct{} // Wakeups, buffered 1
+	path string                // database file
+	w    *sql.DB               // the one write connection (BEGIN IMMEDIATE)
+	r    *sql.DB               // query_only read pool
+	gc   *committer[*Message]  // group commit for Enqueue
+	fc   *committer[*finishOp] // group commit for Finish
+	wake chan struct{}         // Wakeups, buffered 1
 
 	closeOnce sync.Once
 	closeErr  error // result of the first Close
@@ -74,7 +75,8 @@ func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
 	r.SetMaxOpenConns(sqliteReaders)
 	r.SetMaxIdleConns(sqliteReaders)
 	s := &sqliteStore{path: path, w: w, r: r, wake: make(chan struct{}, 1)}
-	s.gc = newCommitter(s.writeBatch, func() { wake(s.wake) })
+	s.gc = messageCommitter(s.writeBatch, s.wake)
+	s.fc = finishCommitter(s.writeFinishes, s.wake)
 	return s, nil
 }
 
@@ -187,6 +189,7 @@ func (s *sqliteStore) Ping(ctx context.Context) error {
 func (s *sqliteStore) Close() error {
 	s.closeOnce.Do(func() {
 		s.gc.close()
+		s.fc.close()
 		s.closeErr = errors.Join(s.r.Close(), s.w.Close())
 		if s.closeErr != nil {
 			s.closeErr = fmt.Errorf("close sqlite: %w", s.closeErr)
@@ -363,7 +366,7 @@ func (s *sqliteStore) Enqueue(ctx context.Context, m *Message) error {
 	if err := prepareMessage(m, time.Now()); err != nil {
 		return fmt.Errorf("enqueue: %w", err)
 	}
-	return s.gc.enqueue(ctx, m)
+	return s.gc.add(ctx, m)
 }
 
 // writeBatch is the group committer's batch writer.
@@ -567,25 +570,23 @@ func (s *sqliteStore) MessageBody(ctx context.Context, id string) ([]byte, error
 	return b, sqliteErr("message body", err)
 }
 
-// Finish implements Store.
+// Finish implements Store. Concurrent calls share a transaction (see
+// finishCommitter).
 func (s *sqliteStore) Finish(ctx context.Context, owner string, f Finish) (int, error) {
-	now := time.Now()
-	for _, o := range f.Outcomes {
-		if !validOutcomeState(o.State) {
-			return 0, fmt.Errorf("finish: recipient %d: bad state %q", o.RecipientID, o.State)
-		}
+	op, err := newFinishOp(owner, f, time.Now())
+	if err != nil {
+		return 0, err
 	}
-	for _, m := range f.Enqueue {
-		if err := prepareMessage(m, now); err != nil {
-			return 0, fmt.Errorf("finish: %w", err)
-		}
+	if err := s.fc.add(ctx, op); err != nil {
+		return 0, err
 	}
-	evs := append([]Event(nil), f.Events...)
-	prepareEvents(evs, now)
-	applied := 0
-	wrote := false
-	err := s.inTx(ctx, "finish", func(tx *sql.Tx) error {
-		applied, wrote = 0, false
+	return op.applied, nil
+}
+
+// writeFinishes is the Finish committer's batch writer: the outcomes,
+// events and new messages of every op in one transaction.
+func (s *sqliteStore) writeFinishes(ctx context.Context, ops []*finishOp) error {
+	return s.inTx(ctx, "write finish batch", func(tx *sql.Tx) error {
 		st, err := tx.PrepareContext(ctx, `UPDATE recipients SET state = ?,
 			next_attempt = CASE WHEN ? THEN ? ELSE next_attempt END,
 			last_reply = ?, attempts = attempts + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?
@@ -594,52 +595,46 @@ func (s *sqliteStore) Finish(ctx context.Context, owner string, f Finish) (int, 
 			return err
 		}
 		defer st.Close()
-		stale := map[staleRecipient]bool{}
-		for _, o := range f.Outcomes {
-			next := o.NextAttempt
-			setNext := o.State == StateDeferred || o.State == StateQueued
-			if next.IsZero() {
-				next = now
+		var (
+			evs  []Event
+			msgs []*Message
+		)
+		for _, op := range ops {
+			stale := map[staleRecipient]bool{}
+			for _, o := range op.f.Outcomes {
+				next, setNext := op.outcomeNext(o)
+				res, err := st.ExecContext(ctx, o.State, setNext, us(next), o.Reply, us(op.now), o.RecipientID, op.owner)
+				if err != nil {
+					return err
+				}
+				n, err := res.RowsAffected()
+				if err != nil {
+					return err
+				}
+				if n == 1 {
+					op.applied++
+					continue
+				}
+				var sr staleRecipient
+				err = tx.QueryRowContext(ctx, `SELECT message_id, address FROM recipients WHERE id = ?`,
+					o.RecipientID).Scan(&sr.messageID, &sr.address)
+				if err == nil {
+					stale[sr] = true
+				} else if !errors.Is(err, sql.ErrNoRows) {
+					return err
+				}
 			}
-			res, err := st.ExecContext(ctx, o.State, setNext, us(next), o.Reply, us(now), o.RecipientID, owner)
-			if err != nil {
-				return err
-			}
-			n, err := res.RowsAffected()
-			if err != nil {
-				return err
-			}
-			if n == 1 {
-				applied++
-				continue
-			}
-			var sr staleRecipient
-			err = tx.QueryRowContext(ctx, `SELECT message_id, address FROM recipients WHERE id = ?`,
-				o.RecipientID).Scan(&sr.messageID, &sr.address)
-			if err == nil {
-				stale[sr] = true
-			} else if !errors.Is(err, sql.ErrNoRows) {
-				return err
+			evs = append(evs, dropStaleEvents(op.evs, stale)...)
+			if op.writesMessages() && len(op.f.Enqueue) > 0 {
+				msgs = append(msgs, op.f.Enqueue...)
+				op.wrote = true
 			}
 		}
-		if err := insertSQLiteEvents(ctx, tx, dropStaleEvents(evs, stale)); err != nil {
+		if err := insertSQLiteEvents(ctx, tx, evs); err != nil {
 			return err
 		}
-		if applied > 0 || len(f.Outcomes) == 0 {
-			if err := s.insertMessages(ctx, tx, f.Enqueue); err != nil {
-				return err
-			}
-			wrote = len(f.Enqueue) > 0
-		}
-		return nil
+		return s.insertMessages(ctx, tx, msgs)
 	})
-	if err != nil {
-		return 0, err
-	}
-	if wrote {
-		wake(s.wake)
-	}
-	return applied, nil
 }
 
 // Queue administration.

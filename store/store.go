@@ -14,8 +14,9 @@
 // Schema migrations are versioned SQL files embedded in the binary and applied
 // by [Store.Migrate] (smtpgw migrate, and at start).
 //
-// Enqueue uses group commit: concurrent callers' messages are written in one
-// transaction and every caller returns only after that transaction committed.
+// Enqueue and Finish use group commit: concurrent callers' writes share one
+// transaction and every caller returns only after that transaction committed,
+// with its own result.
 package store
 
 import (
@@ -240,8 +241,9 @@ type Store interface {
 	MessageBody(ctx context.Context, id string) ([]byte, error)
 	// Finish writes the outcomes of owner's claimed recipients (clearing
 	// their lease and incrementing Attempts), the events, and the new
-	// messages in one transaction. Outcomes for recipients no longer leased to
-	// owner are ignored; the number applied is returned.
+	// messages in one transaction (group commit: concurrent calls share one;
+	// a call that fails does not fail the others). Outcomes for recipients no
+	// longer leased to owner are ignored; the number applied is returned.
 	Finish(ctx context.Context, owner string, f Finish) (int, error)
 
 	// Queue administration.
