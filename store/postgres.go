@@ -58,14 +58,17 @@ type pgStore struct {
 	fc        *committer[*finishOp] // group commit for Finish
 	wake      chan struct{}         // Wakeups, buffered 1
 
-	stopListen context.CancelFunc // ends the listener
-	listenDone chan struct{}      // closed when the listener returned
+	listenCtx   context.Context    // the listener's lifetime
+	stopListen  context.CancelFunc // ends the listener
+	listenDone  chan struct{}      // closed when the listener returned (or never started)
+	startListen sync.Once          // starts the listener on the first Wakeups call
 
 	closeOnce sync.Once
 }
 
-// openPostgres creates the pool (connections are made on first use) and
-// starts the listener.
+// openPostgres creates the pool (connections are made on first use). The
+// LISTEN connection starts with the first Wakeups call, so admin commands
+// that never wait for mail open no second connection.
 func openPostgres(_ context.Context, url string) (*pgStore, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
@@ -89,12 +92,12 @@ func openPostgres(_ context.Context, url string) (*pgStore, error) {
 		listenCfg:  cfg.ConnConfig.Copy(),
 		log:        slog.Default().With("component", "store"),
 		wake:       make(chan struct{}, 1),
+		listenCtx:  lctx,
 		stopListen: cancel,
 		listenDone: make(chan struct{}),
 	}
 	s.gc = messageCommitter(s.writeBatch, s.wake)
 	s.fc = finishCommitter(s.writeFinishes, s.wake)
-	go s.listen(lctx)
 	return s, nil
 }
 
@@ -257,6 +260,7 @@ func (s *pgStore) Close() error {
 		s.gc.close()
 		s.fc.close()
 		s.stopListen()
+		s.startListen.Do(func() { close(s.listenDone) }) // never started
 		<-s.listenDone
 		s.pool.Close()
 	})
@@ -264,7 +268,10 @@ func (s *pgStore) Close() error {
 }
 
 // Wakeups implements Store.
-func (s *pgStore) Wakeups() <-chan struct{} { return s.wake }
+func (s *pgStore) Wakeups() <-chan struct{} {
+	s.startListen.Do(func() { go s.listen(s.listenCtx) })
+	return s.wake
+}
 
 // pgArgs collects positional arguments for a query built at run time.
 type pgArgs []any
