@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/store"
 )
 
@@ -15,9 +16,9 @@ import (
 // one recipient each, delivered to a local go-smtp sink. Run with
 // go test -bench Relay -run '^$' ./relay/.
 func BenchmarkRelay(b *testing.B) {
-	for _, kind := range storeKinds {
+	for _, kind := range storetest.Backends {
 		b.Run(kind, func(b *testing.B) {
-			st := openStore(b, kind)
+			st := storetest.Open(b, kind)
 			tg := newTarget(b, targetOpts{})
 			body := testBody("s@src.test", "bench") + strings.Repeat(strings.Repeat("x", 78)+"\r\n", 10240/80)
 			enqueueMany(b, st, b.N, body)

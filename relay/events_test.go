@@ -9,6 +9,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/store"
 )
 
@@ -18,10 +19,10 @@ import (
 // the header has neither.
 func TestEventsCarryMsysAPI(t *testing.T) {
 	t.Parallel()
-	for _, kind := range storeKinds {
+	for _, kind := range storetest.Backends {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			st := openStore(t, kind)
+			st := storetest.Open(t, kind)
 			tg := newTarget(t, targetOpts{rcpt: func(to string, n int) error {
 				switch {
 				case strings.HasPrefix(to, "bad@"):

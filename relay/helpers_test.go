@@ -17,7 +17,6 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/smtpgw/smtpgw/internal/pgtest"
 	"github.com/smtpgw/smtpgw/store"
 )
 
@@ -222,43 +221,6 @@ func (s *tsession) Logout() error { return nil }
 // smtpErr builds an upstream reply.
 func smtpErr(code int, enh smtp.EnhancedCode, msg string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
-}
-
-// storeKinds are the backends key tests run on.
-var storeKinds = []string{"sqlite", "postgres"}
-
-// openStore opens and migrates a fresh store of the given kind, closed when
-// the test ends.
-func openStore(t testing.TB, kind string) store.Store {
-	t.Helper()
-	switch kind {
-	case "sqlite":
-		return openURL(t, "", t.TempDir())
-	case "postgres":
-		return openURL(t, pgtest.URL(t), "")
-	}
-	t.Fatalf("unknown store kind %q", kind)
-	return nil
-}
-
-// openURL opens and migrates the store at url (or SQLite in dir), closed
-// when the test ends.
-func openURL(t testing.TB, url, dir string) store.Store {
-	t.Helper()
-	ctx := context.Background()
-	st, err := store.Open(ctx, url, dir)
-	if err != nil {
-		t.Fatalf("open store: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := st.Close(); err != nil {
-			t.Errorf("close store: %v", err)
-		}
-	})
-	if err := st.Migrate(ctx); err != nil {
-		t.Fatalf("migrate store: %v", err)
-	}
-	return st
 }
 
 // testLogger logs to the test's output.

@@ -8,12 +8,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/store"
 )
 
 func TestMetrics(t *testing.T) {
 	t.Parallel()
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	tg := newTarget(t, targetOpts{})
 	reg := prometheus.NewRegistry()
 	r, err := New(smarthostConfig(t, tg), st, reg)
@@ -56,7 +57,7 @@ func TestMetrics(t *testing.T) {
 
 func TestEventPruning(t *testing.T) {
 	t.Parallel()
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	ctx := context.Background()
 	now := time.Now()
 	if err := st.AddEvents(ctx, []store.Event{

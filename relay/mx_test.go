@@ -11,6 +11,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/internal/tlstest"
 	"github.com/smtpgw/smtpgw/store"
 )
@@ -92,7 +93,7 @@ func TestMXMode(t *testing.T) {
 		// Exists, but has neither MX nor address.
 		"nomail.test. 60 IN TXT \"v=spf1 -all\"",
 	)
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	startRelay(t, mxConfig(t, dnsAddr, tg.port), st)
 
 	m := enqueue(t, st, "", []string{"a@mx.test", "b@afallback.test", "c@nullmx.test", "d@nxdomain.test", "e@nomail.test",
@@ -137,7 +138,7 @@ func TestMXTLSHandshakeFailureFallsBackToPlain(t *testing.T) {
 	srvTLS.MaxVersion = tls.VersionTLS11 // the relay requires TLS 1.2: the handshake fails
 	tg := newTarget(t, targetOpts{tlsConfig: srvTLS})
 	dnsAddr := newDNS(t, "old.test. 60 IN MX 10 mail.old.test.", "mail.old.test. 60 IN A 127.0.0.1")
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	startRelay(t, mxConfig(t, dnsAddr, tg.port), st)
 	m := enqueue(t, st, "s@src.test", []string{"a@old.test"}, testBody("s@src.test", "oldtls"))
 	fm := waitFinal(t, st, m.ID)
@@ -158,7 +159,7 @@ func TestMXTemporaryDNSFailureDefers(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = pc.Close() })
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	cfg := mxConfig(t, pc.LocalAddr().String(), 2525)
 	cfg.ConnectTimeout = 300 * time.Millisecond // bounds the lookup
 	r, err := New(cfg, st, nil)

@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-smtp"
 
+	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/store"
 )
 
@@ -58,11 +59,11 @@ func verifyDKIM(t testing.TB, data []byte, d *store.Domain) {
 
 func TestDeliveredOnceSigned(t *testing.T) {
 	t.Parallel()
-	for _, kind := range storeKinds {
+	for _, kind := range storetest.Backends {
 		for _, alg := range []string{"rsa", "ed25519"} {
 			t.Run(kind+"/"+alg, func(t *testing.T) {
 				t.Parallel()
-				st := openStore(t, kind)
+				st := storetest.Open(t, kind)
 				tg := newTarget(t, targetOpts{})
 				d := addDomain(t, st, "example.com", alg)
 				startRelay(t, smarthostConfig(t, tg), st)
@@ -116,7 +117,7 @@ func TestDeliveredOnceSigned(t *testing.T) {
 
 func TestUnsignedWhenNotSendingDomain(t *testing.T) {
 	t.Parallel()
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	tg := newTarget(t, targetOpts{})
 	addDomain(t, st, "example.com", "ed25519")
 	startRelay(t, smarthostConfig(t, tg), st)
@@ -131,10 +132,10 @@ func TestUnsignedWhenNotSendingDomain(t *testing.T) {
 
 func TestRetryAfter451(t *testing.T) {
 	t.Parallel()
-	for _, kind := range storeKinds {
+	for _, kind := range storetest.Backends {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			st := openStore(t, kind)
+			st := storetest.Open(t, kind)
 			tg := newTarget(t, targetOpts{rcpt: func(to string, n int) error {
 				if n == 0 {
 					return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "try later")
@@ -208,10 +209,10 @@ func dsnReport(t testing.TB, data []byte) (human, status, original string) {
 
 func TestBounceSendsDSN(t *testing.T) {
 	t.Parallel()
-	for _, kind := range storeKinds {
+	for _, kind := range storetest.Backends {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			st := openStore(t, kind)
+			st := storetest.Open(t, kind)
 			tg := newTarget(t, targetOpts{rcpt: func(to string, n int) error {
 				if strings.HasPrefix(to, "bad@") {
 					return smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such user")
@@ -281,7 +282,7 @@ func TestBounceSendsDSN(t *testing.T) {
 
 func TestBounceRetFullAndNotifyNever(t *testing.T) {
 	t.Parallel()
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	tg := newTarget(t, targetOpts{rcpt: func(to string, n int) error {
 		if strings.HasPrefix(to, "bad") {
 			return smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such user")
@@ -307,10 +308,10 @@ func TestBounceRetFullAndNotifyNever(t *testing.T) {
 
 func TestNullSenderBounceNoDSN(t *testing.T) {
 	t.Parallel()
-	for _, kind := range storeKinds {
+	for _, kind := range storetest.Backends {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			st := openStore(t, kind)
+			st := storetest.Open(t, kind)
 			tg := newTarget(t, targetOpts{rcpt: func(to string, n int) error {
 				return smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such user")
 			}})
@@ -335,10 +336,10 @@ func TestNullSenderBounceNoDSN(t *testing.T) {
 
 func TestExpiry(t *testing.T) {
 	t.Parallel()
-	for _, kind := range storeKinds {
+	for _, kind := range storetest.Backends {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			st := openStore(t, kind)
+			st := storetest.Open(t, kind)
 			tg := newTarget(t, targetOpts{rcpt: func(to string, n int) error {
 				if strings.HasSuffix(to, "@dest.test") {
 					return smtpErr(451, smtp.EnhancedCode{4, 2, 2}, "mailbox full")
@@ -386,10 +387,10 @@ func TestExpiry(t *testing.T) {
 
 func TestDropMidData(t *testing.T) {
 	t.Parallel()
-	for _, kind := range storeKinds {
+	for _, kind := range storetest.Backends {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			st := openStore(t, kind)
+			st := storetest.Open(t, kind)
 			tg := newTarget(t, targetOpts{dropData: 1})
 			startRelay(t, smarthostConfig(t, tg), st)
 			body := testBody("s@src.test", "drop") + strings.Repeat("filler line of text\r\n", 500)
@@ -411,7 +412,7 @@ func TestDropMidData(t *testing.T) {
 
 func TestDataRejected(t *testing.T) {
 	t.Parallel()
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	tg := newTarget(t, targetOpts{data: func(n int) error {
 		if n == 0 {
 			return smtpErr(554, smtp.EnhancedCode{5, 7, 1}, "spam")
@@ -435,10 +436,10 @@ func TestDataRejected(t *testing.T) {
 
 func TestLeaseExpiredRelayPicksUp(t *testing.T) {
 	t.Parallel()
-	for _, kind := range storeKinds {
+	for _, kind := range storetest.Backends {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			st := openStore(t, kind)
+			st := storetest.Open(t, kind)
 			tg := newTarget(t, targetOpts{})
 			m := enqueue(t, st, "s@src.test", []string{"bob@dest.test"}, testBody("s@src.test", "lease"))
 			// Node A claims and dies without finishing.
@@ -468,7 +469,7 @@ func TestLeaseExpiredRelayPicksUp(t *testing.T) {
 
 func TestStopWaitsAndIsIdempotent(t *testing.T) {
 	t.Parallel()
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	tg := newTarget(t, targetOpts{})
 	r, err := New(smarthostConfig(t, tg), st, nil)
 	if err != nil {
@@ -498,7 +499,7 @@ func TestStopWaitsAndIsIdempotent(t *testing.T) {
 
 func TestCancelledContextStopsClaiming(t *testing.T) {
 	t.Parallel()
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	tg := newTarget(t, targetOpts{})
 	r, err := New(smarthostConfig(t, tg), st, nil)
 	if err != nil {
@@ -519,7 +520,7 @@ func TestCancelledContextStopsClaiming(t *testing.T) {
 
 func TestNewRejectsBadConfig(t *testing.T) {
 	t.Parallel()
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	for _, c := range []Config{
 		{Mode: "carrier-pigeon"},
 		{Mode: ModeSmarthost},

@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/smtpgw/smtpgw/internal/pgtest"
+	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/internal/tlstest"
 	"github.com/smtpgw/smtpgw/store"
 )
@@ -38,7 +39,7 @@ func TestSmarthostTLSAndAuth(t *testing.T) {
 			t.Parallel()
 			tg := newTarget(t, targetOpts{tlsConfig: pair.Server(), implicitTLS: tc.implicit, requireTLS: true,
 				authUser: "relayuser", authPass: "secret"})
-			st := openStore(t, "sqlite")
+			st := storetest.Open(t, "sqlite")
 			cfg := smarthostConfig(t, tg)
 			cfg.SmarthostTLS = tc.mode
 			cfg.SmarthostUsername = "relayuser"
@@ -73,7 +74,7 @@ func TestSmarthostTLSAndAuth(t *testing.T) {
 func TestSmarthostWithoutStartTLSDefers(t *testing.T) {
 	t.Parallel()
 	tg := newTarget(t, targetOpts{}) // offers no STARTTLS
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	cfg := smarthostConfig(t, tg)
 	cfg.SmarthostTLS = TLSStartTLS
 	cfg.RetryInitial, cfg.RetryMax = time.Hour, time.Hour
@@ -126,7 +127,7 @@ func TestPerDomainConcurrencyAndReuse(t *testing.T) {
 		time.Sleep(2 * time.Millisecond) // widen the window in which overlap would show
 		return nil
 	}})
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	cfg := smarthostConfig(t, tg)
 	cfg.Workers = 8
 	cfg.PerDomainConcurrency = 1
@@ -162,7 +163,7 @@ func TestDelayedAndRelayedDSN(t *testing.T) {
 		}
 		return nil
 	}})
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	startRelay(t, smarthostConfig(t, tg), st)
 	m := enqueue(t, st, "s@src.test", []string{"slow@dest.test"}, testBody("s@src.test", "notify"),
 		func(m *store.Message) { m.Recipients[0].DSNNotify = "SUCCESS,DELAY" })
@@ -194,7 +195,7 @@ func TestDelayedAndRelayedDSN(t *testing.T) {
 func TestNotifyPassedToDSNCapableServer(t *testing.T) {
 	t.Parallel()
 	tg := newTarget(t, targetOpts{})
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	startRelay(t, smarthostConfig(t, tg), st)
 	m := enqueue(t, st, "s@src.test", []string{"bob@dest.test"}, testBody("s@src.test", "pass"),
 		func(m *store.Message) {
@@ -218,7 +219,7 @@ func TestNotifyPassedToDSNCapableServer(t *testing.T) {
 func TestTwoRelaysShareOnePostgres(t *testing.T) {
 	t.Parallel()
 	url := pgtest.URL(t)
-	st := openURL(t, url, "")
+	st := storetest.OpenURL(t, url, "")
 	tg := newTarget(t, targetOpts{})
 	const n = 300
 	var wg sync.WaitGroup
@@ -243,7 +244,7 @@ func TestTwoRelaysShareOnePostgres(t *testing.T) {
 		}
 	}
 	// The second relay gets its own store handle: another node.
-	st2 := openURL(t, url, "")
+	st2 := storetest.OpenURL(t, url, "")
 	for i, s := range []store.Store{st, st2} {
 		cfg := smarthostConfig(t, tg)
 		cfg.Owner = fmt.Sprintf("node-%d", i)
@@ -278,7 +279,7 @@ func TestReusedConnectionClosedByServer(t *testing.T) {
 		}
 		return nil
 	}})
-	st := openStore(t, "sqlite")
+	st := storetest.Open(t, "sqlite")
 	cfg := smarthostConfig(t, tg)
 	cfg.PerDomainConcurrency = 1
 	startRelay(t, cfg, st)
