@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/smtpgw/smtpgw/api"
 	"github.com/smtpgw/smtpgw/relay"
 	"github.com/smtpgw/smtpgw/store"
 )
@@ -41,24 +42,6 @@ const domainsUsage = `usage:
   smtpgw domains list [--json]
   smtpgw domains show DOMAIN [--json]
   smtpgw domains delete DOMAIN`
-
-// domainJSON is a sending domain as shown; never the private key.
-type domainJSON struct {
-	Domain     string `json:"domain"`
-	Subaccount int64  `json:"subaccount_id,omitempty"`
-	Shared     bool   `json:"shared_with_subaccounts"`
-	Selector   string `json:"dkim_selector"`
-	Algorithm  string `json:"dkim_algorithm"`
-	DNSName    string `json:"dkim_record_name"`
-	DNSValue   string `json:"dkim_record_value"`
-	CreatedAt  string `json:"created_at"`
-}
-
-func toDomainJSON(d *store.Domain) domainJSON {
-	name, value := relay.DKIMRecord(d)
-	return domainJSON{Domain: d.Name, Subaccount: d.Subaccount, Shared: d.Shared, Selector: d.Selector,
-		Algorithm: d.Algorithm, DNSName: name, DNSValue: value, CreatedAt: d.CreatedAt.UTC().Format(time.RFC3339)}
-}
 
 func cmdDomains(ctx context.Context, args []string, e env) error {
 	if len(args) == 0 {
@@ -104,7 +87,7 @@ func cmdDomains(ctx context.Context, args []string, e env) error {
 	defer closeStore(st, &err)
 	switch sub {
 	case "add":
-		name, err := normalizeDomain(pos[0])
+		name, err := api.NormalizeDomain(pos[0])
 		if err != nil {
 			return usagef("domains add: %v", err)
 		}
@@ -129,7 +112,7 @@ func cmdDomains(ctx context.Context, args []string, e env) error {
 		}
 		rname, rvalue := relay.DKIMRecord(d)
 		if *asJSON {
-			return writeJSON(e.stdout, map[string]any{"results": toDomainJSON(d)})
+			return writeJSON(e.stdout, map[string]any{"results": api.NewDomain(d)})
 		}
 		fmt.Fprintf(e.stdout, "Added sending domain %s. Publish this DNS TXT record so receivers can verify DKIM:\n\n", name)
 		fmt.Fprintf(e.stdout, "%s. IN TXT %s\n\n", rname, quoteTXT(rvalue))
@@ -142,9 +125,9 @@ func cmdDomains(ctx context.Context, args []string, e env) error {
 			return fmt.Errorf("domains list: %w", err)
 		}
 		if *asJSON {
-			out := make([]domainJSON, 0, len(ds))
+			out := make([]api.Domain, 0, len(ds))
 			for _, d := range ds {
-				out = append(out, toDomainJSON(d))
+				out = append(out, api.NewDomain(d))
 			}
 			return writeJSON(e.stdout, map[string]any{"results": out})
 		}
@@ -166,7 +149,7 @@ func cmdDomains(ctx context.Context, args []string, e env) error {
 			return fmt.Errorf("domains show: %w", notFound(err, "sending domain", pos[0], "smtpgw domains list"))
 		}
 		if *asJSON {
-			return writeJSON(e.stdout, map[string]any{"results": toDomainJSON(d)})
+			return writeJSON(e.stdout, map[string]any{"results": api.NewDomain(d)})
 		}
 		rname, rvalue := relay.DKIMRecord(d)
 		fmt.Fprintf(e.stdout, "domain:      %s\nsubaccount:  %s\nshared:      %t\nselector:    %s\nalgorithm:   %s\ncreated:     %s\n\nDNS TXT record:\n%s. IN TXT %s\n",
@@ -180,25 +163,6 @@ func cmdDomains(ctx context.Context, args []string, e env) error {
 		fmt.Fprintf(e.stdout, "Deleted sending domain %s.\n", strings.ToLower(pos[0]))
 		return nil
 	}
-}
-
-// normalizeDomain lowercases a domain and checks it looks like one.
-func normalizeDomain(s string) (string, error) {
-	d := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), ".")
-	if d == "" || len(d) > 253 || !strings.Contains(d, ".") {
-		return "", fmt.Errorf("%q is not a domain name (e.g. example.com)", s)
-	}
-	for _, label := range strings.Split(d, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return "", fmt.Errorf("%q is not a domain name (e.g. example.com)", s)
-		}
-		for _, r := range label {
-			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
-				return "", fmt.Errorf("%q is not a domain name: use the ASCII (punycode) form", s)
-			}
-		}
-	}
-	return d, nil
 }
 
 // quoteTXT splits a TXT value into quoted strings of at most 255 bytes, as
@@ -427,18 +391,9 @@ func cmdEvents(ctx context.Context, args []string, e env) (err error) {
 		return fmt.Errorf("events: %w", err)
 	}
 	if *asJSON {
-		out := make([]map[string]any, 0, len(evs))
+		out := make([]api.Event, 0, len(evs))
 		for _, ev := range evs {
-			m := map[string]any{"type": ev.Type, "timestamp": ev.Time.UTC().Format(time.RFC3339Nano),
-				"message_id": ev.MessageID, "api_key_id": ev.KeyID, "subaccount_id": ev.Subaccount,
-				"rcpt_to": ev.Recipient, "campaign_id": ev.CampaignID, "raw_reason": ev.Reply, "event_id": ev.ID}
-			if len(ev.Metadata) > 0 {
-				m["rcpt_meta"] = ev.Metadata
-			}
-			if len(ev.Tags) > 0 {
-				m["rcpt_tags"] = ev.Tags
-			}
-			out = append(out, m)
+			out = append(out, api.NewEvent(ev))
 		}
 		return writeJSON(e.stdout, map[string]any{"results": out})
 	}

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/smtpgw/smtpgw/api"
 	"github.com/smtpgw/smtpgw/auth"
 	"github.com/smtpgw/smtpgw/store"
 )
@@ -21,41 +22,9 @@ const keysUsage = `usage:
   smtpgw keys update ID [--label L] [--grant G...] [--subaccount N] [--allowed-ip CIDR...] [--any-ip] [--json]
   smtpgw keys delete ID`
 
-// keyJSON is a key as the CLI and the HTTP API show it, shaped like
-// SparkPost's API key object. The key itself appears only in Key, and only
-// in the answer to create.
-type keyJSON struct {
-	ID         string   `json:"id"`
-	Key        string   `json:"key,omitempty"`
-	Label      string   `json:"label"`
-	Grants     []string `json:"grants"`
-	ValidIPs   []string `json:"valid_ips"`
-	ShortKey   string   `json:"short_key"`
-	Subaccount int64    `json:"subaccount_id,omitempty"`
-	CreatedAt  string   `json:"created_at"`
-	UpdatedAt  string   `json:"updated_at"`
-	LastUsed   string   `json:"last_used,omitempty"`
-}
-
-func toKeyJSON(k *store.Key) keyJSON {
-	j := keyJSON{
-		ID: k.ID, Label: k.Label, Grants: k.Grants, ShortKey: k.ShortKey, Subaccount: k.Subaccount,
-		ValidIPs: prefixStrings(k.AllowedIPs), CreatedAt: k.CreatedAt.UTC().Format(time.RFC3339),
-		UpdatedAt: k.UpdatedAt.UTC().Format(time.RFC3339),
-	}
-	if !k.LastUsedAt.IsZero() {
-		j.LastUsed = k.LastUsedAt.UTC().Format(time.RFC3339)
-	}
-	return j
-}
-
-func prefixStrings(ps []netip.Prefix) []string {
-	out := make([]string, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, p.String())
-	}
-	return out
-}
+// keyJSON is a key as `keys --json` prints it: the HTTP API's shape, so the
+// two cannot drift.
+type keyJSON = api.Key
 
 func cmdKeys(ctx context.Context, args []string, e env) error {
 	if len(args) == 0 {
@@ -113,7 +82,7 @@ func keysCreate(ctx context.Context, args []string, e env) (err error) {
 		return err // auth names the operation: "create key: ..."
 	}
 	if *asJSON {
-		j := toKeyJSON(k)
+		j := api.NewKey(k)
 		j.Key = key
 		return writeJSON(e.stdout, map[string]any{"results": j})
 	}
@@ -145,7 +114,7 @@ func keysList(ctx context.Context, args []string, e env) (err error) {
 	if *asJSON {
 		out := make([]keyJSON, 0, len(keys))
 		for _, k := range keys {
-			out = append(out, toKeyJSON(k))
+			out = append(out, api.NewKey(k))
 		}
 		return writeJSON(e.stdout, map[string]any{"results": out})
 	}
@@ -195,7 +164,7 @@ func keysShow(ctx context.Context, args []string, e env) (err error) {
 
 func printKey(k *store.Key, asJSON bool, e env) error {
 	if asJSON {
-		return writeJSON(e.stdout, map[string]any{"results": toKeyJSON(k)})
+		return writeJSON(e.stdout, map[string]any{"results": api.NewKey(k)})
 	}
 	g, inert := grantList(k.Grants)
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
@@ -318,7 +287,7 @@ func ipsText(ps []netip.Prefix) string {
 	if len(ps) == 0 {
 		return "any"
 	}
-	return strings.Join(prefixStrings(ps), ",")
+	return strings.Join(api.PrefixStrings(ps), ",")
 }
 
 func lastUsedText(t time.Time) string {

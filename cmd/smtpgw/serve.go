@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/smtpgw/smtpgw/api"
 	"github.com/smtpgw/smtpgw/auth"
 	"github.com/smtpgw/smtpgw/config"
 	"github.com/smtpgw/smtpgw/relay"
@@ -79,7 +79,7 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 			return fmt.Errorf("serve: http.addr %s: %w (choose a free address, or \"\" to disable)", cfg.HTTP.Addr, err)
 		}
 		httpSrv = &http.Server{
-			Handler:           adminHandler(st, verifier, reg, &shuttingDown, l.Addr(), log),
+			Handler:           adminHandler(st, verifier, reg, &shuttingDown, l.Addr(), log, apiHandler(cfg, st, verifier, log)),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
 		go func() {
@@ -87,7 +87,7 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 				log.Error("http listener stopped", "err", err)
 			}
 		}()
-		log.Info("http listening", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz")
+		log.Info("http listening", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz /api/v1/")
 	}
 
 	if err := srv.Start(); err != nil {
@@ -192,18 +192,31 @@ func relayConfig(cfg *config.Config, log *slog.Logger) relay.Config {
 	}
 }
 
-// adminHandler serves /metrics, /healthz and /readyz. /metrics is open when
-// the listener is on a loopback or private address; on a public address it
-// needs an API key with metrics/view in the Authorization header (SPEC §3).
-func adminHandler(st store.Store, v *auth.Verifier, reg *prometheus.Registry, down *atomic.Bool, addr net.Addr, log *slog.Logger) http.Handler {
+// apiHandler builds the JSON APIs (package api). Its Manager holds the
+// Verifier, so a key deleted or changed through the API is refused at once
+// on this node. Failed API authentications are throttled like SMTP AUTH.
+func apiHandler(cfg *config.Config, st store.Store, v *auth.Verifier, log *slog.Logger) http.Handler {
+	return api.New(api.Config{
+		DKIMSelector:      cfg.Relay.DKIMSelector,
+		MaxAuthFailures:   cfg.SMTP.MaxAuthFailures,
+		AuthFailureWindow: cfg.SMTP.AuthFailureWindow.Duration,
+		Logger:            log.With("component", "api"),
+	}, st, v, auth.NewManager(st, v))
+}
+
+// adminHandler serves /metrics, /healthz, /readyz and, under /api/, the
+// JSON APIs (apiH). /metrics is open when the listener is on a loopback or
+// private address; on a public address it needs an API key with
+// metrics/view in the Authorization header (SPEC §3).
+func adminHandler(st store.Store, v *auth.Verifier, reg *prometheus.Registry, down *atomic.Bool, addr net.Addr, log *slog.Logger, apiH http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("/api/", apiH)
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	open := isPrivateListener(addr)
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		if !open {
 			client, _ := netip.ParseAddrPort(r.RemoteAddr)
-			key := strings.TrimSpace(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
-			if _, err := v.VerifyGrant(r.Context(), key, client.Addr().Unmap(), auth.GrantMetricsView); err != nil {
+			if _, err := v.VerifyGrant(r.Context(), api.RequestKey(r), client.Addr().Unmap(), auth.GrantMetricsView); err != nil {
 				log.Info("metrics: refused", "remote", r.RemoteAddr, "reason", err)
 				http.Error(w, `{"errors":[{"message":"Unauthorized."}]}`, http.StatusUnauthorized)
 				return

@@ -1,0 +1,436 @@
+// Package api serves smtpgw's SparkPost-shaped JSON APIs (SPEC §7) on the
+// HTTP listener, next to /metrics and the health checks:
+//
+//	GET/POST          /api/v1/api-keys              api_keys/manage
+//	GET/PUT/DELETE    /api/v1/api-keys/{id}         api_keys/manage
+//	GET               /api/v1/authenticate/grants   any valid key
+//	GET               /api/v1/events/message        message_events/view
+//	GET/POST          /api/v1/sending-domains       sending_domains/manage
+//	GET/DELETE        /api/v1/sending-domains/{d}   sending_domains/manage
+//
+// Every request walks the same steps:
+//
+//  1. The method must be one the path serves (405 otherwise).
+//  2. A client address (the TCP peer) that failed authentication too often
+//     gets 429 without its key being looked at ([auth.FailureLimiter]).
+//  3. The API key is read from the Authorization header: the bare key, as
+//     SparkPost sends it, "Bearer <key>", or HTTP Basic with the key as the
+//     user name. It is verified with [auth.Verifier.VerifyGrant] for the
+//     path's grant: 401 for a missing, unknown or revoked key or a client
+//     address the key does not allow (counted as a failure), 403 for a
+//     valid key without the grant, 503 if the key store does not answer.
+//  4. The request is scoped: a subaccount's key acts for its own
+//     subaccount only; a master-account key acts for every account, or for
+//     subaccount N when the request has "X-MSYS-SUBACCOUNT: N" (0: the
+//     master account only). Objects outside the scope are answered 404,
+//     as if they did not exist.
+//
+// Answers are {"results": ...} or {"errors": [{"message": ...,
+// "description": ...}]}. Keys are never logged; the key itself appears
+// only in the answer to POST /api/v1/api-keys.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/store"
+)
+
+// Defaults for Config fields left zero.
+const (
+	// DefaultDKIMSelector is the DKIM selector when Config.DKIMSelector is "".
+	DefaultDKIMSelector = "smtpgw"
+	// DefaultMaxAuthFailures is Config.MaxAuthFailures when zero.
+	DefaultMaxAuthFailures = 5
+	// DefaultAuthFailureWindow is Config.AuthFailureWindow when zero.
+	DefaultAuthFailureWindow = 5 * time.Minute
+)
+
+const (
+	// maxBody caps request bodies.
+	maxBody = 1 << 20
+	// storeTimeout bounds the store calls of one request.
+	storeTimeout = 30 * time.Second
+	// subaccountHeader scopes a request to a subaccount, as in SparkPost.
+	subaccountHeader = "X-MSYS-SUBACCOUNT"
+)
+
+// Config configures the API handler.
+type Config struct {
+	// DKIMSelector is the selector of the DKIM keys POST
+	// /api/v1/sending-domains generates when the request names none
+	// (relay.dkim_selector); "" means DefaultDKIMSelector.
+	DKIMSelector string
+	// MaxAuthFailures is how many failed authentications a client address
+	// may make per AuthFailureWindow before it is answered 429. 0 means
+	// DefaultMaxAuthFailures; a negative value disables the limit.
+	MaxAuthFailures int
+	// AuthFailureWindow is the period MaxAuthFailures counts over; 0
+	// means DefaultAuthFailureWindow.
+	AuthFailureWindow time.Duration
+	// Logger receives refused requests (at INFO, without the key), changes
+	// (at INFO) and server faults (at ERROR). Nil discards.
+	Logger *slog.Logger
+}
+
+// server holds what the handlers share.
+type server struct {
+	selector string
+	st       store.Store
+	v        *auth.Verifier
+	m        *auth.Manager
+	log      *slog.Logger
+	fails    *auth.FailureLimiter
+}
+
+// New returns the handler of the /api/ paths. v verifies the keys
+// presented; m performs the key operations and should hold v
+// (auth.NewManager(st, v)) so that a key deleted or changed through the API
+// is refused at once on this node.
+func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) http.Handler {
+	s := &server{
+		selector: cfg.DKIMSelector,
+		st:       st,
+		v:        v,
+		m:        m,
+		log:      cfg.Logger,
+	}
+	if s.selector == "" {
+		s.selector = DefaultDKIMSelector
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	max, window := cfg.MaxAuthFailures, cfg.AuthFailureWindow
+	if max == 0 {
+		max = DefaultMaxAuthFailures
+	}
+	if window <= 0 {
+		window = DefaultAuthFailureWindow
+	}
+	s.fails = auth.NewFailureLimiter(max, window) // max < 0 disables it
+
+	mux := http.NewServeMux()
+	s.route(mux, "/api/v1/api-keys", auth.GrantAPIKeysManage, methods{
+		http.MethodGet:  s.listKeys,
+		http.MethodPost: s.createKey,
+	})
+	s.route(mux, "/api/v1/api-keys/{id}", auth.GrantAPIKeysManage, methods{
+		http.MethodGet:    s.getKey,
+		http.MethodPut:    s.updateKey,
+		http.MethodDelete: s.deleteKey,
+	})
+	s.route(mux, "/api/v1/authenticate/grants", "", methods{http.MethodGet: s.grants})
+	s.route(mux, "/api/v1/events/message", auth.GrantEventsView, methods{http.MethodGet: s.events})
+	s.route(mux, "/api/v1/sending-domains", auth.GrantDomainsManage, methods{
+		http.MethodGet:  s.listDomains,
+		http.MethodPost: s.createDomain,
+	})
+	s.route(mux, "/api/v1/sending-domains/{domain}", auth.GrantDomainsManage, methods{
+		http.MethodGet:    s.getDomain,
+		http.MethodDelete: s.deleteDomain,
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &Error{Status: http.StatusNotFound, Message: "Resource not found",
+			Description: fmt.Sprintf("no API at %s: see docs/api.md for the endpoints", r.URL.Path)})
+	})
+	return mux
+}
+
+// handler serves one method of a path for an authenticated caller. It
+// returns nil after writing its answer, or an error for [server.fail].
+type handler func(w http.ResponseWriter, r *http.Request, c *caller) error
+
+// methods maps HTTP methods to the handlers of one path.
+type methods map[string]handler
+
+// caller is the verified key of a request and the accounts it acts for.
+type caller struct {
+	id     *auth.Identity
+	scope  scope
+	client netip.Addr
+}
+
+// scope is the set of accounts a request acts for.
+type scope struct {
+	// all: every account (a master key without X-MSYS-SUBACCOUNT).
+	all bool
+	// sub is the one account acted for when not all (0: master account).
+	sub int64
+}
+
+// has reports whether objects of subaccount sub are in the scope.
+func (s scope) has(sub int64) bool { return s.all || s.sub == sub }
+
+// owner is the account new objects belong to: the scoped subaccount, or the
+// master account for an unscoped master request.
+func (s scope) owner() int64 {
+	if s.all {
+		return 0
+	}
+	return s.sub
+}
+
+// route registers pattern and pattern + "/" (SparkPost treats /x and /x/ the
+// same) with authentication for grant ("": any valid key).
+func (s *server) route(mux *http.ServeMux, pattern, grant string, ms methods) {
+	allow := make([]string, 0, len(ms))
+	for m := range ms {
+		allow = append(allow, m)
+	}
+	sort.Strings(allow)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hf, ok := ms[r.Method]
+		if !ok {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, &Error{Status: http.StatusMethodNotAllowed, Message: "Method not allowed",
+				Description: fmt.Sprintf("%s does not serve %s: use %s", r.URL.Path, r.Method, strings.Join(allow, ", "))})
+			return
+		}
+		c, err := s.authenticate(r, grant)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+			defer cancel()
+			err = hf(w, r.WithContext(ctx), c)
+		}
+		if err != nil {
+			s.fail(w, r, err)
+		}
+	})
+	mux.Handle(pattern, h)
+	mux.Handle(pattern+"/{$}", h)
+}
+
+// RequestKey returns the API key of an HTTP request: the Authorization
+// header's value as is (SparkPost's form), after "Bearer ", or the user
+// name of HTTP Basic authentication (SparkPost's other form). "" if none.
+func RequestKey(r *http.Request) string {
+	if user, _, ok := r.BasicAuth(); ok {
+		return strings.TrimSpace(user)
+	}
+	h := strings.TrimSpace(r.Header.Get("Authorization"))
+	if len(h) > len("bearer ") && strings.EqualFold(h[:len("bearer ")], "bearer ") {
+		return strings.TrimSpace(h[len("bearer "):])
+	}
+	return h
+}
+
+// clientAddr returns the TCP peer address of r.
+func clientAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// Errors answered by authenticate.
+var (
+	errNoKey = &Error{Status: http.StatusUnauthorized, Message: "Unauthorized.",
+		Description: "send an API key in the Authorization header"}
+	errBadKey = &Error{Status: http.StatusUnauthorized, Message: "Unauthorized.",
+		Description: "the API key is unknown, deleted, or not allowed from this address"}
+	errThrottled = &Error{Status: http.StatusTooManyRequests, Message: "Too many failed authentications",
+		Description: "too many requests with a wrong API key came from this address: try again later"}
+)
+
+// authenticate verifies the request's key for grant and works out its
+// scope.
+func (s *server) authenticate(r *http.Request, grant string) (*caller, error) {
+	client := clientAddr(r)
+	if s.fails.Blocked(client) {
+		return nil, errThrottled
+	}
+	key := RequestKey(r)
+	if key == "" {
+		return nil, errNoKey
+	}
+	id, err := s.v.VerifyGrant(r.Context(), key, client, grant)
+	var refused *auth.Error
+	switch {
+	case errors.As(err, &refused) && errors.Is(err, auth.ErrMissingGrant):
+		s.log.Info("api: refused", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "reason", err)
+		return nil, &Error{Status: http.StatusForbidden, Message: "Forbidden.",
+			Description: fmt.Sprintf("this API key lacks the %s grant", grant)}
+	case refused != nil:
+		s.fails.Fail(client)
+		s.log.Info("api: refused", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "reason", err)
+		return nil, errBadKey
+	case err != nil:
+		return nil, fmt.Errorf("authenticate: %w", err)
+	}
+	c := &caller{id: id, client: client}
+	h := strings.TrimSpace(r.Header.Get(subaccountHeader))
+	var n int64
+	if h != "" {
+		if n, err = strconv.ParseInt(h, 10, 64); err != nil || n < 0 {
+			return nil, badRequest("%s must be a subaccount id (0 for the master account), not %q", subaccountHeader, h)
+		}
+	}
+	switch {
+	case id.Subaccount != 0:
+		if h != "" && n != id.Subaccount {
+			return nil, &Error{Status: http.StatusForbidden, Message: "Forbidden.",
+				Description: fmt.Sprintf("this API key belongs to subaccount %d and acts for it only", id.Subaccount)}
+		}
+		c.scope = scope{sub: id.Subaccount}
+	case h != "":
+		c.scope = scope{sub: n}
+	default:
+		c.scope = scope{all: true}
+	}
+	return c, nil
+}
+
+// Error is an answer other than success: an HTTP status and SparkPost's
+// error object.
+type Error struct {
+	// Status is the HTTP status code.
+	Status int
+	// Message is a short, fixed text.
+	Message string
+	// Description says what was wrong and how to fix it.
+	Description string
+}
+
+// Error returns the description.
+func (e *Error) Error() string { return e.Message + ": " + e.Description }
+
+// badRequest returns a 400 error with a formatted description.
+func badRequest(format string, args ...any) *Error {
+	return &Error{Status: http.StatusBadRequest, Message: "Invalid request", Description: fmt.Sprintf(format, args...)}
+}
+
+// invalid returns a 422 error: well-formed input with values refused.
+func invalid(format string, args ...any) *Error {
+	return &Error{Status: http.StatusUnprocessableEntity, Message: "Invalid data", Description: fmt.Sprintf(format, args...)}
+}
+
+// notFound returns a 404 error naming what was not found.
+func notFound(format string, args ...any) *Error {
+	return &Error{Status: http.StatusNotFound, Message: "Resource not found", Description: fmt.Sprintf(format, args...)}
+}
+
+// fail answers err: an [*Error] as it is; a store that does not answer
+// 503; anything else 500 with an id under which the cause is logged (the
+// cause itself is not shown to the client).
+func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var e *Error
+	if errors.As(err, &e) {
+		writeError(w, e)
+		return
+	}
+	if errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		s.log.Warn("api: store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+		w.Header().Set("Retry-After", "5")
+		writeError(w, &Error{Status: http.StatusServiceUnavailable, Message: "Service unavailable",
+			Description: "the database does not answer: try again later"})
+		return
+	}
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		return // the client went away
+	}
+	id := store.NewKeyID()
+	s.log.Error("api: internal error", "id", id, "method", r.Method, "path", r.URL.Path, "err", err)
+	writeError(w, &Error{Status: http.StatusInternalServerError, Message: "Internal error",
+		Description: "internal error (id " + id + "): the gateway's log has the cause"})
+}
+
+// errorBody is SparkPost's error answer.
+type errorBody struct {
+	Errors []errorItem `json:"errors"`
+}
+
+type errorItem struct {
+	Message     string `json:"message"`
+	Description string `json:"description,omitempty"`
+}
+
+func writeError(w http.ResponseWriter, e *Error) {
+	writeJSON(w, e.Status, errorBody{Errors: []errorItem{{Message: e.Message, Description: e.Description}}})
+}
+
+// results is SparkPost's success answer.
+type results struct {
+	Results any `json:"results"`
+}
+
+// writeResults answers 200 with {"results": v}.
+func writeResults(w http.ResponseWriter, v any) {
+	writeJSON(w, http.StatusOK, results{Results: v})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only our own types are written; they always marshal.
+		b = []byte(`{"errors":[{"message":"Internal error"}]}`)
+		status = http.StatusInternalServerError
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n')) // a client that went away is not our error
+}
+
+// decode reads r's JSON body into dst. Unknown fields are ignored, as in
+// SparkPost; anything else that is not one JSON object is a 400 naming the
+// problem.
+func decode(w http.ResponseWriter, r *http.Request, dst any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	err := dec.Decode(dst)
+	if err == nil && dec.More() {
+		err = errors.New("data after the JSON object")
+	}
+	if err == nil {
+		return nil
+	}
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.Is(err, io.EOF):
+		return badRequest("the request body is empty: send a JSON object")
+	case errors.As(err, &tooBig):
+		return &Error{Status: http.StatusRequestEntityTooLarge, Message: "Request too large",
+			Description: fmt.Sprintf("the request body is over %d bytes", maxBody)}
+	case errors.As(err, &syntax):
+		return badRequest("the request body is not valid JSON: %v (at byte %d)", syntax, syntax.Offset)
+	case errors.As(err, &typ):
+		if typ.Field == "" {
+			return badRequest("the request body must be a JSON object, not %s", typ.Value)
+		}
+		return badRequest("field %s must be %s, not %s", typ.Field, jsonType(typ.Type.Kind().String()), typ.Value)
+	default:
+		return badRequest("the request body is not valid JSON: %v", err)
+	}
+}
+
+// jsonType names a Go kind as the JSON type a client should send.
+func jsonType(kind string) string {
+	switch kind {
+	case "string":
+		return "a string"
+	case "slice", "array":
+		return "an array"
+	case "bool":
+		return "true or false"
+	case "struct", "map":
+		return "an object"
+	case "int", "int64", "int32", "uint", "uint64", "float64":
+		return "a number"
+	}
+	return kind
+}

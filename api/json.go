@@ -1,0 +1,207 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/smtpgw/smtpgw/relay"
+	"github.com/smtpgw/smtpgw/store"
+)
+
+// The JSON shapes below are shared by the HTTP API and the CLI's --json
+// output (cmd/smtpgw), so the two cannot drift apart.
+
+// Key is an API key as the HTTP API and `smtpgw keys --json` show it,
+// shaped like SparkPost's API key object. The key itself appears only in
+// Key, and only in the answer to create.
+type Key struct {
+	// ID is the key's public id.
+	ID string `json:"id"`
+	// Key is the key itself: set only in the answer to create.
+	Key string `json:"key,omitempty"`
+	// Label is the admin's name for the key.
+	Label string `json:"label"`
+	// Grants are the key's SparkPost grant names.
+	Grants []string `json:"grants"`
+	// ValidIPs are the addresses or CIDR prefixes the key may be used
+	// from; empty means any address.
+	ValidIPs []string `json:"valid_ips"`
+	// ShortKey is the key's first four characters.
+	ShortKey string `json:"short_key"`
+	// Subaccount is the key's subaccount, omitted for the master account.
+	Subaccount int64 `json:"subaccount_id,omitempty"`
+	// CreatedAt is the creation time, RFC 3339 in UTC.
+	CreatedAt string `json:"created_at"`
+	// UpdatedAt is the time of the last change, RFC 3339 in UTC.
+	UpdatedAt string `json:"updated_at"`
+	// LastUsed is the time the key was last used (recorded at most once a
+	// minute), omitted if never.
+	LastUsed string `json:"last_used,omitempty"`
+}
+
+// NewKey returns the JSON shape of a stored key (without the key itself).
+func NewKey(k *store.Key) Key {
+	j := Key{
+		ID:         k.ID,
+		Label:      k.Label,
+		Grants:     k.Grants,
+		ShortKey:   k.ShortKey,
+		Subaccount: k.Subaccount,
+		ValidIPs:   PrefixStrings(k.AllowedIPs),
+		CreatedAt:  k.CreatedAt.UTC().Format(time.RFC3339),
+		UpdatedAt:  k.UpdatedAt.UTC().Format(time.RFC3339),
+	}
+	if j.Grants == nil {
+		j.Grants = []string{}
+	}
+	if !k.LastUsedAt.IsZero() {
+		j.LastUsed = k.LastUsedAt.UTC().Format(time.RFC3339)
+	}
+	return j
+}
+
+// PrefixStrings formats prefixes as strings; never nil.
+func PrefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+// Domain is a sending domain as the HTTP API and `smtpgw domains --json`
+// show it; never its private key. The dkim object has the fields of
+// SparkPost's sending domain object that apply here.
+type Domain struct {
+	// Domain is the domain name, lowercased.
+	Domain string `json:"domain"`
+	// Subaccount owns the domain; omitted for the master account.
+	Subaccount int64 `json:"subaccount_id,omitempty"`
+	// Shared: every subaccount may send from the domain.
+	Shared bool `json:"shared_with_subaccounts"`
+	// Selector is the DKIM selector.
+	Selector string `json:"dkim_selector"`
+	// Algorithm is the DKIM key algorithm: "rsa" or "ed25519".
+	Algorithm string `json:"dkim_algorithm"`
+	// DNSName is the name of the DNS TXT record to publish.
+	DNSName string `json:"dkim_record_name"`
+	// DNSValue is the value of the DNS TXT record to publish.
+	DNSValue string `json:"dkim_record_value"`
+	// DKIM repeats the key in SparkPost's shape.
+	DKIM DomainDKIM `json:"dkim"`
+	// CreatedAt is the creation time, RFC 3339 in UTC.
+	CreatedAt string `json:"created_at"`
+}
+
+// DomainDKIM is the dkim object of a sending domain, as SparkPost shows it.
+type DomainDKIM struct {
+	// Selector is the DKIM selector.
+	Selector string `json:"selector"`
+	// Public is the public key as published in the p= tag.
+	Public string `json:"public"`
+	// SigningDomain is the d= domain of signatures: the domain itself.
+	SigningDomain string `json:"signing_domain"`
+}
+
+// NewDomain returns the JSON shape of a stored sending domain, with the DNS
+// record to publish.
+func NewDomain(d *store.Domain) Domain {
+	name, value := relay.DKIMRecord(d)
+	return Domain{
+		Domain:     d.Name,
+		Subaccount: d.Subaccount,
+		Shared:     d.Shared,
+		Selector:   d.Selector,
+		Algorithm:  d.Algorithm,
+		DNSName:    name,
+		DNSValue:   value,
+		DKIM:       DomainDKIM{Selector: d.Selector, Public: d.PublicKey, SigningDomain: d.Name},
+		CreatedAt:  d.CreatedAt.UTC().Format(time.RFC3339),
+	}
+}
+
+// Event is a message event as the HTTP API and `smtpgw events --json` show
+// it, with SparkPost's field names. EventID is a JSON string, as in
+// SparkPost.
+type Event struct {
+	// Type is the event type, e.g. "delivery".
+	Type string `json:"type"`
+	// Timestamp is the event time, RFC 3339 with fractional seconds, UTC.
+	Timestamp string `json:"timestamp"`
+	// EventID is the event's id.
+	EventID int64 `json:"event_id,string"`
+	// MessageID is the queue id of the message.
+	MessageID string `json:"message_id"`
+	// KeyID is the id of the API key that injected the message.
+	KeyID string `json:"api_key_id"`
+	// Subaccount is the message's subaccount (0: master account).
+	Subaccount int64 `json:"subaccount_id"`
+	// Recipient is the envelope recipient.
+	Recipient string `json:"rcpt_to"`
+	// CampaignID is the X-MSYS-API campaign_id.
+	CampaignID string `json:"campaign_id"`
+	// Metadata is the X-MSYS-API metadata object, omitted if none.
+	Metadata json.RawMessage `json:"rcpt_meta,omitempty"`
+	// Tags are the X-MSYS-API tags, omitted if none.
+	Tags []string `json:"rcpt_tags,omitempty"`
+	// RawReason is the SMTP reply or local reason.
+	RawReason string `json:"raw_reason"`
+}
+
+// NewEvent returns the JSON shape of a stored event.
+func NewEvent(ev store.Event) Event {
+	j := Event{
+		Type:       ev.Type,
+		Timestamp:  ev.Time.UTC().Format(time.RFC3339Nano),
+		EventID:    ev.ID,
+		MessageID:  ev.MessageID,
+		KeyID:      ev.KeyID,
+		Subaccount: ev.Subaccount,
+		Recipient:  ev.Recipient,
+		CampaignID: ev.CampaignID,
+		RawReason:  ev.Reply,
+	}
+	if len(ev.Metadata) > 0 {
+		j.Metadata = ev.Metadata
+	}
+	if len(ev.Tags) > 0 {
+		j.Tags = ev.Tags
+	}
+	return j
+}
+
+// NormalizeDomain lowercases a domain name, drops a final dot, and checks
+// it is an ASCII (punycode) name of at least two labels.
+func NormalizeDomain(s string) (string, error) {
+	d := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), ".")
+	if d == "" || len(d) > 253 || !strings.Contains(d, ".") {
+		return "", fmt.Errorf("%q is not a domain name (e.g. example.com)", s)
+	}
+	for _, label := range strings.Split(d, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return "", fmt.Errorf("%q is not a domain name (e.g. example.com)", s)
+		}
+		if !ldh(label) {
+			return "", fmt.Errorf("%q is not a domain name: use the ASCII (punycode) form", s)
+		}
+	}
+	return d, nil
+}
+
+// ldh reports whether s has only lowercase letters, digits and hyphens.
+func ldh(s string) bool {
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// validSelector reports whether s can be a DKIM selector: one DNS label.
+func validSelector(s string) bool {
+	return s != "" && len(s) <= 63 && s[0] != '-' && s[len(s)-1] != '-' && ldh(strings.ToLower(s))
+}

@@ -1,0 +1,221 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/store"
+)
+
+// keyRequest is the body of POST and PUT /api/v1/api-keys[/{id}]. Pointer
+// fields tell "absent" (keep) from "empty".
+type keyRequest struct {
+	Label      *string   `json:"label"`
+	Grants     *[]string `json:"grants"`
+	ValidIPs   *[]string `json:"valid_ips"`
+	Subaccount *int64    `json:"subaccount_id"`
+}
+
+// check validates the fields present with auth's own rules, so that what
+// the Manager then refuses can only be a fault of the store. create
+// requires label and grants.
+func (q *keyRequest) check(create bool) error {
+	if q.Label != nil {
+		l := strings.TrimSpace(*q.Label)
+		switch n := utf8.RuneCountInString(l); {
+		case !utf8.ValidString(l):
+			return invalid("label is not valid UTF-8")
+		case n == 0:
+			return invalid("label is empty: name the key after its user, e.g. \"newsletter app\"")
+		case n > auth.MaxLabelLen:
+			return invalid("label is %d characters long: at most %d are allowed", n, auth.MaxLabelLen)
+		}
+	} else if create {
+		return invalid("label is required: name the key after its user, e.g. \"newsletter app\"")
+	}
+	if q.Grants != nil {
+		if err := auth.ValidateGrants(auth.NormalizeGrants(*q.Grants)); err != nil {
+			return invalid("grants: %s", strings.TrimPrefix(err.Error(), "validate grants: "))
+		}
+	} else if create {
+		return invalid("grants are required: give at least one, e.g. [\"%s\"]", auth.GrantSMTPInject)
+	}
+	if q.ValidIPs != nil {
+		if _, err := auth.ParseAllowedIPs(*q.ValidIPs); err != nil {
+			return invalid("valid_ips: %v", err)
+		}
+	}
+	if q.Subaccount != nil && *q.Subaccount < 0 {
+		return invalid("subaccount_id %d: give 0 (master account) or a positive subaccount id", *q.Subaccount)
+	}
+	return nil
+}
+
+// keyError maps an error of the Manager: no such key is a 404 naming id;
+// the rest (store faults, since input was checked) go to server.fail.
+func keyError(err error, id string) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return notFound("no API key with id %s (list them with GET /api/v1/api-keys)", id)
+	}
+	return err
+}
+
+// scopedKey returns the active key id if it is in the caller's scope.
+func (s *server) scopedKey(r *http.Request, c *caller, id string) (*store.Key, error) {
+	k, err := s.m.Get(r.Context(), id)
+	if err == nil && !c.scope.has(k.Subaccount) {
+		err = store.ErrNotFound
+	}
+	if err != nil {
+		return nil, keyError(err, id)
+	}
+	return k, nil
+}
+
+// listKeys answers GET /api/v1/api-keys: the active keys in scope, oldest
+// first; ?grant=G keeps those holding grant G (as SparkPost).
+func (s *server) listKeys(w http.ResponseWriter, r *http.Request, c *caller) error {
+	keys, err := s.m.List(r.Context())
+	if err != nil {
+		return err
+	}
+	grant := r.URL.Query().Get("grant")
+	out := make([]Key, 0, len(keys))
+	for _, k := range keys {
+		if !c.scope.has(k.Subaccount) || grant != "" && !slices.Contains(k.Grants, grant) {
+			continue
+		}
+		out = append(out, NewKey(k))
+	}
+	writeResults(w, out)
+	return nil
+}
+
+// createKey answers POST /api/v1/api-keys. The key belongs to the scoped
+// subaccount (X-MSYS-SUBACCOUNT, or the caller's own subaccount); a master
+// key without the header may name it in subaccount_id. The answer is the
+// only place the key itself ever appears.
+func (s *server) createKey(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var q keyRequest
+	if err := decode(w, r, &q); err != nil {
+		return err
+	}
+	if err := q.check(true); err != nil {
+		return err
+	}
+	sub := c.scope.owner()
+	if q.Subaccount != nil && *q.Subaccount != sub {
+		if !c.scope.all {
+			return &Error{Status: http.StatusForbidden, Message: "Forbidden.",
+				Description: fmt.Sprintf("subaccount_id %d is outside this request's scope (subaccount %d)", *q.Subaccount, sub)}
+		}
+		sub = *q.Subaccount
+	}
+	p := auth.CreateParams{Label: *q.Label, Grants: *q.Grants, Subaccount: sub}
+	if q.ValidIPs != nil {
+		p.AllowedIPs = *q.ValidIPs
+	}
+	key, k, err := s.m.Create(r.Context(), p)
+	if err != nil {
+		return err
+	}
+	s.log.Info("api: key created", "key_id", k.ID, "label", k.Label, "subaccount", k.Subaccount,
+		"grants", strings.Join(k.Grants, ","), "by_key", c.id.KeyID, "remote", r.RemoteAddr)
+	j := NewKey(k)
+	j.Key = key
+	writeResults(w, j)
+	return nil
+}
+
+// getKey answers GET /api/v1/api-keys/{id}.
+func (s *server) getKey(w http.ResponseWriter, r *http.Request, c *caller) error {
+	k, err := s.scopedKey(r, c, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeResults(w, NewKey(k))
+	return nil
+}
+
+// updateKey answers PUT /api/v1/api-keys/{id}: label, grants and
+// valid_ips replace the current values when present; "valid_ips": []
+// allows any address again. Keys do not move between subaccounts here.
+func (s *server) updateKey(w http.ResponseWriter, r *http.Request, c *caller) error {
+	id := r.PathValue("id")
+	var q keyRequest
+	if err := decode(w, r, &q); err != nil {
+		return err
+	}
+	if err := q.check(false); err != nil {
+		return err
+	}
+	k, err := s.scopedKey(r, c, id)
+	if err != nil {
+		return err
+	}
+	if q.Subaccount != nil && *q.Subaccount != k.Subaccount {
+		return invalid("subaccount_id: a key cannot move to another subaccount: create a new key there (X-MSYS-SUBACCOUNT) and delete this one")
+	}
+	if q.Label == nil && q.Grants == nil && q.ValidIPs == nil {
+		return invalid("nothing to change: give label, grants or valid_ips")
+	}
+	var p auth.UpdateParams
+	p.Label = q.Label
+	if q.Grants != nil {
+		p.Grants = *q.Grants
+	}
+	if q.ValidIPs != nil {
+		if len(*q.ValidIPs) == 0 {
+			p.ClearAllowedIPs = true
+		} else {
+			p.AllowedIPs = *q.ValidIPs
+		}
+	}
+	k, err = s.m.Update(r.Context(), id, p)
+	if err != nil {
+		return keyError(err, id)
+	}
+	s.log.Info("api: key updated", "key_id", k.ID, "label", k.Label, "grants", strings.Join(k.Grants, ","),
+		"by_key", c.id.KeyID, "remote", r.RemoteAddr)
+	writeResults(w, NewKey(k))
+	return nil
+}
+
+// deleteKey answers DELETE /api/v1/api-keys/{id} with 204: the key is
+// refused at once on this node, within auth.cache_ttl on the others.
+func (s *server) deleteKey(w http.ResponseWriter, r *http.Request, c *caller) error {
+	id := r.PathValue("id")
+	if _, err := s.scopedKey(r, c, id); err != nil {
+		return err
+	}
+	if err := s.m.Delete(r.Context(), id); err != nil {
+		return keyError(err, id)
+	}
+	s.log.Info("api: key deleted", "key_id", id, "by_key", c.id.KeyID, "remote", r.RemoteAddr)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// grantJSON is one grant in the answer to GET /api/v1/authenticate/grants,
+// shaped as SparkPost's ({"key": name}); Enforced tells whether the grant
+// has an effect in smtpgw.
+type grantJSON struct {
+	Key      string `json:"key"`
+	Enforced bool   `json:"enforced"`
+}
+
+// grants answers GET /api/v1/authenticate/grants: the grants of the key
+// used.
+func (s *server) grants(w http.ResponseWriter, r *http.Request, c *caller) error {
+	out := make([]grantJSON, 0, len(c.id.Grants))
+	for _, g := range c.id.Grants {
+		out = append(out, grantJSON{Key: g, Enforced: auth.IsEnforced(g)})
+	}
+	writeResults(w, out)
+	return nil
+}
