@@ -81,6 +81,10 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 		httpSrv = &http.Server{
 			Handler:           adminHandler(st, verifier, reg, &shuttingDown, l.Addr(), log, apiHandler(cfg, st, verifier, log)),
 			ReadHeaderTimeout: 10 * time.Second,
+			// API request bodies are small (api caps them at 1 MiB): a
+			// client slower than this is holding a connection open.
+			ReadTimeout: 30 * time.Second,
+			IdleTimeout: 2 * time.Minute,
 		}
 		go func() {
 			if err := httpSrv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
