@@ -253,6 +253,19 @@ type Store interface {
 	DeleteMessage(ctx context.Context, id string) error                  // message, recipients (events stay)
 	Stats(ctx context.Context) (QueueStats, error)
 
+	// Queue maintenance.
+
+	// PruneMessages deletes, with their recipients, up to limit messages
+	// all of whose recipients are final (delivered, bounced, expired) and
+	// whose latest recipient UpdatedAt is before finishedBefore; their
+	// events stay. It returns how many messages it deleted.
+	PruneMessages(ctx context.Context, finishedBefore time.Time, limit int) (int64, error)
+	// ReleaseLeases clears the lease of every queued or deferred recipient
+	// leased to owner ("" = to any owner), so it can be claimed at once,
+	// and wakes relay workers as RetryMessage does. It returns how many
+	// leases it cleared.
+	ReleaseLeases(ctx context.Context, owner string) (int64, error)
+
 	// Events.
 	AddEvents(ctx context.Context, evs []Event) error
 	ListEvents(ctx context.Context, f EventFilter) ([]Event, error) // newest first
