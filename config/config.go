@@ -200,6 +200,11 @@ type Relay struct {
 	RetryMax Duration `toml:"retry_max"`
 	// MaxQueueLifetime is how long a message is retried before it bounces.
 	MaxQueueLifetime Duration `toml:"max_queue_lifetime"`
+	// FinishedRetention is how long a finished message (every recipient
+	// delivered, bounced or expired) stays visible in queue show before its
+	// body and recipients are deleted; its events are kept for
+	// events.retention.
+	FinishedRetention Duration `toml:"finished_retention"`
 	// DNSResolver is the "host:port" of the DNS server asked for MX, A and
 	// AAAA records; "" uses the system resolver.
 	DNSResolver string `toml:"dns_resolver"`
@@ -261,6 +266,7 @@ func Default() *Config {
 			RetryInitial:         Duration{time.Minute},
 			RetryMax:             Duration{time.Hour},
 			MaxQueueLifetime:     Duration{72 * time.Hour},
+			FinishedRetention:    Duration{time.Hour},
 			MXPort:               25,
 			DKIMSelector:         "smtpgw",
 			Lease:                Duration{15 * time.Minute},
@@ -587,6 +593,7 @@ func (c *Config) Validate() error {
 		bad("relay.retry_max", "%s is shorter than relay.retry_initial %s (make it at least as long)", r.RetryMax.Duration, r.RetryInitial.Duration)
 	}
 	checkDuration(bad, "relay.max_queue_lifetime", r.MaxQueueLifetime)
+	checkDuration(bad, "relay.finished_retention", r.FinishedRetention)
 	checkAddr(bad, "relay.dns_resolver", r.DNSResolver, false)
 	if r.MXPort < 1 || r.MXPort > 65535 {
 		bad("relay.mx_port", "%d is not a port (use 1-65535; 25 outside tests)", r.MXPort)

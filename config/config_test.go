@@ -129,6 +129,7 @@ func TestDefaults(t *testing.T) {
 		{"relay.retry_initial", c.Relay.RetryInitial.Duration, time.Minute},
 		{"relay.retry_max", c.Relay.RetryMax.Duration, time.Hour},
 		{"relay.max_queue_lifetime", c.Relay.MaxQueueLifetime.Duration, 72 * time.Hour},
+		{"relay.finished_retention", c.Relay.FinishedRetention.Duration, time.Hour},
 		{"relay.dns_resolver", c.Relay.DNSResolver, ""},
 		{"relay.mx_port", c.Relay.MXPort, 25},
 		{"relay.dkim_selector", c.Relay.DKIMSelector, "smtpgw"},
@@ -219,6 +220,7 @@ retention = "1h"
 		{"bool", "SMTPGW_SMTP_ALLOW_INSECURE_AUTH=true", func(c *Config) (any, any) { return c.SMTP.AllowInsecureAuth, true }},
 		{"duration", "SMTPGW_SMTP_IDLE_TIMEOUT=2m", func(c *Config) (any, any) { return c.SMTP.IdleTimeout.Duration, 2 * time.Minute }},
 		{"duration in another section", "SMTPGW_EVENTS_RETENTION=48h", func(c *Config) (any, any) { return c.Events.Retention.Duration, 48 * time.Hour }},
+		{"finished retention", "SMTPGW_RELAY_FINISHED_RETENTION=10m", func(c *Config) (any, any) { return c.Relay.FinishedRetention.Duration, 10 * time.Minute }},
 		{"list", "SMTPGW_SMTP_AUTH_USERNAMES=x, y ,z", func(c *Config) (any, any) { return c.SMTP.AuthUsernames, []string{"x", "y", "z"} }},
 		{"cidr list", "SMTPGW_SMTP_PROXY_PROTOCOL_FROM=192.0.2.0/24,2001:db8::1", func(c *Config) (any, any) {
 			return c.SMTP.ProxyProtocolPrefixes, []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::1/128")}
@@ -299,6 +301,8 @@ func TestLoadErrors(t *testing.T) {
 			[]string{"config: relay.per_domain_concurrency: -1 is not a positive number"}},
 		{"negative duration", "[relay]\nretry_initial = \"-1m\"\n", nil,
 			[]string{`config: relay.retry_initial: "-1m0s" is not a positive duration`}},
+		{"zero finished_retention", "[relay]\nfinished_retention = \"0s\"\n", nil,
+			[]string{`config: relay.finished_retention: "0s" is not a positive duration`}},
 		{"retry_max below retry_initial", "[relay]\nretry_initial = \"2h\"\nretry_max = \"1h\"\n", nil,
 			[]string{"config: relay.retry_max: 1h0m0s is shorter than relay.retry_initial"}},
 		{"bad mx_port", "[relay]\nmx_port = 70000\n", nil, []string{"config: relay.mx_port: 70000 is not a port"}},
