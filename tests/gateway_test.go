@@ -1,8 +1,12 @@
 package tests
 
 import (
+	"context"
+	"errors"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -66,5 +70,22 @@ func TestFirstMessage(t *testing.T) {
 				t.Fatalf("the key appears in the gateway's log")
 			}
 		})
+	}
+}
+
+// TestOneServePerSQLiteDataDir: a second `smtpgw serve` on the same SQLite
+// data directory refuses to start, saying why, instead of running a second
+// relay over the same queue.
+func TestOneServePerSQLiteDataDir(t *testing.T) {
+	t.Parallel()
+	g := StartGateway(t, Options{Backend: "sqlite"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, "serve", "--config", g.cfgPath)
+	cmd.Env = g.environ()
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "already using data_dir") {
+		t.Fatalf("second serve: %v\n%s", err, out)
 	}
 }

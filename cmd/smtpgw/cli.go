@@ -80,15 +80,24 @@ func openStore(ctx context.Context, cfgPath string, e env) (*config.Config, stor
 	if err != nil {
 		return nil, nil, err
 	}
+	st, err := openConfigured(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, st, nil
+}
+
+// openConfigured opens and migrates the store cfg names.
+func openConfigured(ctx context.Context, cfg *config.Config) (store.Store, error) {
 	st, err := store.Open(ctx, cfg.Database.URL, cfg.DataDir)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open store: %w%s", err, storeHint(cfg))
+		return nil, fmt.Errorf("open store: %w%s", err, storeHint(cfg))
 	}
 	if err := st.Migrate(ctx); err != nil {
 		_ = st.Close()
-		return nil, nil, fmt.Errorf("migrate store: %w%s", err, storeHint(cfg))
+		return nil, fmt.Errorf("migrate store: %w%s", err, storeHint(cfg))
 	}
-	return cfg, st, nil
+	return st, nil
 }
 
 // storeHint tells the admin how to fix an unreachable store.

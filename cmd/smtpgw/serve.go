@@ -44,7 +44,18 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 	if err != nil {
 		return err
 	}
-	cfg, st, err := openStore(ctx, *cfgPath, e)
+	cfg, err := loadConfig(*cfgPath, e)
+	if err != nil {
+		return err
+	}
+	if cfg.Database.URL == "" {
+		unlock, err := lockDataDir(cfg.DataDir)
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		defer unlock()
+	}
+	st, err := openConfigured(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -186,6 +197,7 @@ func relayConfig(cfg *config.Config, log *slog.Logger) relay.Config {
 		RetryInitial:                r.RetryInitial.Duration,
 		RetryMax:                    r.RetryMax.Duration,
 		MaxQueueLifetime:            r.MaxQueueLifetime.Duration,
+		FinishedRetention:           r.FinishedRetention.Duration,
 		Lease:                       r.Lease.Duration,
 		ConnectTimeout:              r.ConnectTimeout.Duration,
 		CommandTimeout:              r.CommandTimeout.Duration,
@@ -220,7 +232,12 @@ func adminHandler(st store.Store, v *auth.Verifier, reg *prometheus.Registry, do
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		if !open {
 			client, _ := netip.ParseAddrPort(r.RemoteAddr)
-			if _, err := v.VerifyGrant(r.Context(), api.RequestKey(r), client.Addr().Unmap(), auth.GrantMetricsView); err != nil {
+			id, err := v.VerifyGrant(r.Context(), api.RequestKey(r), client.Addr().Unmap(), auth.GrantMetricsView)
+			if err == nil && id.Subaccount != 0 {
+				// Metrics cover every account: a subaccount's key may not read them.
+				err = fmt.Errorf("key %s belongs to subaccount %d", id.KeyID, id.Subaccount)
+			}
+			if err != nil {
 				log.Info("metrics: refused", "remote", r.RemoteAddr, "reason", err)
 				http.Error(w, `{"errors":[{"message":"Unauthorized."}]}`, http.StatusUnauthorized)
 				return
