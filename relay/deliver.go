@@ -74,8 +74,10 @@ const (
 	replyLocalFailure = "451 4.3.0 local error, will retry"
 )
 
-// runJob attempts one job and records its outcome.
-func (r *Relay) runJob(base context.Context, j *job) {
+// runJob attempts one job and records its outcome. loop ends when the relay
+// stops: a job still waiting for its destination then gives up, leaving its
+// recipients to Stop's lease release; base carries the job's store calls.
+func (r *Relay) runJob(loop, base context.Context, j *job) {
 	ctx, cancel := context.WithDeadline(base, j.deadline)
 	defer cancel()
 	first := j.rcpts[0]
@@ -91,8 +93,14 @@ func (r *Relay) runJob(base context.Context, j *job) {
 		return
 	}
 
-	release, err := r.sems.acquire(ctx, j.dest)
+	actx, acancel := context.WithDeadline(loop, j.deadline)
+	release, err := r.sems.acquire(actx, j.dest)
+	acancel()
 	if err != nil {
+		if loop.Err() != nil {
+			log.Info("stopping: dropped job waiting for its destination", "dest", j.dest)
+			return
+		}
 		// The destination stayed busy until the job's deadline: leave the
 		// recipients to their lease, which ends soon; any node retries them.
 		log.Warn("destination busy until lease deadline; leaving recipients to their lease", "dest", j.dest)

@@ -64,6 +64,25 @@
 // its full 5 min CommandTimeout. A node that dies loses its leases when they
 // end and another node retries the work.
 //
+// [Relay.Stop] does not wait that long for work it claimed but had not
+// started: jobs still waiting for a worker or for their destination's
+// semaphore are dropped, and once the running deliveries have recorded
+// their outcomes Stop releases every lease the relay still holds
+// ([store.Store.ReleaseLeases]), so another node, or the next start, takes
+// the work up at once. With Config.ReleaseAllLeasesOnStart, Start also
+// releases the leases of every other owner: for a store no other relay
+// uses (SQLite under an exclusive lock on its data directory), where those
+// owners can only be dead processes.
+//
+// # Maintenance
+//
+// A maintenance loop runs at start and every minute. It deletes finished
+// messages (every recipient delivered, bounced or expired) whose last
+// recipient finished more than Config.FinishedRetention ago, in chunks of
+// 1000 until a chunk comes back short, and, hourly, events older than
+// Config.EventRetention. Events of a deleted message stay until their own
+// retention.
+//
 // # Choices where the specification is silent
 //
 //   - DSNs: failure reports follow NOTIFY (default FAILURE). A "delayed" DSN
@@ -120,6 +139,7 @@ const (
 	DefaultRetryMax             = time.Hour
 	DefaultMaxQueueLifetime     = 72 * time.Hour
 	DefaultLease                = 15 * time.Minute
+	DefaultFinishedRetention    = time.Hour
 	DefaultConnectTimeout       = 30 * time.Second
 	DefaultCommandTimeout       = 5 * time.Minute
 	DefaultMXPort               = 25
@@ -130,10 +150,16 @@ const (
 	maxBatch = 100
 	// pollInterval is how often the loop looks for deferred mail coming due.
 	pollInterval = time.Second
-	// pruneInterval is how often old events are pruned.
-	pruneInterval = time.Hour
+	// maintainInterval is how often finished messages are pruned.
+	maintainInterval = time.Minute
+	// pruneEventsInterval is how often old events are pruned.
+	pruneEventsInterval = time.Hour
+	// pruneBatch caps one PruneMessages.
+	pruneBatch = 1000
 	// storeTimeout bounds one store call made by a delivery.
 	storeTimeout = 30 * time.Second
+	// releaseTimeout bounds releasing the leases at Stop.
+	releaseTimeout = 5 * time.Second
 )
 
 // Config configures a Relay. Zero values take the defaults above.
@@ -180,6 +206,15 @@ type Config struct {
 	MXPort int
 	// EventRetention prunes events older than this, hourly; 0 keeps them.
 	EventRetention time.Duration
+	// FinishedRetention is how long a finished message (every recipient
+	// delivered, bounced or expired) is kept after its last recipient
+	// finished; then its body and recipients are deleted (its events stay).
+	FinishedRetention time.Duration
+	// ReleaseAllLeasesOnStart makes Start release the leases of every owner
+	// before the first claim. Set it only when no other relay can use the
+	// store (SQLite with the data directory locked): on a shared database
+	// it would hand live nodes' work to this one, delivering it twice.
+	ReleaseAllLeasesOnStart bool
 	// Owner is the lease owner id; "" gives hostname-pid-random.
 	Owner string
 	// Logger receives the relay's logs; nil discards them.
@@ -206,6 +241,10 @@ type Relay struct {
 	started  atomic.Bool
 	loopDone chan struct{} // closed when the claim loop and pruner returned
 	jobs     sync.WaitGroup
+
+	// pruneLimit caps one PruneMessages (pruneBatch; tests lower it).
+	pruneLimit  int
+	releaseOnce sync.Once // Stop releases the leases once
 }
 
 // New checks cfg, fills its defaults and returns a Relay that is not yet
@@ -235,6 +274,8 @@ func New(cfg Config, st store.Store, reg prometheus.Registerer) (*Relay, error) 
 		jobDone:  make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		loopDone: make(chan struct{}),
+
+		pruneLimit: pruneBatch,
 	}
 	r.log.Debug("relay limits", "lease", cfg.Lease.String(), "job_deadline", (cfg.Lease * 3 / 4).String(),
 		"connect_timeout", cfg.ConnectTimeout.String(), "command_timeout", cfg.CommandTimeout.String())
@@ -282,6 +323,7 @@ func applyDefaults(cfg *Config) error {
 	}
 	setDefault(&cfg.MaxQueueLifetime, DefaultMaxQueueLifetime)
 	setDefault(&cfg.Lease, DefaultLease)
+	setDefault(&cfg.FinishedRetention, DefaultFinishedRetention)
 	setDefault(&cfg.ConnectTimeout, DefaultConnectTimeout)
 	setDefault(&cfg.CommandTimeout, DefaultCommandTimeout)
 	if cfg.DNSResolver != "" {
@@ -319,10 +361,12 @@ func defaultOwner() string {
 // Owner returns the lease owner id this relay claims with.
 func (r *Relay) Owner() string { return r.cfg.Owner }
 
-// Start starts the claim loop, the event pruner and the idle-connection
-// janitor. Cancelling ctx stops claiming, as Stop does; deliveries already
-// running finish and record their outcomes (their store calls do not inherit
-// ctx's cancellation). Call Stop to wait for them.
+// Start starts the claim loop, the maintenance loop and the
+// idle-connection janitor; with Config.ReleaseAllLeasesOnStart it first
+// releases every lease in the store. Cancelling ctx stops claiming, as Stop
+// does, and drops claimed jobs not yet started; deliveries already running
+// finish and record their outcomes (their store calls do not inherit ctx's
+// cancellation). Call Stop to wait for them and release the leases left.
 func (r *Relay) Start(ctx context.Context) error {
 	if !r.started.CompareAndSwap(false, true) {
 		return errors.New("start relay: already started")
@@ -332,6 +376,18 @@ func (r *Relay) Start(ctx context.Context) error {
 		close(r.loopDone) // Stop may be waiting for a loop that never ran
 		return errors.New("start relay: already stopped")
 	default:
+	}
+	if r.cfg.ReleaseAllLeasesOnStart {
+		rctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		n, err := r.st.ReleaseLeases(rctx, "")
+		cancel()
+		if err != nil {
+			close(r.loopDone) // no loop runs; Stop must not wait for one
+			return fmt.Errorf("start relay: release leases of earlier processes: %w", err)
+		}
+		if n > 0 {
+			r.log.Info("released leases of earlier processes", "recipients", n)
+		}
 	}
 	r.log.Info("relay started", "mode", r.cfg.Mode, "workers", r.cfg.Workers,
 		"per_domain_concurrency", r.cfg.PerDomainConcurrency, "owner", r.cfg.Owner)
@@ -345,7 +401,7 @@ func (r *Relay) Start(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		r.pruneLoop(loopCtx)
+		r.maintainLoop(loopCtx)
 	}()
 	go func() {
 		defer wg.Done()
@@ -363,8 +419,10 @@ func (r *Relay) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops claiming, waits for running deliveries to finish and record
-// their outcomes, and closes idle connections. It is safe to call twice, and
+// Stop stops claiming, drops claimed jobs not yet started, waits for running
+// deliveries to finish and record their outcomes, closes idle connections,
+// and releases the leases the relay still holds, so other relays (or the
+// next start) can claim that work at once. It is safe to call twice, and
 // without Start.
 func (r *Relay) Stop() {
 	r.stopOnce.Do(func() { close(r.stop) })
@@ -373,6 +431,24 @@ func (r *Relay) Stop() {
 	}
 	r.jobs.Wait()
 	r.pool.closeAll()
+	if r.started.Load() {
+		r.releaseOnce.Do(r.releaseLeases)
+	}
+}
+
+// releaseLeases releases the leases still held by this relay's owner id:
+// recipients of dropped jobs, of jobs whose outcome could not be written,
+// of messages deleted while claimed.
+func (r *Relay) releaseLeases() {
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	n, err := r.st.ReleaseLeases(ctx, r.cfg.Owner)
+	switch {
+	case err != nil:
+		r.log.Warn("release leases at stop; the recipients wait for their lease to end", "err", err)
+	case n > 0:
+		r.log.Info("released leases at stop", "recipients", n)
+	}
 }
 
 // claimLoop claims due recipients and dispatches jobs until ctx ends.
@@ -428,9 +504,16 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 		return 0, limit
 	}
 	r.metrics.claimed.Add(float64(len(claimed)))
-	for _, j := range groupJobs(claimed, r.cfg.Mode, deadline) {
-		// Claimed work always runs, even when stopping: its lease is ours.
-		r.slots <- struct{}{}
+	jobs := groupJobs(claimed, r.cfg.Mode, deadline)
+	for i, j := range jobs {
+		select {
+		case r.slots <- struct{}{}:
+		case <-ctx.Done():
+			// Stopping: the jobs left never started; Stop releases their
+			// leases once the running ones are done.
+			r.log.Info("stopping: dropped claimed jobs not yet started", "jobs", len(jobs)-i)
+			return len(claimed), limit
+		}
 		r.jobs.Add(1)
 		go func() {
 			defer func() {
@@ -441,34 +524,68 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 				default:
 				}
 			}()
-			r.runJob(base, j)
+			r.runJob(ctx, base, j)
 		}()
 	}
 	return len(claimed), limit
 }
 
-// pruneLoop deletes events older than EventRetention, at start and hourly.
-func (r *Relay) pruneLoop(ctx context.Context) {
-	if r.cfg.EventRetention <= 0 {
-		return
-	}
-	t := time.NewTicker(pruneInterval)
+// maintainLoop prunes finished messages at start and every minute, and
+// events older than EventRetention at start and hourly, until ctx ends.
+func (r *Relay) maintainLoop(ctx context.Context) {
+	t := time.NewTicker(maintainInterval)
 	defer t.Stop()
+	var eventsPruned time.Time
 	for {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		n, err := r.st.PruneEvents(pctx, time.Now().Add(-r.cfg.EventRetention))
-		cancel()
-		switch {
-		case err != nil && ctx.Err() == nil:
-			r.log.Warn("prune events", "err", err)
-		case n > 0:
-			r.log.Info("pruned events", "count", n, "retention", r.cfg.EventRetention.String())
+		r.pruneMessages(ctx)
+		if r.cfg.EventRetention > 0 && (eventsPruned.IsZero() || time.Since(eventsPruned) >= pruneEventsInterval) {
+			r.pruneEvents(ctx)
+			eventsPruned = time.Now()
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// pruneMessages deletes messages finished more than FinishedRetention ago,
+// one chunk after another while chunks come back full, so a backlog (after
+// an upgrade, or downtime) is worked off without one huge transaction.
+func (r *Relay) pruneMessages(ctx context.Context) {
+	before := time.Now().Add(-r.cfg.FinishedRetention)
+	var total int64
+	for ctx.Err() == nil {
+		pctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		n, err := r.st.PruneMessages(pctx, before, r.pruneLimit)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				r.log.Warn("prune finished messages", "err", err)
+			}
+			break
+		}
+		total += n
+		if n < int64(r.pruneLimit) {
+			break
+		}
+	}
+	if total > 0 {
+		r.log.Debug("pruned finished messages", "count", total, "retention", r.cfg.FinishedRetention.String())
+	}
+}
+
+// pruneEvents deletes events older than EventRetention.
+func (r *Relay) pruneEvents(ctx context.Context) {
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	n, err := r.st.PruneEvents(pctx, time.Now().Add(-r.cfg.EventRetention))
+	cancel()
+	switch {
+	case err != nil && ctx.Err() == nil:
+		r.log.Warn("prune events", "err", err)
+	case n > 0:
+		r.log.Info("pruned events", "count", n, "retention", r.cfg.EventRetention.String())
 	}
 }
 
