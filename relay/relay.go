@@ -239,7 +239,7 @@ type Relay struct {
 	stop     chan struct{} // closed by Stop
 	stopOnce sync.Once
 	started  atomic.Bool
-	loopDone chan struct{} // closed when the claim loop and pruner returned
+	loopDone chan struct{} // closed when the claim and maintenance loops returned
 	jobs     sync.WaitGroup
 
 	// pruneLimit caps one PruneMessages (pruneBatch; tests lower it).
