@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/smtpgw/smtpgw/auth"
 	"github.com/smtpgw/smtpgw/store"
@@ -21,48 +20,52 @@ type keyRequest struct {
 	Subaccount *int64    `json:"subaccount_id"`
 }
 
-// check validates the fields present with auth's own rules, so that what
-// the Manager then refuses can only be a fault of the store. create
-// requires label and grants.
-func (q *keyRequest) check(create bool) error {
-	if q.Label != nil {
-		l := strings.TrimSpace(*q.Label)
-		switch n := utf8.RuneCountInString(l); {
-		case !utf8.ValidString(l):
-			return invalid("label is not valid UTF-8")
-		case n == 0:
-			return invalid("label is empty: name the key after its user, e.g. \"newsletter app\"")
-		case n > auth.MaxLabelLen:
-			return invalid("label is %d characters long: at most %d are allowed", n, auth.MaxLabelLen)
-		}
-	} else if create {
+// required refuses a create request without label or grants. Only the
+// API's own rules live here; the values are checked by auth.Manager, whose
+// refusals [refused] turns into 422s.
+func (q *keyRequest) required() error {
+	if q.Label == nil {
 		return invalid("label is required: name the key after its user, e.g. \"newsletter app\"")
 	}
-	if q.Grants != nil {
-		if err := auth.ValidateGrants(auth.NormalizeGrants(*q.Grants)); err != nil {
-			return invalid("grants: %s", strings.TrimPrefix(err.Error(), "validate grants: "))
-		}
-	} else if create {
+	if q.Grants == nil {
 		return invalid("grants are required: give at least one, e.g. [\"%s\"]", auth.GrantSMTPInject)
-	}
-	if q.ValidIPs != nil {
-		if _, err := auth.ParseAllowedIPs(*q.ValidIPs); err != nil {
-			return invalid("valid_ips: %v", err)
-		}
-	}
-	if q.Subaccount != nil && *q.Subaccount < 0 {
-		return invalid("subaccount_id %d: give 0 (master account) or a positive subaccount id", *q.Subaccount)
 	}
 	return nil
 }
 
-// keyError maps an error of the Manager: no such key is a 404 naming id;
-// the rest (store faults, since input was checked) go to server.fail.
+// apiField returns the API's name for one of auth's key parameters.
+func apiField(field string) string {
+	switch field {
+	case auth.FieldAllowedIPs:
+		return "valid_ips"
+	case auth.FieldSubaccount:
+		return "subaccount_id"
+	}
+	return field
+}
+
+// refused maps a key parameter refused by auth.Manager (auth.ErrInvalid)
+// to a 422 naming the field as the API does; other errors are returned as
+// they are.
+func refused(err error) error {
+	var pe *auth.ParamError
+	switch {
+	case errors.As(err, &pe):
+		return invalid("%s: %v", apiField(pe.Field), pe.Err)
+	case errors.Is(err, auth.ErrInvalid):
+		return invalid("%v", err)
+	}
+	return err
+}
+
+// keyError maps an error of the Manager: a refused parameter is a 422
+// (see [refused]), no such key a 404 naming id; the rest (store faults) go
+// to server.fail.
 func keyError(err error, id string) error {
 	if errors.Is(err, store.ErrNotFound) {
 		return notFound("no API key with id %s (list them with GET /api/v1/api-keys)", id)
 	}
-	return err
+	return refused(err)
 }
 
 // scopedKey returns the active key id if it is in the caller's scope.
@@ -105,7 +108,7 @@ func (s *server) createKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	if err := decode(w, r, &q); err != nil {
 		return err
 	}
-	if err := q.check(true); err != nil {
+	if err := q.required(); err != nil {
 		return err
 	}
 	sub := c.scope.owner()
@@ -122,7 +125,7 @@ func (s *server) createKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	}
 	key, k, err := s.m.Create(r.Context(), p)
 	if err != nil {
-		return err
+		return refused(err)
 	}
 	s.log.Info("api: key created", "key_id", k.ID, "label", k.Label, "subaccount", k.Subaccount,
 		"grants", strings.Join(k.Grants, ","), "by_key", c.id.KeyID, "remote", r.RemoteAddr)
@@ -149,9 +152,6 @@ func (s *server) updateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	id := r.PathValue("id")
 	var q keyRequest
 	if err := decode(w, r, &q); err != nil {
-		return err
-	}
-	if err := q.check(false); err != nil {
 		return err
 	}
 	k, err := s.scopedKey(r, c, id)

@@ -166,16 +166,24 @@ func TestKeysBadInput(t *testing.T) {
 	post := func(body string) req { return req{method: "POST", path: "/api/v1/api-keys", key: f.admin, body: body} }
 
 	f.fails(post(`{"label": "a", "grants": ["smtp/inject", "bogus/grant"]}`), http.StatusUnprocessableEntity,
-		`"bogus/grant"`, "smtp/inject")
-	f.fails(post(`{"label": "a", "grants": []}`), http.StatusUnprocessableEntity, "at least one")
+		`grants: unknown grant "bogus/grant": smtpgw enforces smtp/inject`)
+	f.fails(post(`{"label": "a", "grants": []}`), http.StatusUnprocessableEntity, "grants: no grant given: give at least one")
 	f.fails(post(`{"label": "a"}`), http.StatusUnprocessableEntity, "grants are required")
 	f.fails(post(`{"grants": ["smtp/inject"]}`), http.StatusUnprocessableEntity, "label is required")
-	f.fails(post(`{"label": "  ", "grants": ["smtp/inject"]}`), http.StatusUnprocessableEntity, "label is empty")
+	f.fails(post(`{"label": "  ", "grants": ["smtp/inject"]}`), http.StatusUnprocessableEntity, "label: empty")
 	f.fails(post(`{"label": "`+strings.Repeat("x", 1025)+`", "grants": ["smtp/inject"]}`),
-		http.StatusUnprocessableEntity, "at most 1024")
+		http.StatusUnprocessableEntity, "label: 1025 characters long: at most 1024")
 	f.fails(post(`{"label": "a", "grants": ["smtp/inject"], "valid_ips": ["10.0.0.300"]}`),
-		http.StatusUnprocessableEntity, "valid_ips", "10.0.0.300")
-	f.fails(post(`{"label": "a", "grants": ["smtp/inject"], "subaccount_id": -1}`), http.StatusUnprocessableEntity, "subaccount_id")
+		http.StatusUnprocessableEntity, `valid_ips: "10.0.0.300" is not an IP address or CIDR prefix`)
+	f.fails(post(`{"label": "a", "grants": ["smtp/inject"], "subaccount_id": -1}`), http.StatusUnprocessableEntity,
+		"subaccount_id: -1 is not a subaccount id")
+	// metrics/view covers every account: refused for subaccount keys,
+	// whether the subaccount comes from the body or the header.
+	f.fails(post(`{"label": "a", "grants": ["metrics/view"], "subaccount_id": 3}`), http.StatusUnprocessableEntity,
+		"grants: metrics/view is for master-account keys only")
+	sub3 := post(`{"label": "a", "grants": ["smtp/inject", "metrics/view"]}`)
+	sub3.header = map[string]string{subaccountHeader: "3"}
+	f.fails(sub3, http.StatusUnprocessableEntity, "grants: metrics/view", "subaccount 3")
 	f.fails(post(`{"label": "a", "grants": "smtp/inject"}`), http.StatusBadRequest, "grants", "an array")
 	f.fails(post(`{"label": "a", `), http.StatusBadRequest, "not valid JSON")
 	f.fails(post(`["smtp/inject"]`), http.StatusBadRequest, "JSON object")
@@ -190,7 +198,9 @@ func TestKeysBadInput(t *testing.T) {
 		return req{method: "PUT", path: "/api/v1/api-keys/" + k.ID, key: f.admin, body: body}
 	}
 	f.fails(put(`{}`), http.StatusUnprocessableEntity, "nothing to change")
-	f.fails(put(`{"grants": ["nope"]}`), http.StatusUnprocessableEntity, `"nope"`)
+	f.fails(put(`{"grants": ["nope"]}`), http.StatusUnprocessableEntity, `grants: unknown grant "nope"`)
+	f.fails(put(`{"label": ""}`), http.StatusUnprocessableEntity, "label: empty")
+	f.fails(put(`{"valid_ips": ["10.0.0.0/33"]}`), http.StatusUnprocessableEntity, `valid_ips: "10.0.0.0/33" is not`)
 	f.fails(put(`{"subaccount_id": 4}`), http.StatusUnprocessableEntity, "cannot move")
 	f.fails(put(`{"label": 5}`), http.StatusBadRequest, "label", "a string")
 
@@ -199,6 +209,11 @@ func TestKeysBadInput(t *testing.T) {
 	f.must(req{method: "GET", path: "/api/v1/api-keys", key: f.admin}, http.StatusOK, &listed)
 	if len(listed) != 2 || !slices.Equal(listed[1].Grants, []string{"smtp/inject"}) {
 		t.Errorf("keys after refused requests = %+v", listed)
+	}
+	// Refused input is the client's fault: nothing logged as an internal
+	// error.
+	if strings.Contains(f.logs.String(), "internal error") {
+		t.Errorf("refused input logged as an internal error:\n%s", f.logs.String())
 	}
 }
 

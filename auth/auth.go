@@ -32,6 +32,11 @@
 // [ErrUnknownKey], [ErrRevokedKey], [ErrMissingGrant] or [ErrIPNotAllowed].
 // They are meant for logs (they never contain the key) and must not reach
 // the client, which only learns that authentication failed.
+//
+// Key parameters an admin must fix (label, grants, allowed IPs,
+// subaccount) are refused by [Manager] with a [*ParamError] naming the
+// parameter; it matches [ErrInvalid]. The rules live here only: the CLI
+// and the HTTP API pass input through and report the error.
 package auth
 
 import (

@@ -23,7 +23,7 @@ func ExampleParseAllowedIPs() {
 	// [10.0.0.0/8 192.0.2.7/32 2001:db8::/32]
 	// true
 	// false
-	// "10.0.0.0/33" is not an IP address or CIDR prefix
+	// allowed IPs: "10.0.0.0/33" is not an IP address or CIDR prefix
 }
 
 func ExampleValidateGrants() {
@@ -33,5 +33,5 @@ func ExampleValidateGrants() {
 	// Output:
 	// <nil>
 	// false
-	// validate grants: no grant given: give at least one, e.g. smtp/inject
+	// grants: no grant given: give at least one, e.g. smtp/inject
 }

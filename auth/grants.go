@@ -128,12 +128,12 @@ func NormalizeGrants(grants []string) []string {
 // ValidateGrants checks a key's grant list: at least one grant, and only
 // [AcceptedGrants]. Names are case-sensitive, as in SparkPost. Callers
 // normalise with [NormalizeGrants] first (ValidateGrants itself ignores
-// white space, empty entries and duplicates). The error names every unknown
-// grant and lists the known ones.
+// white space, empty entries and duplicates). The error is a [*ParamError]
+// for FieldGrants; it names every unknown grant and lists the known ones.
 func ValidateGrants(grants []string) error {
 	grants = NormalizeGrants(grants)
 	if len(grants) == 0 {
-		return fmt.Errorf("validate grants: no grant given: give at least one, e.g. %s", GrantSMTPInject)
+		return paramErrorf(FieldGrants, "no grant given: give at least one, e.g. %s", GrantSMTPInject)
 	}
 	var unknown []string
 	for _, g := range grants {
@@ -148,6 +148,6 @@ func ValidateGrants(grants []string) error {
 	if len(unknown) > 1 {
 		noun = "grants"
 	}
-	return fmt.Errorf("validate grants: unknown %s %s: smtpgw enforces %s; SparkPost's other grant names (e.g. transmissions/modify, templates/view) are accepted with no effect",
+	return paramErrorf(FieldGrants, "unknown %s %s: smtpgw enforces %s; SparkPost's other grant names (e.g. transmissions/modify, templates/view) are accepted with no effect",
 		noun, strings.Join(unknown, ", "), enforcedStr)
 }

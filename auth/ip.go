@@ -13,7 +13,8 @@ import (
 // IPv6 forms are turned into IPv4 (::ffff:192.0.2.7 is 192.0.2.7/32), and
 // duplicates are dropped, keeping the order. Addresses with a zone
 // ("fe80::1%eth0") are refused: a zone names a local interface, which a
-// client never has. The error names the first bad entry.
+// client never has. The error is a [*ParamError] for FieldAllowedIPs naming
+// the first bad entry.
 //
 // An empty or nil list gives a nil list: any address is allowed.
 func ParseAllowedIPs(in []string) ([]netip.Prefix, error) {
@@ -21,7 +22,7 @@ func ParseAllowedIPs(in []string) ([]netip.Prefix, error) {
 	for _, s := range in {
 		p, err := parsePrefix(strings.TrimSpace(s))
 		if err != nil {
-			return nil, err
+			return nil, &ParamError{Field: FieldAllowedIPs, Err: err}
 		}
 		dup := false
 		for _, q := range out {

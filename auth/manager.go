@@ -4,19 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
-	"unicode/utf8"
+	"net/netip"
 
 	"github.com/smtpgw/smtpgw/store"
 )
 
-// MaxLabelLen is the longest key label accepted, in characters (SparkPost's
-// limit).
-const MaxLabelLen = 1024
-
 // Manager performs the admin operations on API keys (CLI and HTTP API). It
 // validates input before it reaches the store and, when it has a Verifier,
 // evicts changed keys from its cache so changes apply at once on this node.
+//
+// Input the admin must fix is refused with a [*ParamError] (errors.Is
+// [ErrInvalid]) naming the parameter; the rules are those of the fields of
+// [CreateParams]. Any other error is a missing key (store.ErrNotFound) or a
+// store fault.
 type Manager struct {
 	st store.Store
 	v  *Verifier // nil: no cache to evict (CLI)
@@ -34,8 +34,11 @@ type CreateParams struct {
 	// characters; surrounding white space is trimmed.
 	Label string
 	// Grants are SparkPost grant names; at least one (see ValidateGrants).
+	// metrics/view is refused for a subaccount key: the metrics cover every
+	// account.
 	Grants []string
-	// Subaccount is the key's subaccount; 0 is the master account.
+	// Subaccount is the key's subaccount; 0 is the master account, negative
+	// ids are refused.
 	Subaccount int64
 	// AllowedIPs are the addresses or CIDR prefixes the key may be used
 	// from (see ParseAllowedIPs); empty allows any address.
@@ -50,6 +53,8 @@ type UpdateParams struct {
 	// Grants, when not nil, replace the grants.
 	Grants []string
 	// Subaccount, when not nil, moves the key to that subaccount (0: master).
+	// A key holding metrics/view cannot move to a subaccount unless Grants
+	// drops it.
 	Subaccount *int64
 	// AllowedIPs, when not empty, replace the allowed IPs.
 	AllowedIPs []string
@@ -61,20 +66,9 @@ type UpdateParams struct {
 // Create makes a new key and stores it. It returns the key itself, to be
 // shown once and never again, and the stored record (without the key).
 func (m *Manager) Create(ctx context.Context, p CreateParams) (string, *store.Key, error) {
-	label, err := checkLabel(p.Label)
+	label, grants, ips, err := checkCreate(p)
 	if err != nil {
 		return "", nil, fmt.Errorf("create key: %w", err)
-	}
-	grants := NormalizeGrants(p.Grants)
-	if err := ValidateGrants(grants); err != nil {
-		return "", nil, fmt.Errorf("create key: %w", err)
-	}
-	if p.Subaccount < 0 {
-		return "", nil, fmt.Errorf("create key: subaccount %d: give 0 (master account) or a positive subaccount id", p.Subaccount)
-	}
-	ips, err := ParseAllowedIPs(p.AllowedIPs)
-	if err != nil {
-		return "", nil, fmt.Errorf("create key: allowed IPs: %w", err)
 	}
 	// A duplicate id or hash is all but impossible (64 and 160 random
 	// bits); retry rather than fail if it happens.
@@ -106,57 +100,95 @@ func (m *Manager) Create(ctx context.Context, p CreateParams) (string, *store.Ke
 	}
 }
 
-// checkLabel trims a label and checks it is present and not too long.
-func checkLabel(label string) (string, error) {
-	label = strings.TrimSpace(label)
-	if label == "" {
-		return "", errors.New("label is required: name the key after its user, e.g. \"newsletter app\"")
+// checkCreate checks p and returns its label, grants and allowed IPs as
+// they are stored.
+func checkCreate(p CreateParams) (string, []string, []netip.Prefix, error) {
+	label, err := checkLabel(p.Label)
+	if err != nil {
+		return "", nil, nil, err
 	}
-	if n := utf8.RuneCountInString(label); n > MaxLabelLen {
-		return "", fmt.Errorf("label is %d characters long: at most %d are allowed", n, MaxLabelLen)
+	grants, err := checkGrants(p.Grants)
+	if err != nil {
+		return "", nil, nil, err
 	}
-	if !utf8.ValidString(label) {
-		return "", errors.New("label is not valid UTF-8")
+	if err := checkSubaccount(p.Subaccount); err != nil {
+		return "", nil, nil, err
 	}
-	return label, nil
+	if err := checkMasterOnly(grants, p.Subaccount, FieldGrants); err != nil {
+		return "", nil, nil, err
+	}
+	ips, err := ParseAllowedIPs(p.AllowedIPs)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	return label, grants, ips, nil
 }
 
 // Update changes an active key and evicts it from the Verifier's cache. It
 // returns the key as stored; store.ErrNotFound (wrapped) if there is no
 // active key with that id.
 func (m *Manager) Update(ctx context.Context, id string, p UpdateParams) (*store.Key, error) {
-	if p.ClearAllowedIPs && len(p.AllowedIPs) > 0 {
-		return nil, fmt.Errorf("update key %s: allowed IPs both given and cleared: give one", id)
+	// Check what can be checked alone before asking the store.
+	var (
+		label  string
+		grants []string
+		ips    []netip.Prefix
+		err    error
+	)
+	if p.Label != nil {
+		if label, err = checkLabel(*p.Label); err != nil {
+			return nil, fmt.Errorf("update key %s: %w", id, err)
+		}
 	}
+	if p.Grants != nil {
+		if grants, err = checkGrants(p.Grants); err != nil {
+			return nil, fmt.Errorf("update key %s: %w", id, err)
+		}
+	}
+	if p.Subaccount != nil {
+		if err := checkSubaccount(*p.Subaccount); err != nil {
+			return nil, fmt.Errorf("update key %s: %w", id, err)
+		}
+	}
+	if p.ClearAllowedIPs && len(p.AllowedIPs) > 0 {
+		return nil, fmt.Errorf("update key %s: %w", id,
+			paramErrorf(FieldAllowedIPs, "both given and cleared: give one"))
+	}
+	if len(p.AllowedIPs) > 0 {
+		if ips, err = ParseAllowedIPs(p.AllowedIPs); err != nil {
+			return nil, fmt.Errorf("update key %s: %w", id, err)
+		}
+	}
+
 	k, err := m.Get(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("update key: %w", err)
 	}
 	if p.Label != nil {
-		if k.Label, err = checkLabel(*p.Label); err != nil {
-			return nil, fmt.Errorf("update key %s: %w", id, err)
-		}
+		k.Label = label
 	}
 	if p.Grants != nil {
-		grants := NormalizeGrants(p.Grants)
-		if err := ValidateGrants(grants); err != nil {
-			return nil, fmt.Errorf("update key %s: %w", id, err)
-		}
 		k.Grants = grants
 	}
 	if p.Subaccount != nil {
-		if *p.Subaccount < 0 {
-			return nil, fmt.Errorf("update key %s: subaccount %d: give 0 (master account) or a positive subaccount id", id, *p.Subaccount)
-		}
 		k.Subaccount = *p.Subaccount
 	}
 	if len(p.AllowedIPs) > 0 {
-		if k.AllowedIPs, err = ParseAllowedIPs(p.AllowedIPs); err != nil {
-			return nil, fmt.Errorf("update key %s: allowed IPs: %w", id, err)
-		}
+		k.AllowedIPs = ips
 	}
 	if p.ClearAllowedIPs {
 		k.AllowedIPs = nil
+	}
+	// Only a change of grants or subaccount is checked against the other:
+	// a label change leaves an existing key as it is.
+	switch {
+	case p.Grants != nil:
+		err = checkMasterOnly(k.Grants, k.Subaccount, FieldGrants)
+	case p.Subaccount != nil:
+		err = checkMasterOnly(k.Grants, k.Subaccount, FieldSubaccount)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("update key %s: %w", id, err)
 	}
 	err = m.st.UpdateKey(ctx, k)
 	m.evict(id) // even on error: the store may have applied it
