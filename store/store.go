@@ -9,10 +9,14 @@
 //     the embedded default for a single node;
 //   - PostgreSQL (pgx/v5), shared by several gateway nodes. Relay workers claim
 //     due recipients with FOR UPDATE SKIP LOCKED and a lease, so the work of a
-//     node that dies comes back when its lease ends.
+//     node that dies comes back when its lease ends (a relay that stops
+//     hands its leases back at once with [Store.ReleaseLeases]).
 //
 // Schema migrations are versioned SQL files embedded in the binary and applied
 // by [Store.Migrate] (smtpgw migrate, and at start).
+//
+// Finished messages are deleted, with their recipients but not their
+// events, by [Store.PruneMessages], which the relay calls every minute.
 //
 // Enqueue and Finish use group commit: concurrent callers' writes share one
 // transaction and every caller returns only after that transaction committed,
