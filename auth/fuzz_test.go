@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -21,6 +22,10 @@ func FuzzParseAllowedIPs(f *testing.F) {
 		if err != nil {
 			if !strings.Contains(err.Error(), "is not an IP address or CIDR prefix") {
 				t.Fatalf("error %q does not say what is wrong", err)
+			}
+			var pe *ParamError
+			if !errors.As(err, &pe) || pe.Field != FieldAllowedIPs || !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %q is not a ParamError for %s matching ErrInvalid", err, FieldAllowedIPs)
 			}
 			return
 		}
