@@ -50,8 +50,10 @@ func apiField(field string) string {
 func refused(err error) error {
 	var pe *auth.ParamError
 	switch {
-	case errors.As(err, &pe):
+	case errors.As(err, &pe) && pe.Field != "":
 		return invalid("%s: %v", apiField(pe.Field), pe.Err)
+	case errors.As(err, &pe):
+		return invalid("%v", pe.Err)
 	case errors.Is(err, auth.ErrInvalid):
 		return invalid("%v", err)
 	}
