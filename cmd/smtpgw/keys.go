@@ -234,7 +234,7 @@ func keysUpdate(ctx context.Context, args []string, e env) (err error) {
 	defer closeStore(st, &err)
 	k, err := auth.NewManager(st, nil).Update(ctx, pos[0], p)
 	if err != nil {
-		return fmt.Errorf("keys update: %w", notFound(err, "API key", pos[0], "smtpgw keys list"))
+		return notFound(err, "API key", pos[0], "smtpgw keys list") // auth names the operation
 	}
 	return printKey(k, *asJSON, e)
 }

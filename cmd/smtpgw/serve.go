@@ -204,7 +204,10 @@ func relayConfig(cfg *config.Config, log *slog.Logger) relay.Config {
 		DNSResolver:                 r.DNSResolver,
 		MXPort:                      r.MXPort,
 		EventRetention:              cfg.Events.Retention.Duration,
-		Logger:                      log.With("component", "relay"),
+		// On SQLite this process holds data_dir's serve lock (lockDataDir):
+		// any lease in the store belongs to a predecessor that is gone.
+		ReleaseAllLeasesOnStart: cfg.Database.URL == "",
+		Logger:                  log.With("component", "relay"),
 	}
 }
 
