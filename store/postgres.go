@@ -836,24 +836,32 @@ func (s *pgStore) GetMessage(ctx context.Context, id string) (*Message, error) {
 // RetryMessage implements Store.
 func (s *pgStore) RetryMessage(ctx context.Context, id string) (int, error) {
 	now := utc(time.Now())
-	var n int64
-	err := s.inTx(ctx, "retry message", func(tx pgx.Tx) error {
+	n, err := s.updateAndWake(ctx, "retry message", func(tx pgx.Tx) (int64, error) {
 		var exists bool
 		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1)`, id).Scan(&exists); err != nil {
-			return err
+			return 0, err
 		}
 		if !exists {
-			return fmt.Errorf("%s: %w", id, ErrNotFound)
+			return 0, fmt.Errorf("%s: %w", id, ErrNotFound)
 		}
 		tag, err := tx.Exec(ctx, `UPDATE recipients SET next_attempt = $1, updated_at = $1
 			WHERE message_id = $2 AND state IN ('queued', 'deferred')`, now, id)
-		if err != nil {
+		return tag.RowsAffected(), err
+	})
+	return int(n), err
+}
+
+// updateAndWake runs fn in a transaction. When fn made recipients due (it
+// returns how many), the transaction also NOTIFYs the other nodes, and this
+// node's relay is woken once it committed.
+func (s *pgStore) updateAndWake(ctx context.Context, op string, fn func(tx pgx.Tx) (int64, error)) (int64, error) {
+	var n int64
+	err := s.inTx(ctx, op, func(tx pgx.Tx) error {
+		var err error
+		if n, err = fn(tx); err != nil || n == 0 {
 			return err
 		}
-		n = tag.RowsAffected()
-		if n > 0 {
-			_, err = tx.Exec(ctx, pgNotify, notifyChannel)
-		}
+		_, err = tx.Exec(ctx, pgNotify, notifyChannel)
 		return err
 	})
 	if err != nil {
@@ -862,7 +870,7 @@ func (s *pgStore) RetryMessage(ctx context.Context, id string) (int, error) {
 	if n > 0 {
 		wake(s.wake)
 	}
-	return int(n), nil
+	return n, nil
 }
 
 // DeleteMessage implements Store.

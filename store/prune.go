@@ -113,25 +113,10 @@ func (s *pgStore) PruneMessages(ctx context.Context, finishedBefore time.Time, l
 // ReleaseLeases implements Store. Other nodes are woken by NOTIFY, as
 // after Enqueue.
 func (s *pgStore) ReleaseLeases(ctx context.Context, owner string) (int64, error) {
-	var n int64
-	err := s.inTx(ctx, "release leases", func(tx pgx.Tx) error {
+	return s.updateAndWake(ctx, "release leases", func(tx pgx.Tx) (int64, error) {
 		tag, err := tx.Exec(ctx, `UPDATE recipients SET lease_owner = NULL, lease_until = NULL
 			WHERE state IN ('queued', 'deferred') AND lease_owner IS NOT NULL
 				AND ($1 = '' OR lease_owner = $1)`, owner)
-		if err != nil {
-			return err
-		}
-		n = tag.RowsAffected()
-		if n > 0 {
-			_, err = tx.Exec(ctx, pgNotify, notifyChannel)
-		}
-		return err
+		return tag.RowsAffected(), err
 	})
-	if err != nil {
-		return 0, err
-	}
-	if n > 0 {
-		wake(s.wake)
-	}
-	return n, nil
 }
