@@ -87,3 +87,65 @@ func TestEventPruning(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestQueueMetrics reads the queue gauges through the collector, on both
+// stores: waiting recipients and the oldest waiting message's age, then the
+// same after delivery.
+func TestQueueMetrics(t *testing.T) {
+	t.Parallel()
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
+		c := newQueueCollector(st, testLogger(t))
+		enqueue(t, st, "s@src.test", []string{"a@dest.test", "b@dest.test"}, testBody("s@src.test", "gauges"))
+		if v := queueGauge(t, c, store.StateQueued); v != 2 {
+			t.Errorf("smtpgw_queue_recipients{state=queued} = %v, want 2", v)
+		}
+		if n := testutil.CollectAndCount(c, "smtpgw_queue_oldest_waiting_seconds"); n != 1 {
+			t.Fatalf("oldest_waiting_seconds series = %d", n)
+		}
+
+		tg := newTarget(t, targetOpts{})
+		r, err := New(smarthostConfig(t, tg), st, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(r.Stop)
+		deadline := time.Now().Add(10 * time.Second)
+		for queueGauge(t, c, store.StateDelivered) != 2 {
+			if time.Now().After(deadline) {
+				t.Fatal("smtpgw_queue_recipients{state=delivered} never reached 2")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if v := queueGauge(t, c, store.StateQueued); v != 0 {
+			t.Errorf("queued after delivery = %v, want 0", v)
+		}
+	})
+}
+
+// queueGauge collects c and returns smtpgw_queue_recipients of one state.
+func queueGauge(t *testing.T, c *queueCollector, state string) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(c); err != nil {
+		t.Fatal(err)
+	}
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != "smtpgw_queue_recipients" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if m.GetLabel()[0].GetValue() == state {
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no smtpgw_queue_recipients{state=%q}", state)
+	return 0
+}

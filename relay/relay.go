@@ -260,6 +260,11 @@ func New(cfg Config, st store.Store, reg prometheus.Registerer) (*Relay, error) 
 	if err != nil {
 		return nil, fmt.Errorf("new relay: %w", err)
 	}
+	if reg != nil {
+		if err := reg.Register(newQueueCollector(st, cfg.Logger)); err != nil {
+			return nil, fmt.Errorf("new relay: register queue metrics: %w", err)
+		}
+	}
 	r := &Relay{
 		cfg:      cfg,
 		st:       st,
