@@ -23,6 +23,7 @@ type job struct {
 	domain   string    // recipient domain (lowercase)
 	dest     string    // semaphore key: the domain, or "smarthost"
 	deadline time.Time // the job must have finished before this (lease safety)
+	expired  bool      // its message was older than MaxQueueLifetime at claim
 }
 
 // groupJobs groups claimed recipients by (message, domain), keeping the
@@ -74,18 +75,56 @@ const (
 	replyLocalFailure = "451 4.3.0 local error, will retry"
 )
 
-// runJob attempts one job and records its outcome. loop ends when the relay
-// stops: a job still waiting for its destination then gives up, leaving its
-// recipients to Stop's lease release; base carries the job's store calls.
-func (r *Relay) runJob(loop, base context.Context, j *job) {
-	ctx, cancel := context.WithDeadline(base, j.deadline)
-	defer cancel()
+// runJob waits for j's destination slot (t; nil for an expired job, which
+// needs none), then for a worker slot, then attempts the job and records
+// its outcome. A job waiting for its destination holds no worker slot.
+// loop ends when the relay stops: a job still waiting then gives up,
+// leaving its recipients to Stop's lease release; base carries the job's
+// store calls.
+func (r *Relay) runJob(loop, base context.Context, j *job, t *ticket) {
 	first := j.rcpts[0]
 	log := r.log.With("msg_id", first.MessageID, "domain", j.domain, "rcpts", len(j.rcpts))
+	actx, acancel := context.WithDeadline(loop, j.deadline)
+	defer acancel()
+	gaveUp := func(waitingFor string) {
+		if loop.Err() != nil {
+			log.Info("stopping: dropped job waiting for "+waitingFor, "dest", j.dest)
+			return
+		}
+		// Waiting until the job's deadline: leave the recipients to their
+		// lease, which ends soon; any node retries them.
+		log.Warn("no "+waitingFor+" until lease deadline; leaving recipients to their lease", "dest", j.dest)
+	}
+	if t != nil {
+		defer t.leave()
+		if !t.held {
+			if err := t.wait(actx); err != nil {
+				gaveUp("destination slot")
+				return
+			}
+			r.ready.Add(1)
+		}
+	}
+	select {
+	case r.slots <- struct{}{}:
+	case <-actx.Done():
+		r.ready.Add(-1)
+		gaveUp("worker")
+		return
+	}
+	// Deferred calls run last first: the job stops counting as ready
+	// before its destination slot goes to a waiting job (t.leave).
+	defer func() {
+		<-r.slots
+		r.ready.Add(-1)
+	}()
+
+	ctx, cancel := context.WithDeadline(base, j.deadline)
+	defer cancel()
 	start := time.Now()
 	res := make([]result, len(j.rcpts))
 
-	if age := start.Sub(first.CreatedAt); age > r.cfg.MaxQueueLifetime {
+	if j.expired {
 		for i, c := range j.rcpts {
 			res[i] = result{state: store.StateExpired, reply: expiredReply(r.cfg.MaxQueueLifetime, c.LastReply)}
 		}
@@ -93,20 +132,6 @@ func (r *Relay) runJob(loop, base context.Context, j *job) {
 		return
 	}
 
-	actx, acancel := context.WithDeadline(loop, j.deadline)
-	release, err := r.sems.acquire(actx, j.dest)
-	acancel()
-	if err != nil {
-		if loop.Err() != nil {
-			log.Info("stopping: dropped job waiting for its destination", "dest", j.dest)
-			return
-		}
-		// The destination stayed busy until the job's deadline: leave the
-		// recipients to their lease, which ends soon; any node retries them.
-		log.Warn("destination busy until lease deadline; leaving recipients to their lease", "dest", j.dest)
-		return
-	}
-	defer release()
 	r.metrics.inflight.Inc()
 	defer r.metrics.inflight.Dec()
 

@@ -32,6 +32,7 @@ type received struct {
 
 // targetOpts configures a test SMTP server.
 type targetOpts struct {
+	listen      string      // address to listen on; "" is 127.0.0.1:0
 	tlsConfig   *tls.Config // offer STARTTLS (or implicit TLS) with it
 	implicitTLS bool
 	requireTLS  bool   // refuse MAIL without TLS
@@ -80,12 +81,16 @@ func newTarget(t testing.TB, opts targetOpts) *target {
 	srv.ReadTimeout = 30 * time.Second
 	srv.WriteTimeout = 30 * time.Second
 	srv.ErrorLog = log.New(io.Discard, "", 0)
+	addr := opts.listen
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
 	var l net.Listener
 	var err error
 	if opts.implicitTLS {
-		l, err = tls.Listen("tcp", "127.0.0.1:0", opts.tlsConfig)
+		l, err = tls.Listen("tcp", addr, opts.tlsConfig)
 	} else {
-		l, err = net.Listen("tcp", "127.0.0.1:0")
+		l, err = net.Listen("tcp", addr)
 	}
 	if err != nil {
 		t.Fatalf("target listen: %v", err)

@@ -46,7 +46,7 @@ func TestStopReleasesClaimedWork(t *testing.T) {
 
 				// Another node's work: the stopping relay must not release it.
 				other := enqueue(t, st, "s@src.test", []string{"other@dest.test"}, testBody("s@src.test", "other"))
-				if cl, err := st.ClaimDue(context.Background(), "other-node", 10, longLease); err != nil || len(cl) != 1 {
+				if cl, err := st.ClaimDue(context.Background(), "other-node", store.ClaimOptions{Limit: 10, Lease: longLease}); err != nil || len(cl) != 1 {
 					t.Fatalf("claim as other-node: %d, %v", len(cl), err)
 				}
 				m1 := enqueue(t, st, "s@src.test", []string{"one@dest.test"}, testBody("s@src.test", "one"))
@@ -122,7 +122,7 @@ func TestReleaseAllLeasesOnStart(t *testing.T) {
 			st := storetest.Open(t, kind)
 			tg := newTarget(t, targetOpts{})
 			m := enqueue(t, st, "s@src.test", []string{"bob@dest.test", "carol@dest.test"}, testBody("s@src.test", "dead"))
-			if cl, err := st.ClaimDue(context.Background(), "dead-process", 10, longLease); err != nil || len(cl) != 2 {
+			if cl, err := st.ClaimDue(context.Background(), "dead-process", store.ClaimOptions{Limit: 10, Lease: longLease}); err != nil || len(cl) != 2 {
 				t.Fatalf("claim as the dead process: %d, %v", len(cl), err)
 			}
 			cfg := smarthostConfig(t, tg)
@@ -176,7 +176,7 @@ func TestPruneFinishedMessages(t *testing.T) {
 			for range 5 {
 				finished = append(finished, enqueue(t, st, "s@src.test", []string{"bob@dest.test"}, testBody("s@src.test", "done")))
 			}
-			cl, err := st.ClaimDue(ctx, "earlier", 100, time.Minute)
+			cl, err := st.ClaimDue(ctx, "earlier", store.ClaimOptions{Limit: 100, Lease: time.Minute})
 			if err != nil || len(cl) != 5 {
 				t.Fatalf("claim: %d, %v", len(cl), err)
 			}

@@ -8,16 +8,19 @@
 //
 //  1. Claim. The loop leases due recipients with [store.Store.ClaimDue] when
 //     the store signals new mail ([store.Store.Wakeups]), when a delivery
-//     finished and the last claim was full, and on a one-second poll for
-//     deferred mail coming due. It claims at most twice as many recipients as
-//     it has idle workers, so leased work never waits long for a worker.
+//     finished and the last claim was full, when a saturated destination has
+//     room again, and on a one-second poll for deferred mail coming due. A
+//     claim takes at most 2×Config.Workers recipients minus the jobs ready to
+//     run, and skips saturated destinations (see Fairness below).
 //  2. Group. Claimed recipients of the same message and destination domain
 //     form one job: one MAIL FROM, several RCPT TO, one DATA.
 //  3. Expire. A job whose message is older than Config.MaxQueueLifetime is
-//     not attempted: its recipients expire.
+//     not attempted: its recipients expire (it needs a worker, not its
+//     destination).
 //  4. Limit. A job waits for a slot of its destination's semaphore
 //     (Config.PerDomainConcurrency; the destination is the recipient domain in
-//     MX mode and the smarthost in smarthost mode).
+//     MX mode and the smarthost in smarthost mode), then for one of the
+//     Config.Workers worker slots.
 //  5. Body. The body comes from [store.Store.MessageBody]. If the domain of
 //     its From: header is a sending domain ([store.Store.GetDomain], cached
 //     for 30 s), a relaxed/relaxed DKIM-Signature is prepended
@@ -52,6 +55,25 @@
 //  11. Reuse. A connection left in a clean state goes back to the idle pool;
 //     idle connections are closed after 5 s.
 //
+// # Fairness between destinations
+//
+// A backlog for one destination must not stall the others, so a job waiting
+// for its destination's slot holds no worker: it takes the destination slot
+// first (at once, when the claim loop hands it out, if one is free) and a
+// worker slot after. A destination with 2×PerDomainConcurrency jobs holding
+// or waiting for its slots is saturated: in MX mode claims exclude its
+// domain ([store.ClaimOptions].ExcludeDomains), so they take mail for other
+// domains while it drains PerDomainConcurrency at a time; in smarthost mode,
+// where every job has that one destination, the loop does not claim while it
+// is saturated. When a saturated destination drops below that count the
+// loop claims again at once. Claimed but unstarted work stays bounded: jobs
+// ready to run (holding their destination's slot) never exceed 2×Workers,
+// since a claim asks for no more than that minus those already ready and
+// a waiting job becomes ready only in the place of one of its destination
+// that left; and a destination gets no new jobs once saturated, so at most
+// 2×PerDomainConcurrency plus one claim's jobs wait for it. One destination
+// can still take every worker when PerDomainConcurrency >= Workers.
+//
 // # Leases
 //
 // A claimed recipient is leased to this relay for Config.Lease. Leases are not
@@ -63,6 +85,12 @@
 // deferred and retried; the default lease, 15 min, lets every command use
 // its full 5 min CommandTimeout. A node that dies loses its leases when they
 // end and another node retries the work.
+//
+// A job still waiting for its destination or a worker at its deadline gives
+// up and leaves its recipients to their lease, which ends a quarter lease
+// later; they are retried then, with no attempt counted. (The store has no
+// call to release single recipients, and one more claim would find the
+// destination as busy.)
 //
 // [Relay.Stop] does not wait that long for work it claimed but had not
 // started: jobs still waiting for a worker or for their destination's
@@ -96,9 +124,6 @@
 //   - Opportunistic TLS in MX mode does not verify certificates.
 //   - A 5xx to AUTH at the smarthost, or a missing STARTTLS, defers (a
 //     configuration problem on our side must not bounce mail).
-//   - A job waiting for its destination's semaphore holds a worker: a backlog
-//     for one destination can keep other destinations waiting until it
-//     drains. Give Workers a multiple of PerDomainConcurrency.
 package relay
 
 import (
@@ -111,6 +136,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -235,6 +261,7 @@ type Relay struct {
 	mx       *mxCache
 
 	slots    chan struct{} // one per running job; capacity cfg.Workers
+	ready    atomic.Int64  // jobs holding their destination's slot (or expiring), waiting for a worker or running
 	jobDone  chan struct{} // coalesced: a job finished
 	stop     chan struct{} // closed by Stop
 	stopOnce sync.Once
@@ -479,25 +506,44 @@ func (r *Relay) claimLoop(ctx, base context.Context) {
 			more = true
 		case <-r.jobDone:
 			// Claim again only if the last claim was full (or skipped for
-			// want of workers): otherwise the queue held no more due work.
+			// want of room): otherwise the queue held no more due work.
+		case <-r.sems.freed:
+			// A saturated destination has room again; its due work was
+			// skipped by the claims since.
+			more = true
 		}
 	}
 }
 
-// claimOnce claims up to twice the idle workers' worth of recipients and
-// starts their jobs. It returns how many it claimed and the limit it asked
-// for (0 when no worker was idle).
+// claimOnce claims work and starts a goroutine per job. It claims at most
+// 2×Workers minus the jobs already ready to run (holding their
+// destination's slot) or running, skips saturated destinations (see
+// [semaphores.saturated]; in smarthost mode, where every job has the same
+// destination, it does not claim at all while that one is saturated), and
+// takes a free destination slot for each job at once when there is one. It
+// returns how many recipients it claimed and the limit it asked for (0 when
+// it did not claim).
 func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
-	idle := cap(r.slots) - len(r.slots)
-	if idle <= 0 {
+	room := 2*r.cfg.Workers - int(r.ready.Load())
+	if room <= 0 {
 		return 0, 0
 	}
-	limit := min(maxBatch, 2*idle)
+	busy := r.sems.saturated()
+	var exclude []string
+	if r.cfg.Mode == ModeSmarthost {
+		if len(busy) > 0 {
+			return 0, 0
+		}
+	} else {
+		exclude = busy
+	}
+	limit := min(maxBatch, room)
 	// The lease runs from the store's clock at claim time; take the
 	// deadline before asking so it is never later than the lease allows.
 	deadline := time.Now().Add(r.cfg.Lease * 3 / 4)
 	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	claimed, err := r.st.ClaimDue(cctx, r.cfg.Owner, limit, r.cfg.Lease)
+	claimed, err := r.st.ClaimDue(cctx, r.cfg.Owner, store.ClaimOptions{
+		Limit: limit, Lease: r.cfg.Lease, ExcludeDomains: exclude})
 	cancel()
 	if err != nil {
 		if ctx.Err() == nil {
@@ -509,27 +555,30 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 		return 0, limit
 	}
 	r.metrics.claimed.Add(float64(len(claimed)))
-	jobs := groupJobs(claimed, r.cfg.Mode, deadline)
-	for i, j := range jobs {
-		select {
-		case r.slots <- struct{}{}:
-		case <-ctx.Done():
-			// Stopping: the jobs left never started; Stop releases their
-			// leases once the running ones are done.
-			r.log.Info("stopping: dropped claimed jobs not yet started", "jobs", len(jobs)-i)
-			return len(claimed), limit
+	now := time.Now()
+	for _, j := range groupJobs(claimed, r.cfg.Mode, deadline) {
+		j.expired = now.Sub(j.rcpts[0].CreatedAt) > r.cfg.MaxQueueLifetime
+		var t *ticket
+		if j.expired {
+			r.ready.Add(1) // expiring needs a worker, not the destination
+		} else {
+			// Joining here, not in the goroutine, makes the next claim
+			// see the destination's load.
+			t = r.sems.join(j.dest)
+			if t.tryAcquire() {
+				r.ready.Add(1)
+			}
 		}
 		r.jobs.Add(1)
 		go func() {
 			defer func() {
-				<-r.slots
 				r.jobs.Done()
 				select {
 				case r.jobDone <- struct{}{}:
 				default:
 				}
 			}()
-			r.runJob(ctx, base, j)
+			r.runJob(ctx, base, j, t)
 		}()
 	}
 	return len(claimed), limit
@@ -594,11 +643,14 @@ func (r *Relay) pruneEvents(ctx context.Context) {
 	}
 }
 
-// semaphores limits parallel deliveries per destination.
+// semaphores limits parallel deliveries per destination and tells the
+// claim loop which destinations have all the work they can take.
 type semaphores struct {
-	n  int
-	mu sync.Mutex
-	m  map[string]*semaphore
+	n     int           // slots per destination
+	full  int           // users at which a destination is saturated: 2n
+	freed chan struct{} // coalesced: a destination dropped below full
+	mu    sync.Mutex
+	m     map[string]*semaphore
 }
 
 // semaphore is one destination's slots and how many jobs hold or wait for it.
@@ -608,33 +660,104 @@ type semaphore struct {
 }
 
 func newSemaphores(n int) *semaphores {
-	return &semaphores{n: n, m: make(map[string]*semaphore)}
+	return &semaphores{n: n, full: 2 * n, freed: make(chan struct{}, 1), m: make(map[string]*semaphore)}
 }
 
-// acquire takes a slot for key, waiting until ctx ends. The returned release
-// must be called once when acquire succeeded.
-func (s *semaphores) acquire(ctx context.Context, key string) (func(), error) {
+// ticket is one job's place at a destination: the job counts as a user of
+// it from join until leave, holding a slot or waiting for one.
+type ticket struct {
+	s    *semaphores
+	key  string
+	sem  *semaphore
+	held bool // the job holds one of the destination's slots
+	gone bool // leave was called
+}
+
+// join registers a job for key; the caller must call leave once.
+func (s *semaphores) join(key string) *ticket {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	sem := s.m[key]
 	if sem == nil {
 		sem = &semaphore{ch: make(chan struct{}, s.n)}
 		s.m[key] = sem
 	}
 	sem.users++
-	s.mu.Unlock()
-	done := func() {
-		s.mu.Lock()
-		sem.users--
-		if sem.users == 0 {
-			delete(s.m, key)
-		}
-		s.mu.Unlock()
+	return &ticket{s: s, key: key, sem: sem}
+}
+
+// tryAcquire takes a slot if one is free at once.
+func (t *ticket) tryAcquire() bool {
+	select {
+	case t.sem.ch <- struct{}{}:
+		t.held = true
+	default:
+	}
+	return t.held
+}
+
+// wait takes a slot, waiting until ctx ends.
+func (t *ticket) wait(ctx context.Context) error {
+	if t.held {
+		return nil
 	}
 	select {
-	case sem.ch <- struct{}{}:
-		return func() { <-sem.ch; done() }, nil
+	case t.sem.ch <- struct{}{}:
+		t.held = true
+		return nil
 	case <-ctx.Done():
-		done()
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
+}
+
+// leave gives back the slot, if held, and the job's place; it signals
+// freed when the destination stops being saturated.
+func (t *ticket) leave() {
+	if t.gone {
+		return
+	}
+	t.gone = true
+	if t.held {
+		<-t.sem.ch
+		t.held = false
+	}
+	s := t.s
+	s.mu.Lock()
+	t.sem.users--
+	if t.sem.users == s.full-1 {
+		select {
+		case s.freed <- struct{}{}:
+		default:
+		}
+	}
+	if t.sem.users == 0 {
+		delete(s.m, t.key)
+	}
+	s.mu.Unlock()
+}
+
+// acquire takes a slot for key, waiting until ctx ends. The returned release
+// must be called once when acquire succeeded.
+func (s *semaphores) acquire(ctx context.Context, key string) (func(), error) {
+	t := s.join(key)
+	if err := t.wait(ctx); err != nil {
+		t.leave()
+		return nil, err
+	}
+	return t.leave, nil
+}
+
+// saturated returns, sorted, the destinations with at least full jobs
+// holding or waiting for a slot.
+func (s *semaphores) saturated() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for k, sem := range s.m {
+		if sem.users >= s.full {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -443,7 +443,7 @@ func TestLeaseExpiredRelayPicksUp(t *testing.T) {
 			tg := newTarget(t, targetOpts{})
 			m := enqueue(t, st, "s@src.test", []string{"bob@dest.test"}, testBody("s@src.test", "lease"))
 			// Node A claims and dies without finishing.
-			claimed, err := st.ClaimDue(context.Background(), "node-a", 10, 300*time.Millisecond)
+			claimed, err := st.ClaimDue(context.Background(), "node-a", store.ClaimOptions{Limit: 10, Lease: 300 * time.Millisecond})
 			if err != nil || len(claimed) != 1 {
 				t.Fatalf("claim as node A: %d claimed, %v", len(claimed), err)
 			}
@@ -491,7 +491,7 @@ func TestStopWaitsAndIsIdempotent(t *testing.T) {
 	}
 	// A stopped relay claims nothing.
 	m2 := enqueue(t, st, "s@src.test", []string{"bob@dest.test"}, testBody("s@src.test", "after"))
-	c, err := st.ClaimDue(context.Background(), "probe", 10, time.Minute)
+	c, err := st.ClaimDue(context.Background(), "probe", store.ClaimOptions{Limit: 10, Lease: time.Minute})
 	if err != nil || len(c) != 1 || c[0].MessageID != m2.ID {
 		t.Errorf("after Stop the message should still be claimable: %d, %v", len(c), err)
 	}

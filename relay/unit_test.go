@@ -231,3 +231,52 @@ func TestGroupJobs(t *testing.T) {
 		t.Errorf("smarthost jobs share one destination: %+v", sh)
 	}
 }
+
+// TestSemaphoresSaturated: a destination with 2n jobs holding or waiting
+// for its n slots is saturated, and freed says when it no longer is.
+func TestSemaphoresSaturated(t *testing.T) {
+	t.Parallel()
+	s := newSemaphores(2)
+	var ts []*ticket
+	for range 4 {
+		ts = append(ts, s.join("a"))
+	}
+	other := s.join("b")
+	if !ts[0].tryAcquire() || !ts[1].tryAcquire() || ts[2].tryAcquire() {
+		t.Fatal("tryAcquire: want the first two slots and no third")
+	}
+	if got := s.saturated(); len(got) != 1 || got[0] != "a" {
+		t.Fatalf("saturated = %v, want [a]", got)
+	}
+	select {
+	case <-s.freed:
+		t.Fatal("freed before any job left")
+	default:
+	}
+	ts[3].leave() // a waiting job gives up: below 2n again
+	select {
+	case <-s.freed:
+	default:
+		t.Fatal("no freed signal when a dropped below saturation")
+	}
+	if got := s.saturated(); len(got) != 0 {
+		t.Errorf("saturated = %v after a job left, want none", got)
+	}
+	// A waiter gets the slot a leaving holder gives back.
+	done := make(chan error, 1)
+	go func() { done <- ts[2].wait(context.Background()) }()
+	ts[0].leave()
+	if err := <-done; err != nil || !ts[2].held {
+		t.Fatalf("waiter: %v, held %v", err, ts[2].held)
+	}
+	ts[0].leave() // twice is harmless
+	for _, tk := range []*ticket{ts[1], ts[2], other} {
+		tk.leave()
+	}
+	s.mu.Lock()
+	left := len(s.m)
+	s.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d semaphores left after every job left, want 0", left)
+	}
+}

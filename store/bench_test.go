@@ -101,7 +101,7 @@ func BenchmarkFinish(b *testing.B) {
 		}
 		var claimed []*Claimed
 		for len(claimed) < b.N {
-			cs, err := s.ClaimDue(ctx, "bench", 1000, time.Hour)
+			cs, err := s.ClaimDue(ctx, "bench", ClaimOptions{Limit: 1000, Lease: time.Hour})
 			if err != nil || len(cs) == 0 {
 				b.Fatalf("claim: %d, %v", len(cs), err)
 			}

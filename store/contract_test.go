@@ -620,7 +620,7 @@ func TestClaimLease(t *testing.T) {
 		mustEnqueue(t, e.s, m2)
 
 		const lease = 500 * time.Millisecond
-		a, err := e.s.ClaimDue(ctx, "A", 100, lease)
+		a, err := e.s.ClaimDue(ctx, "A", ClaimOptions{Limit: 100, Lease: lease})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -642,21 +642,21 @@ func TestClaimLease(t *testing.T) {
 				t.Errorf("claimed %+v", c)
 			}
 		}
-		b, err := e.s.ClaimDue(ctx, "B", 100, lease)
+		b, err := e.s.ClaimDue(ctx, "B", ClaimOptions{Limit: 100, Lease: lease})
 		if err != nil || len(b) != 0 {
 			t.Fatalf("B claimed %d (%v) while A holds the lease", len(b), err)
 		}
 		// After the lease ends, B gets them.
 		time.Sleep(lease + 100*time.Millisecond)
-		b, err = e.s.ClaimDue(ctx, "B", 2, time.Minute)
+		b, err = e.s.ClaimDue(ctx, "B", ClaimOptions{Limit: 2, Lease: time.Minute})
 		if err != nil || len(b) != 2 {
 			t.Fatalf("B claimed %d (%v) after the lease, want 2 (limit)", len(b), err)
 		}
-		b2, err := e.s.ClaimDue(ctx, "B", 100, time.Minute)
+		b2, err := e.s.ClaimDue(ctx, "B", ClaimOptions{Limit: 100, Lease: time.Minute})
 		if err != nil || len(b2) != 3 {
 			t.Fatalf("B claimed %d (%v), want the other 3", len(b2), err)
 		}
-		if _, err := e.s.ClaimDue(ctx, "", 1, time.Minute); err == nil {
+		if _, err := e.s.ClaimDue(ctx, "", ClaimOptions{Limit: 1, Lease: time.Minute}); err == nil {
 			t.Error("claim without owner succeeded")
 		}
 
@@ -673,7 +673,7 @@ func TestFinish(t *testing.T) {
 		ctx := ctxT(t)
 		m := newMsg(4)
 		mustEnqueue(t, e.s, m)
-		cs, err := e.s.ClaimDue(ctx, "w1", 10, time.Minute)
+		cs, err := e.s.ClaimDue(ctx, "w1", ClaimOptions{Limit: 10, Lease: time.Minute})
 		if err != nil || len(cs) != 4 {
 			t.Fatalf("claimed %d, %v", len(cs), err)
 		}
@@ -764,7 +764,7 @@ func TestFinish(t *testing.T) {
 
 		// The deferred one is not due, the others are final and r3 belongs
 		// to the thief: nothing of m is claimable (the DSN is).
-		cs, err = e.s.ClaimDue(ctx, "w1", 10, time.Minute)
+		cs, err = e.s.ClaimDue(ctx, "w1", ClaimOptions{Limit: 10, Lease: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -794,7 +794,7 @@ func TestFinish(t *testing.T) {
 		// Finish is atomic: a failing new message (duplicate id) rolls back
 		// the outcomes and events too.
 		mustEnqueue(t, e.s, newMsg(1))
-		cs, err = e.s.ClaimDue(ctx, "w2", 10, time.Minute)
+		cs, err = e.s.ClaimDue(ctx, "w2", ClaimOptions{Limit: 10, Lease: time.Minute})
 		if err != nil || len(cs) != 1 {
 			t.Fatalf("claim fresh message: %d, %v", len(cs), err)
 		}
@@ -849,7 +849,7 @@ func TestDeferredNotDue(t *testing.T) {
 		m.Recipients[0].NextAttempt = later
 		m.Recipients[1].NextAttempt = later
 		mustEnqueue(t, e.s, m)
-		cs, err := e.s.ClaimDue(ctx, "w", 10, time.Minute)
+		cs, err := e.s.ClaimDue(ctx, "w", ClaimOptions{Limit: 10, Lease: time.Minute})
 		if err != nil || len(cs) != 0 {
 			t.Fatalf("claimed %d not-due recipients (%v)", len(cs), err)
 		}
@@ -857,7 +857,7 @@ func TestDeferredNotDue(t *testing.T) {
 		if err != nil || n != 2 {
 			t.Fatalf("RetryMessage = %d, %v; want 2", n, err)
 		}
-		cs, err = e.s.ClaimDue(ctx, "w", 10, time.Minute)
+		cs, err = e.s.ClaimDue(ctx, "w", ClaimOptions{Limit: 10, Lease: time.Minute})
 		if err != nil || len(cs) != 2 {
 			t.Fatalf("after retry claimed %d, %v; want 2", len(cs), err)
 		}
@@ -882,7 +882,7 @@ func TestQueueAdmin(t *testing.T) {
 			mustEnqueue(t, e.s, m)
 		}
 		// msgs[0] delivered.
-		cs, err := e.s.ClaimDue(ctx, "w", 1, time.Minute)
+		cs, err := e.s.ClaimDue(ctx, "w", ClaimOptions{Limit: 1, Lease: time.Minute})
 		if err != nil || len(cs) != 1 || cs[0].MessageID != msgs[0].ID {
 			t.Fatalf("claim oldest: %+v, %v", cs, err)
 		}
@@ -1221,7 +1221,7 @@ func TestPostgresUnavailable(t *testing.T) {
 		"events":  s.AddEvents(ctx, []Event{{Type: EventDelay}}),
 	}
 	_, checks["key by hash"] = s.KeyByHash(ctx, hashOf("x"))
-	_, checks["claim"] = s.ClaimDue(ctx, "w", 1, time.Minute)
+	_, checks["claim"] = s.ClaimDue(ctx, "w", ClaimOptions{Limit: 1, Lease: time.Minute})
 	_, checks["list"] = s.ListMessages(ctx, QueueFilter{})
 	_, checks["stats"] = s.Stats(ctx)
 	for op, err := range checks {
@@ -1284,7 +1284,7 @@ func TestPostgresTwoNodes(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for {
-				cs, err := s.ClaimDue(ctx, owner, 7, time.Minute)
+				cs, err := s.ClaimDue(ctx, owner, ClaimOptions{Limit: 7, Lease: time.Minute})
 				if err != nil {
 					t.Error(err)
 					return

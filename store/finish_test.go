@@ -38,7 +38,7 @@ func TestFinishConcurrent(t *testing.T) {
 			calls[i] = c
 		}
 		calls[5].dsn.ID = calls[0].msg.ID
-		cs, err := e.s.ClaimDue(ctx, "w1", 100, time.Minute)
+		cs, err := e.s.ClaimDue(ctx, "w1", ClaimOptions{Limit: 100, Lease: time.Minute})
 		if err != nil || len(cs) != 2*n {
 			t.Fatalf("claimed %d, %v", len(cs), err)
 		}
@@ -136,7 +136,7 @@ func claimN(t *testing.T, s Store, n int) []*Claimed {
 	for range n {
 		mustEnqueue(t, s, newMsg(1))
 	}
-	cs, err := s.ClaimDue(ctxT(t), "w1", n, time.Minute)
+	cs, err := s.ClaimDue(ctxT(t), "w1", ClaimOptions{Limit: n, Lease: time.Minute})
 	if err != nil || len(cs) != n {
 		t.Fatalf("claimed %d, %v", len(cs), err)
 	}

@@ -535,25 +535,33 @@ func utcRcpt(r *Recipient) {
 	r.NextAttempt, r.UpdatedAt = r.NextAttempt.UTC(), r.UpdatedAt.UTC()
 }
 
-// ClaimDue implements Store.
-func (s *pgStore) ClaimDue(ctx context.Context, owner string, limit int, lease time.Duration) ([]*Claimed, error) {
-	if owner == "" || limit <= 0 || lease <= 0 {
-		return nil, fmt.Errorf("claim due: need an owner, a positive limit and a positive lease")
-	}
-	now := utc(time.Now())
-	rows, err := s.pool.Query(ctx, `WITH due AS (
+// pgClaimDue leases due recipients: $1 owner, $2 lease end, $3 now, $4
+// limit, $5 domains to skip (never NULL: domain <> ALL(NULL) would skip
+// every row). The exclusion is a filter on the rows the recipients_due
+// index scan yields (TestClaimExcludePlan checks the plan).
+const pgClaimDue = `WITH due AS (
 			SELECT id FROM recipients
 			WHERE state IN ('queued', 'deferred') AND next_attempt <= $3
 				AND (lease_until IS NULL OR lease_until <= $3)
+				AND domain <> ALL($5::text[])
 			ORDER BY next_attempt, id
 			LIMIT $4
 			FOR UPDATE SKIP LOCKED)
 		UPDATE recipients r SET lease_owner = $1, lease_until = $2
 		FROM due, messages m
 		WHERE r.id = due.id AND m.id = r.message_id
-		RETURNING `+pgRcptCols+`, m.mail_from, m.key_id, m.subaccount, m.campaign_id,
-			m.body_type, m.smtputf8, m.dsn_ret, m.dsn_envid, m.created_at, m.msys_api`,
-		owner, now.Add(lease), now, limit)
+		RETURNING ` + pgRcptCols + `, m.mail_from, m.key_id, m.subaccount, m.campaign_id,
+			m.body_type, m.smtputf8, m.dsn_ret, m.dsn_envid, m.created_at, m.msys_api`
+
+// ClaimDue implements Store.
+func (s *pgStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions) ([]*Claimed, error) {
+	if owner == "" || o.Limit <= 0 || o.Lease <= 0 {
+		return nil, fmt.Errorf("claim due: need an owner, a positive limit and a positive lease")
+	}
+	now := utc(time.Now())
+	exclude := append([]string{}, o.ExcludeDomains...) // never nil (NULL)
+	rows, err := s.pool.Query(ctx, pgClaimDue,
+		owner, now.Add(o.Lease), now, o.Limit, exclude)
 	if err != nil {
 		return nil, pgErr("claim due", err)
 	}

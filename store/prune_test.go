@@ -52,7 +52,7 @@ func TestPruneMessages(t *testing.T) {
 		for _, m := range []*Message{done, expired, partial} {
 			mustEnqueue(t, e.s, m)
 		}
-		cs, err := e.s.ClaimDue(ctx, "w", 100, time.Hour)
+		cs, err := e.s.ClaimDue(ctx, "w", ClaimOptions{Limit: 100, Lease: time.Hour})
 		if err != nil || len(cs) != 5 {
 			t.Fatalf("claimed %d, %v; want 5", len(cs), err)
 		}
@@ -67,7 +67,7 @@ func TestPruneMessages(t *testing.T) {
 		cutoff := time.Now()
 		time.Sleep(5 * time.Millisecond)
 		mustEnqueue(t, e.s, young)
-		cs, err = e.s.ClaimDue(ctx, "w", 100, time.Hour)
+		cs, err = e.s.ClaimDue(ctx, "w", ClaimOptions{Limit: 100, Lease: time.Hour})
 		if err != nil || len(cs) != 2 {
 			t.Fatalf("claimed %d, %v; want young's and queued's recipients", len(cs), err)
 		}
@@ -140,11 +140,11 @@ func TestReleaseLeases(t *testing.T) {
 		m1, m2 := newMsg(3), newMsg(1)
 		mustEnqueue(t, e.s, m1)
 		mustEnqueue(t, e.s, m2)
-		a, err := e.s.ClaimDue(ctx, "A", 2, time.Hour)
+		a, err := e.s.ClaimDue(ctx, "A", ClaimOptions{Limit: 2, Lease: time.Hour})
 		if err != nil || len(a) != 2 {
 			t.Fatalf("A claimed %d, %v; want 2", len(a), err)
 		}
-		b, err := e.s.ClaimDue(ctx, "B", 100, time.Hour)
+		b, err := e.s.ClaimDue(ctx, "B", ClaimOptions{Limit: 100, Lease: time.Hour})
 		if err != nil || len(b) != 2 {
 			t.Fatalf("B claimed %d, %v; want 2", len(b), err)
 		}
@@ -164,7 +164,7 @@ func TestReleaseLeases(t *testing.T) {
 			t.Fatalf("ReleaseLeases(A) = %d, %v; want 1", n, err)
 		}
 		waitWake(t, wakeups, "ReleaseLeases")
-		c, err := e.s.ClaimDue(ctx, "C", 100, time.Hour)
+		c, err := e.s.ClaimDue(ctx, "C", ClaimOptions{Limit: 100, Lease: time.Hour})
 		if err != nil || len(c) != 1 || c[0].ID != a[1].ID {
 			t.Fatalf("C claimed %+v, %v; want A's released recipient %d only", c, err, a[1].ID)
 		}
@@ -181,7 +181,7 @@ func TestReleaseLeases(t *testing.T) {
 		if err != nil || n != 3 {
 			t.Fatalf("ReleaseLeases(\"\") = %d, %v; want 3", n, err)
 		}
-		d, err := e.s.ClaimDue(ctx, "D", 100, time.Hour)
+		d, err := e.s.ClaimDue(ctx, "D", ClaimOptions{Limit: 100, Lease: time.Hour})
 		if err != nil || len(d) != 3 {
 			t.Errorf("D claimed %d, %v; want 3", len(d), err)
 		}

@@ -95,7 +95,7 @@ func TestClaimedMsysAPI(t *testing.T) {
 		without.MsysAPI = nil
 		mustEnqueue(t, e.s, with)
 		mustEnqueue(t, e.s, without)
-		cs, err := e.s.ClaimDue(ctx, "w1", 10, time.Minute)
+		cs, err := e.s.ClaimDue(ctx, "w1", ClaimOptions{Limit: 10, Lease: time.Minute})
 		if err != nil || len(cs) != 3 {
 			t.Fatalf("claimed %d, %v", len(cs), err)
 		}

@@ -483,20 +483,30 @@ func placeholders(n int) string {
 }
 
 // ClaimDue implements Store.
-func (s *sqliteStore) ClaimDue(ctx context.Context, owner string, limit int, lease time.Duration) ([]*Claimed, error) {
-	if owner == "" || limit <= 0 || lease <= 0 {
+func (s *sqliteStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions) ([]*Claimed, error) {
+	if owner == "" || o.Limit <= 0 || o.Lease <= 0 {
 		return nil, fmt.Errorf("claim due: need an owner, a positive limit and a positive lease")
 	}
 	now := time.Now()
+	args := []any{owner, us(now.Add(o.Lease)), us(now), us(now)}
+	exclude := ""
+	if len(o.ExcludeDomains) > 0 {
+		// A filter on the rows the recipients_due index scan yields.
+		exclude = "AND domain NOT IN (" + placeholders(len(o.ExcludeDomains)) + ")"
+		for _, d := range o.ExcludeDomains {
+			args = append(args, d)
+		}
+	}
+	args = append(args, o.Limit)
 	var out []*Claimed
 	err := s.inTx(ctx, "claim due", func(tx *sql.Tx) error {
 		out = out[:0]
 		rows, err := tx.QueryContext(ctx, `UPDATE recipients SET lease_owner = ?, lease_until = ?
 			WHERE id IN (SELECT id FROM recipients
 				WHERE state IN ('queued', 'deferred') AND next_attempt <= ?
-				AND (lease_until IS NULL OR lease_until <= ?)
+				AND (lease_until IS NULL OR lease_until <= ?) `+exclude+`
 				ORDER BY next_attempt, id LIMIT ?)
-			RETURNING `+sqliteRcptCols, owner, us(now.Add(lease)), us(now), us(now), limit)
+			RETURNING `+sqliteRcptCols, args...)
 		if err != nil {
 			return err
 		}

@@ -124,6 +124,20 @@ type Claimed struct {
 	MsysAPI json.RawMessage
 }
 
+// ClaimOptions says how much [Store.ClaimDue] claims and what it skips.
+type ClaimOptions struct {
+	// Limit is the most recipients one claim leases; it must be positive.
+	Limit int
+	// Lease is how long the claimed recipients stay leased; it must be
+	// positive.
+	Lease time.Duration
+	// ExcludeDomains are recipient domains (lowercase, as in
+	// [Recipient.Domain]) whose recipients are not claimed, even when due:
+	// the relay names destinations that already have all the work they can
+	// take, so one slow domain's backlog does not fill every claim.
+	ExcludeDomains []string
+}
+
 // Outcome is the result of one delivery attempt of a claimed recipient.
 type Outcome struct {
 	RecipientID int64
@@ -237,10 +251,11 @@ type Store interface {
 	// nodes. The same channel is returned on every call.
 	Wakeups() <-chan struct{}
 
-	// ClaimDue leases up to limit due recipients (queued or deferred,
-	// NextAttempt <= now, lease free or expired) to owner until now+lease.
-	// Recipients of the same message and domain come out adjacent.
-	ClaimDue(ctx context.Context, owner string, limit int, lease time.Duration) ([]*Claimed, error)
+	// ClaimDue leases up to o.Limit due recipients (queued or deferred,
+	// NextAttempt <= now, lease free or expired, domain not in
+	// o.ExcludeDomains) to owner until now+o.Lease. Recipients of the same
+	// message and domain come out adjacent.
+	ClaimDue(ctx context.Context, owner string, o ClaimOptions) ([]*Claimed, error)
 	// MessageBody returns the stored body of a message.
 	MessageBody(ctx context.Context, id string) ([]byte, error)
 	// Finish writes the outcomes of owner's claimed recipients (clearing

@@ -1,0 +1,138 @@
+package store
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestClaimExcludeDomains: ClaimDue skips due recipients of the excluded
+// domains, and they stay claimable by a claim that does not exclude them.
+func TestClaimExcludeDomains(t *testing.T) {
+	both(t, func(t *testing.T, e *env) {
+		ctx := ctxT(t)
+		m := newMsg(6) // example.com and example.org alternately
+		m.Recipients = append(m.Recipients,
+			&Recipient{Address: "a@example.net", Domain: "example.net"},
+			&Recipient{Address: "b@example.net", Domain: "example.net"})
+		mustEnqueue(t, e.s, m)
+
+		exclude := []string{"example.com", "example.net", "not-queued.test"}
+		a, err := e.s.ClaimDue(ctx, "A", ClaimOptions{Limit: 100, Lease: time.Minute, ExcludeDomains: exclude})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(a) != 3 {
+			t.Fatalf("claimed %d excluding %v, want the 3 at example.org", len(a), exclude)
+		}
+		for _, c := range a {
+			if c.Domain != "example.org" || c.MailFrom != m.MailFrom {
+				t.Errorf("claimed %s (domain %q, from %q) excluding %v", c.Address, c.Domain, c.MailFrom, exclude)
+			}
+		}
+
+		// Everything left is excluded: nothing, and the limit applies
+		// after the exclusion.
+		none, err := e.s.ClaimDue(ctx, "B", ClaimOptions{Limit: 100, Lease: time.Minute,
+			ExcludeDomains: []string{"example.com", "example.net"}})
+		if err != nil || len(none) != 0 {
+			t.Fatalf("claimed %d (%v) with every due domain excluded", len(none), err)
+		}
+		one, err := e.s.ClaimDue(ctx, "B", ClaimOptions{Limit: 2, Lease: time.Minute,
+			ExcludeDomains: []string{"example.com"}})
+		if err != nil || len(one) != 2 {
+			t.Fatalf("claimed %d (%v) excluding example.com, want the 2 at example.net", len(one), err)
+		}
+		for _, c := range one {
+			if c.Domain != "example.net" {
+				t.Errorf("claimed %s excluding example.com", c.Address)
+			}
+		}
+
+		// An empty (or nil) exclusion claims the rest; A's and B's leases
+		// still hold.
+		rest, err := e.s.ClaimDue(ctx, "C", ClaimOptions{Limit: 100, Lease: time.Minute, ExcludeDomains: []string{}})
+		if err != nil || len(rest) != 3 {
+			t.Fatalf("claimed %d (%v) without exclusion, want the 3 at example.com", len(rest), err)
+		}
+		seen := map[int64]bool{}
+		for _, cs := range [][]*Claimed{a, one, rest} {
+			for _, c := range cs {
+				if seen[c.ID] {
+					t.Errorf("recipient %s claimed twice", c.Address)
+				}
+				seen[c.ID] = true
+			}
+		}
+		if len(seen) != len(m.Recipients) {
+			t.Errorf("claimed %d distinct recipients, want %d", len(seen), len(m.Recipients))
+		}
+		if again, err := e.s.ClaimDue(ctx, "D", ClaimOptions{Limit: 100, Lease: time.Minute}); err != nil || len(again) != 0 {
+			t.Errorf("claimed %d (%v) while every recipient is leased", len(again), err)
+		}
+	})
+}
+
+// TestClaimExcludePlan: on PostgreSQL the claim with excluded domains still
+// finds due recipients through the recipients_due index (the exclusion is a
+// filter on what the index yields), not by scanning the table.
+func TestClaimExcludePlan(t *testing.T) {
+	t.Parallel()
+	e := openEnv(t, "postgres")
+	ctx := ctxT(t)
+	pg, ok := e.s.(*pgStore)
+	if !ok {
+		t.Fatalf("postgres store is %T", e.s)
+	}
+	// 3000 recipients, a tenth of them due, as in a queue whose finished
+	// messages are waiting to be pruned.
+	for i := 0; i < 20; i++ {
+		m := newMsg(0)
+		for j := 0; j < 150; j++ {
+			d := "fast.test"
+			if j%3 != 0 {
+				d = "slow.test"
+			}
+			m.Recipients = append(m.Recipients, &Recipient{Address: fmt.Sprintf("r%d-%d@%s", i, j, d), Domain: d})
+		}
+		mustEnqueue(t, e.s, m)
+	}
+	if _, err := pg.pool.Exec(ctx, `UPDATE recipients SET state = 'delivered' WHERE id % 10 <> 0`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pg.pool.Exec(ctx, `ANALYZE recipients`); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	rows, err := pg.pool.Query(ctx, "EXPLAIN "+pgClaimDue, "plan", now.Add(time.Minute), now, 8, []string{"slow.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := strings.Join(lines, "\n")
+	if !strings.Contains(plan, "recipients_due") || strings.Contains(plan, "Seq Scan on recipients") {
+		t.Errorf("claim excluding a domain does not use recipients_due:\n%s", plan)
+	}
+	if !strings.Contains(plan, "slow.test") {
+		t.Errorf("plan does not show the exclusion:\n%s", plan)
+	}
+	// And the claim itself skips the excluded domain.
+	cs, err := e.s.ClaimDue(ctx, "w", ClaimOptions{Limit: 1000, Lease: time.Minute, ExcludeDomains: []string{"slow.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) == 0 {
+		t.Fatal("claimed nothing excluding slow.test")
+	}
+	for _, c := range cs {
+		if c.Domain != "fast.test" {
+			t.Fatalf("claimed %s excluding slow.test", c.Address)
+		}
+	}
+}
