@@ -16,10 +16,13 @@ build:
 run:
 	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/smtpgw serve
 
-## vet: static checks
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+## vet: static checks (gofmt, go vet, staticcheck)
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed on:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet $(PKGS)
+	$(GO) run $(STATICCHECK) $(PKGS)
 
 ## test: vet, then every test with the race detector (needs PostgreSQL, see README)
 test: vet

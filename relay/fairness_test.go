@@ -97,7 +97,7 @@ func TestSlowDestinationDoesNotStallOthers(t *testing.T) {
 		}
 
 		open()
-		got := slow.waitFor(t, "every slow.test message", func(got []received) bool { return len(got) >= nSlow })
+		slow.waitFor(t, "every slow.test message", func(got []received) bool { return len(got) >= nSlow })
 		for _, m := range slowMsgs {
 			fm := waitFinal(t, st, m.ID)
 			r := fm.Recipients[0]
@@ -107,7 +107,7 @@ func TestSlowDestinationDoesNotStallOthers(t *testing.T) {
 		}
 		// Exactly once: nothing more arrives once every outcome is
 		// recorded, and each message arrived once.
-		got = slow.messages()
+		got := slow.messages()
 		bySubject := countBy(got, func(r received) string { return headerValue(r.data, "Subject") })
 		for i := range nSlow {
 			if n := bySubject[fmt.Sprintf("slow-%d", i)]; n != 1 {

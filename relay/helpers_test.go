@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -382,9 +381,6 @@ func headerValue(data []byte, k string) string {
 	}
 	return ""
 }
-
-// bodyContains reports whether data contains s.
-func bodyContains(data []byte, s string) bool { return bytes.Contains(data, []byte(s)) }
 
 // fmtStates is for failure messages.
 func fmtStates(m *store.Message) string {

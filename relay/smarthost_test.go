@@ -251,11 +251,11 @@ func TestTwoRelaysShareOnePostgres(t *testing.T) {
 		cfg.Workers = 8
 		startRelay(t, cfg, s)
 	}
-	got := tg.waitFor(t, fmt.Sprintf("%d messages", n), func(g []received) bool { return len(g) >= n })
+	tg.waitFor(t, fmt.Sprintf("%d messages", n), func(g []received) bool { return len(g) >= n })
 	for _, id := range ids {
 		waitFinal(t, st, id)
 	}
-	got = tg.messages()
+	got := tg.messages()
 	bySubject := countBy(got, func(r received) string { return headerValue(r.data, "Subject") })
 	if len(got) != n || len(bySubject) != n {
 		t.Errorf("target got %d messages with %d distinct subjects, want %d and %d", len(got), len(bySubject), n, n)

@@ -327,9 +327,9 @@ func TestRelayToSmtpSink(t *testing.T) {
 			if err := inject(g, key, subjects, 2, &acked); err != nil {
 				t.Fatal(err)
 			}
-			got := sk.waitSubjects(t, subjects, 60*time.Second)
+			sk.waitSubjects(t, subjects, 60*time.Second)
 			waitDelivered(t, g, int64(len(subjects)), 30*time.Second)
-			got = sk.subjects(t)
+			got := sk.subjects(t)
 			for _, s := range subjects {
 				if got[s] != 1 {
 					t.Errorf("%s delivered %d times, want 1", s, got[s])
