@@ -73,24 +73,11 @@ func (s *sqliteStore) PruneMessages(ctx context.Context, finishedBefore time.Tim
 
 // ReleaseLeases implements Store.
 func (s *sqliteStore) ReleaseLeases(ctx context.Context, owner string) (int64, error) {
-	var n int64
-	err := s.inTx(ctx, "release leases", func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE recipients SET lease_owner = NULL, lease_until = NULL
+	return s.updateAndWake(ctx, "release leases", func(tx *sql.Tx) (sql.Result, error) {
+		return tx.ExecContext(ctx, `UPDATE recipients SET lease_owner = NULL, lease_until = NULL
 			WHERE state IN ('queued', 'deferred') AND lease_owner IS NOT NULL
 				AND (?1 = '' OR lease_owner = ?1)`, owner)
-		if err != nil {
-			return err
-		}
-		n, err = res.RowsAffected()
-		return err
 	})
-	if err != nil {
-		return 0, err
-	}
-	if n > 0 {
-		wake(s.wake)
-	}
-	return n, nil
 }
 
 // PruneMessages implements Store. The messages are locked with SKIP

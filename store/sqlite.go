@@ -780,17 +780,26 @@ func (s *sqliteStore) GetMessage(ctx context.Context, id string) (*Message, erro
 // RetryMessage implements Store.
 func (s *sqliteStore) RetryMessage(ctx context.Context, id string) (int, error) {
 	now := us(time.Now())
-	var n int64
-	err := s.inTx(ctx, "retry message", func(tx *sql.Tx) error {
+	n, err := s.updateAndWake(ctx, "retry message", func(tx *sql.Tx) (sql.Result, error) {
 		var exists int
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM messages WHERE id = ?`, id).Scan(&exists); err != nil {
-			return err
+			return nil, err
 		}
 		if exists == 0 {
-			return fmt.Errorf("%s: %w", id, ErrNotFound)
+			return nil, fmt.Errorf("%s: %w", id, ErrNotFound)
 		}
-		res, err := tx.ExecContext(ctx, `UPDATE recipients SET next_attempt = ?, updated_at = ?
+		return tx.ExecContext(ctx, `UPDATE recipients SET next_attempt = ?, updated_at = ?
 			WHERE message_id = ? AND state IN ('queued', 'deferred')`, now, now, id)
+	})
+	return int(n), err
+}
+
+// updateAndWake runs fn's update in a transaction and, when it made
+// recipients due (rows changed), wakes the relay once it committed.
+func (s *sqliteStore) updateAndWake(ctx context.Context, op string, fn func(tx *sql.Tx) (sql.Result, error)) (int64, error) {
+	var n int64
+	err := s.inTx(ctx, op, func(tx *sql.Tx) error {
+		res, err := fn(tx)
 		if err != nil {
 			return err
 		}
@@ -803,7 +812,7 @@ func (s *sqliteStore) RetryMessage(ctx context.Context, id string) (int, error) 
 	if n > 0 {
 		wake(s.wake)
 	}
-	return int(n), nil
+	return n, nil
 }
 
 // DeleteMessage implements Store.
