@@ -1,6 +1,6 @@
 // Package store is smtpgw's persistence layer: API keys, the durable relay
 // queue (messages with one row per recipient), delivery events and sending
-// domains.
+// domains, and the audit log of admin changes.
 //
 // It is the only package that imports a database driver. Two backends
 // implement [Store] and pass the same contract tests (storetest):
@@ -295,4 +295,7 @@ type Store interface {
 	GetDomain(ctx context.Context, name string) (*Domain, error)
 	ListDomains(ctx context.Context) ([]*Domain, error)
 	DeleteDomain(ctx context.Context, name string) error
+
+	// The audit log (store/audit.go).
+	AuditStore
 }
