@@ -1,6 +1,6 @@
 // Package store is smtpgw's persistence layer: API keys, the durable relay
 // queue (messages with one row per recipient), delivery events and sending
-// domains, and the audit log of admin changes.
+// domains, the audit log of admin changes, and web console sessions.
 //
 // It is the only package that imports a database driver. Two backends
 // implement [Store] and pass the same contract tests (storetest):
@@ -298,4 +298,7 @@ type Store interface {
 
 	// The audit log (store/audit.go).
 	AuditStore
+
+	// Web console sessions (store/session.go).
+	SessionStore
 }
