@@ -95,11 +95,31 @@ type server struct {
 	fails    *auth.FailureLimiter
 }
 
+// Handler serves the /api/ paths (see [New]).
+type Handler struct {
+	s   *server
+	mux *http.ServeMux
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// CheckKey verifies key, presented by request r, for grant exactly as the
+// API checks the key of each of its requests (steps 2 and 3 of the package
+// comment): a client address over its failure budget is refused without
+// the key being looked at, and a refused key counts against that budget.
+// Refusals are [*Error] values (401, 403, 429) whose Description may be
+// shown to the client; a store fault is returned wrapped. The web console
+// signs in with it, so the two frontends share one throttle.
+func (h *Handler) CheckKey(r *http.Request, key, grant string) (*auth.Identity, error) {
+	return h.s.checkKey(r, key, grant)
+}
+
 // New returns the handler of the /api/ paths. v verifies the keys
 // presented; m performs the key operations and should hold v
 // (auth.NewManager(st, v)) so that a key deleted or changed through the API
 // is refused at once on this node.
-func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) http.Handler {
+func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler {
 	s := &server{
 		selector: cfg.DKIMSelector,
 		st:       st,
@@ -146,7 +166,7 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) http.Han
 		writeError(w, &Error{Status: http.StatusNotFound, Message: "Resource not found",
 			Description: fmt.Sprintf("no API at %s: see docs/api.md for the endpoints", r.URL.Path)})
 	})
-	return mux
+	return &Handler{s: s, mux: mux}
 }
 
 // handler serves one method of a path for an authenticated caller. It
@@ -249,29 +269,11 @@ var (
 // authenticate verifies the request's key for grant and works out its
 // scope.
 func (s *server) authenticate(r *http.Request, grant string) (*caller, error) {
-	client := clientAddr(r)
-	if s.fails.Blocked(client) {
-		return nil, errThrottled
+	id, err := s.checkKey(r, RequestKey(r), grant)
+	if err != nil {
+		return nil, err
 	}
-	key := RequestKey(r)
-	if key == "" {
-		return nil, errNoKey
-	}
-	id, err := s.v.VerifyGrant(r.Context(), key, client, grant)
-	var refused *auth.Error
-	switch {
-	case errors.As(err, &refused) && errors.Is(err, auth.ErrMissingGrant):
-		s.log.Info("api: refused", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "reason", err)
-		return nil, &Error{Status: http.StatusForbidden, Message: "Forbidden.",
-			Description: fmt.Sprintf("this API key lacks the %s grant", grant)}
-	case refused != nil:
-		s.fails.Fail(client)
-		s.log.Info("api: refused", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "reason", err)
-		return nil, errBadKey
-	case err != nil:
-		return nil, fmt.Errorf("authenticate: %w", err)
-	}
-	c := &caller{id: id, client: client}
+	c := &caller{id: id, client: clientAddr(r)}
 	h := strings.TrimSpace(r.Header.Get(subaccountHeader))
 	var n int64
 	if h != "" {
@@ -294,6 +296,33 @@ func (s *server) authenticate(r *http.Request, grant string) (*caller, error) {
 	return c, nil
 }
 
+// checkKey is [Handler.CheckKey]: the throttle, then the key verified for
+// grant, a refusal counted against the client address.
+func (s *server) checkKey(r *http.Request, key, grant string) (*auth.Identity, error) {
+	client := clientAddr(r)
+	if s.fails.Blocked(client) {
+		return nil, errThrottled
+	}
+	if key == "" {
+		return nil, errNoKey
+	}
+	id, err := s.v.VerifyGrant(r.Context(), key, client, grant)
+	var refused *auth.Error
+	switch {
+	case errors.As(err, &refused) && errors.Is(err, auth.ErrMissingGrant):
+		s.log.Info("api: refused", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "reason", err)
+		return nil, &Error{Status: http.StatusForbidden, Message: "Forbidden.",
+			Description: fmt.Sprintf("this API key lacks the %s grant", grant)}
+	case refused != nil:
+		s.fails.Fail(client)
+		s.log.Info("api: refused", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "reason", err)
+		return nil, errBadKey
+	case err != nil:
+		return nil, fmt.Errorf("authenticate: %w", err)
+	}
+	return id, nil
+}
+
 // Error is an answer other than success: an HTTP status and SparkPost's
 // error object.
 type Error struct {
@@ -303,6 +332,9 @@ type Error struct {
 	Message string
 	// Description says what was wrong and how to fix it.
 	Description string
+	// Field names the request field at fault, when one is ("domain"); the
+	// web console shows the error beside it.
+	Field string
 }
 
 // Error returns the description.
@@ -316,6 +348,13 @@ func badRequest(format string, args ...any) *Error {
 // invalid returns a 422 error: well-formed input with values refused.
 func invalid(format string, args ...any) *Error {
 	return &Error{Status: http.StatusUnprocessableEntity, Message: "Invalid data", Description: fmt.Sprintf(format, args...)}
+}
+
+// fieldInvalid is invalid naming the field at fault.
+func fieldInvalid(field, format string, args ...any) *Error {
+	e := invalid(format, args...)
+	e.Field = field
+	return e
 }
 
 // notFound returns a 404 error naming what was not found.

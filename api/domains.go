@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,50 +69,77 @@ func (s *server) createDomain(w http.ResponseWriter, r *http.Request, c *caller)
 	if err := decode(w, r, &q); err != nil {
 		return err
 	}
-	if q.Domain == "" {
-		return invalid("domain is required, e.g. {\"domain\": \"example.com\"}")
-	}
-	name, err := NormalizeDomain(q.Domain)
-	if err != nil {
-		return invalid("domain: %v", err)
-	}
 	if len(q.DKIM) > 0 && string(q.DKIM) != "null" {
 		return invalid("dkim: smtpgw generates the DKIM key itself; leave dkim out (dkim_algorithm chooses rsa or ed25519)")
 	}
-	algo := strings.ToLower(q.Algorithm)
+	d, err := CreateDomain(r.Context(), s.st, s.selector, DomainParams{Domain: q.Domain, Shared: q.Shared,
+		Algorithm: q.Algorithm, Selector: q.Selector, Subaccount: c.scope.owner()})
+	if err != nil {
+		return err
+	}
+	s.log.Info("api: sending domain created", "domain", d.Name, "subaccount", d.Subaccount, "shared", d.Shared,
+		"by_key", c.id.KeyID, "remote", r.RemoteAddr)
+	writeResults(w, NewDomain(d))
+	return nil
+}
+
+// DomainParams describes a sending domain to create.
+type DomainParams struct {
+	// Domain is the domain name (required).
+	Domain string
+	// Shared lets every subaccount send from a master-account domain.
+	Shared bool
+	// Algorithm is the DKIM key algorithm: "rsa" ("" too) or "ed25519".
+	Algorithm string
+	// Selector is the DKIM selector; "" means the configured one.
+	Selector string
+	// Subaccount owns the domain (0: master account).
+	Subaccount int64
+}
+
+// CreateDomain checks p, generates the domain's DKIM key and stores the
+// domain: the one place sending domains are made, for the HTTP API and the
+// web console. defaultSelector is used when p.Selector is "". Input the
+// admin must fix is an [*Error] (422, or 409 for a name already taken)
+// whose Field names the parameter; other errors are store faults.
+func CreateDomain(ctx context.Context, st store.Store, defaultSelector string, p DomainParams) (*store.Domain, error) {
+	if strings.TrimSpace(p.Domain) == "" {
+		return nil, fieldInvalid("domain", "domain is required, e.g. {\"domain\": \"example.com\"}")
+	}
+	name, err := NormalizeDomain(p.Domain)
+	if err != nil {
+		return nil, fieldInvalid("domain", "domain: %v", err)
+	}
+	algo := strings.ToLower(p.Algorithm)
 	if algo == "" {
 		algo = "rsa"
 	}
 	if algo != "rsa" && algo != "ed25519" {
-		return invalid("dkim_algorithm must be rsa or ed25519, not %q", q.Algorithm)
+		return nil, fieldInvalid("dkim_algorithm", "dkim_algorithm must be rsa or ed25519, not %q", p.Algorithm)
 	}
-	sel := q.Selector
+	sel := p.Selector
 	if sel == "" {
-		sel = s.selector
+		sel = defaultSelector
 	} else if !validSelector(sel) {
-		return invalid("dkim_selector %q is not a DNS label (letters, digits and hyphens)", q.Selector)
+		return nil, fieldInvalid("dkim_selector", "dkim_selector %q is not a DNS label (letters, digits and hyphens)", p.Selector)
 	}
-	sub := c.scope.owner()
-	if q.Shared && sub != 0 {
-		return invalid("shared_with_subaccounts: only a master-account domain can be shared")
+	if p.Shared && p.Subaccount != 0 {
+		return nil, fieldInvalid("shared_with_subaccounts", "shared_with_subaccounts: only a master-account domain can be shared")
 	}
 	priv, pub, err := relay.GenerateDKIMKey(algo)
 	if err != nil {
-		return fmt.Errorf("create sending domain: %w", err)
+		return nil, fmt.Errorf("create sending domain: %w", err)
 	}
-	d := &store.Domain{Name: name, Subaccount: sub, Shared: q.Shared, Selector: sel,
+	d := &store.Domain{Name: name, Subaccount: p.Subaccount, Shared: p.Shared, Selector: sel,
 		Algorithm: algo, PrivateKey: priv, PublicKey: pub}
-	if err := s.st.CreateDomain(r.Context(), d); err != nil {
+	if err := st.CreateDomain(ctx, d); err != nil {
 		if errors.Is(err, store.ErrExists) {
-			return &Error{Status: http.StatusConflict, Message: "resource conflict",
+			return nil, &Error{Status: http.StatusConflict, Message: "resource conflict", Field: "domain",
 				Description: fmt.Sprintf("%s is already a sending domain", name)}
 		}
-		return fmt.Errorf("create sending domain: %w", err)
+		return nil, fmt.Errorf("create sending domain: %w", err)
 	}
-	s.log.Info("api: sending domain created", "domain", name, "subaccount", sub, "shared", q.Shared,
-		"by_key", c.id.KeyID, "remote", r.RemoteAddr)
-	writeResults(w, NewDomain(d))
-	return nil
+	return d, nil
 }
 
 // getDomain answers GET /api/v1/sending-domains/{domain}.

@@ -146,6 +146,24 @@ func (v *Verifier) VerifyGrant(ctx context.Context, key string, client netip.Add
 	return v.check(k, h, client, grant)
 }
 
+// VerifyHash is VerifyGrant for a key known only by its SHA-256 (as
+// [HashKey] returns it and store.Key.Hash holds it): the web console keeps
+// the hash of the key a session signed in with, never the key, and checks
+// it again on every request. It uses the same cache, so a key revoked or
+// changed through this node's [Manager] is refused at once, on other nodes
+// within the cache TTL. A hash that is not 32 bytes is an unknown key.
+func (v *Verifier) VerifyHash(ctx context.Context, hash []byte, client netip.Addr, grant string) (*Identity, error) {
+	if len(hash) != sha256.Size {
+		return nil, &Error{Reason: ErrUnknownKey, Grant: grant, IP: client}
+	}
+	h := [32]byte(hash)
+	k, err := v.lookup(ctx, h)
+	if err != nil {
+		return nil, fmt.Errorf("verify key: %w", err)
+	}
+	return v.check(k, h, client, grant)
+}
+
 // check decides on a looked-up key k (nil: none has hash h). Every check is
 // evaluated, on the decoy key when k is nil, before the first failing one
 // is reported, so an unknown key does the same work as a known key refused

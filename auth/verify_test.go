@@ -428,3 +428,38 @@ func TestErrorText(t *testing.T) {
 		t.Errorf("bare unknown key: %q", got)
 	}
 }
+
+func TestVerifyHash(t *testing.T) {
+	t.Parallel()
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
+		ctx := context.Background()
+		v := newTestVerifier(t, st, time.Hour)
+		m := NewManager(st, v)
+		admin, k := mustCreate(t, m, CreateParams{Grants: []string{GrantAPIKeysManage}, AllowedIPs: []string{"127.0.0.0/8"}})
+		h := HashKey(admin)
+		lo := netip.MustParseAddr("127.0.0.1")
+		if id, err := v.VerifyHash(ctx, h, lo, GrantAPIKeysManage); err != nil || id.KeyID != k.ID {
+			t.Fatalf("verify hash: %+v, %v; want key %s", id, err, k.ID)
+		}
+		if _, err := v.VerifyHash(ctx, h, netip.MustParseAddr("192.0.2.1"), GrantAPIKeysManage); !errors.Is(err, ErrIPNotAllowed) {
+			t.Errorf("other address: %v, want ErrIPNotAllowed", err)
+		}
+		if _, err := v.VerifyHash(ctx, h[:31], lo, GrantAPIKeysManage); !errors.Is(err, ErrUnknownKey) {
+			t.Errorf("short hash: %v, want ErrUnknownKey", err)
+		}
+		// The grant removed through the Manager: refused at once, although
+		// the lookup above is cached for an hour.
+		if _, err := m.Update(ctx, k.ID, UpdateParams{Grants: []string{GrantSMTPInject}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.VerifyHash(ctx, h, lo, GrantAPIKeysManage); !errors.Is(err, ErrMissingGrant) {
+			t.Errorf("after the grant was removed: %v, want ErrMissingGrant", err)
+		}
+		if err := m.Delete(ctx, k.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.VerifyHash(ctx, h, lo, ""); !errors.Is(err, ErrRevokedKey) {
+			t.Errorf("after delete: %v, want ErrRevokedKey", err)
+		}
+	})
+}
