@@ -301,4 +301,10 @@ type Store interface {
 
 	// Web console sessions (store/session.go).
 	SessionStore
+
+	// Subaccounts, the suppression list and sending domain status
+	// (store/subaccounts.go, suppressions.go, domainstatus.go).
+	SubaccountStore
+	SuppressionStore
+	DomainUpdateStore
 }
