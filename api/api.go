@@ -3,6 +3,7 @@
 //
 //	GET/POST          /api/v1/api-keys              api_keys/manage
 //	GET/PUT/DELETE    /api/v1/api-keys/{id}         api_keys/manage
+//	GET               /api/v1/audit                 api_keys/manage
 //	GET               /api/v1/authenticate/grants   any valid key
 //	GET               /api/v1/events/message        message_events/view
 //	GET/POST          /api/v1/sending-domains       sending_domains/manage
@@ -25,6 +26,10 @@
 //     master account only). Objects outside the scope are answered 404,
 //     as if they did not exist.
 //
+// Changes are recorded in the audit log (package audit) with the caller's
+// key and address as the actor: give New a store wrapped by audit.Wrap,
+// and a Manager working on it.
+//
 // Answers are {"results": ...} or {"errors": [{"message": ...,
 // "description": ...}]}. Keys are never logged; the key itself appears
 // only in the answer to POST /api/v1/api-keys.
@@ -44,6 +49,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smtpgw/smtpgw/audit"
 	"github.com/smtpgw/smtpgw/auth"
 	"github.com/smtpgw/smtpgw/store"
 )
@@ -152,6 +158,7 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler
 		http.MethodPut:    s.updateKey,
 		http.MethodDelete: s.deleteKey,
 	})
+	s.route(mux, "/api/v1/audit", auth.GrantAPIKeysManage, methods{http.MethodGet: s.auditLog})
 	s.route(mux, "/api/v1/authenticate/grants", "", methods{http.MethodGet: s.grants})
 	s.route(mux, "/api/v1/events/message", auth.GrantEventsView, methods{http.MethodGet: s.events})
 	s.route(mux, "/api/v1/sending-domains", auth.GrantDomainsManage, methods{
@@ -221,7 +228,7 @@ func (s *server) route(mux *http.ServeMux, pattern, grant string, ms methods) {
 		}
 		c, err := s.authenticate(r, grant)
 		if err == nil {
-			ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+			ctx, cancel := context.WithTimeout(actorContext(r, c), storeTimeout)
 			defer cancel()
 			err = hf(w, r.WithContext(ctx), c)
 		}
@@ -231,6 +238,22 @@ func (s *server) route(mux *http.ServeMux, pattern, grant string, ms methods) {
 	})
 	mux.Handle(pattern, h)
 	mux.Handle(pattern+"/{$}", h)
+}
+
+// actorContext returns r's context carrying the caller as the actor of
+// the changes the request makes (package audit). The frontend is "api",
+// unless the request's context already names one (the console serving the
+// API in-process marks its requests "console").
+func actorContext(r *http.Request, c *caller) context.Context {
+	via := audit.ViaAPI
+	if a, ok := audit.ActorFrom(r.Context()); ok && a.Via != "" {
+		via = a.Via
+	}
+	a := audit.Actor{Via: via, KeyID: c.id.KeyID, ShortKey: c.id.ShortKey}
+	if c.client.IsValid() {
+		a.IP = c.client.String()
+	}
+	return audit.WithActor(r.Context(), a)
 }
 
 // RequestKey returns the API key of an HTTP request: the Authorization

@@ -245,3 +245,31 @@ func TestFinishedRetentionDefault(t *testing.T) {
 			DefaultFinishedRetention, pruneBatch)
 	}
 }
+
+// TestPruneAuditWithEvents: events.retention applies to the audit log.
+func TestPruneAuditWithEvents(t *testing.T) {
+	t.Parallel()
+	for _, kind := range storetest.Backends {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			st := storetest.Open(t, kind)
+			for _, at := range []time.Time{time.Now().Add(-72 * time.Hour), time.Now()} {
+				if err := st.AddAudit(ctx, &store.AuditEntry{Time: at, Action: "create", ObjectType: "api_key", ObjectID: "k"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cfg := smarthostConfig(t, newTarget(t, targetOpts{}))
+			cfg.EventRetention = 48 * time.Hour
+			r, err := New(cfg, st, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.pruneEvents(ctx)
+			es, err := st.ListAudit(ctx, store.AuditFilter{})
+			if err != nil || len(es) != 1 || time.Since(es[0].Time) > time.Hour {
+				t.Errorf("after pruning: %+v, %v; want only the recent entry", es, err)
+			}
+		})
+	}
+}

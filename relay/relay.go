@@ -630,16 +630,27 @@ func (r *Relay) pruneMessages(ctx context.Context) {
 	}
 }
 
-// pruneEvents deletes events older than EventRetention.
+// pruneEvents deletes events and audit log entries older than
+// EventRetention.
 func (r *Relay) pruneEvents(ctx context.Context) {
+	before := time.Now().Add(-r.cfg.EventRetention)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	n, err := r.st.PruneEvents(pctx, time.Now().Add(-r.cfg.EventRetention))
+	n, err := r.st.PruneEvents(pctx, before)
 	cancel()
 	switch {
 	case err != nil && ctx.Err() == nil:
 		r.log.Warn("prune events", "err", err)
 	case n > 0:
 		r.log.Info("pruned events", "count", n, "retention", r.cfg.EventRetention.String())
+	}
+	pctx, cancel = context.WithTimeout(ctx, 5*time.Minute)
+	n, err = r.st.PruneAudit(pctx, before)
+	cancel()
+	switch {
+	case err != nil && ctx.Err() == nil:
+		r.log.Warn("prune audit log", "err", err)
+	case n > 0:
+		r.log.Info("pruned audit log", "count", n, "retention", r.cfg.EventRetention.String())
 	}
 }
 

@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 
+	"github.com/smtpgw/smtpgw/audit"
 	"github.com/smtpgw/smtpgw/config"
 	"github.com/smtpgw/smtpgw/store"
 )
@@ -75,6 +77,8 @@ func loadConfig(path string, e env) (*config.Config, error) {
 
 // openStore loads the configuration, opens the store it names and applies
 // pending migrations, so admin commands work on a fresh data directory.
+// The store is wrapped by audit.Wrap: the changes the command makes are
+// recorded as the CLI actor's that run puts in ctx.
 func openStore(ctx context.Context, cfgPath string, e env) (*config.Config, store.Store, error) {
 	cfg, err := loadConfig(cfgPath, e)
 	if err != nil {
@@ -84,7 +88,7 @@ func openStore(ctx context.Context, cfgPath string, e env) (*config.Config, stor
 	if err != nil {
 		return nil, nil, err
 	}
-	return cfg, st, nil
+	return cfg, audit.Wrap(st, slog.New(slog.NewTextHandler(e.stderr, nil))), nil
 }
 
 // openConfigured opens and migrates the store cfg names.

@@ -16,6 +16,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/smtpgw/smtpgw/audit"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -50,6 +52,7 @@ commands:
   domains   add, list, show and delete sending domains (DKIM)
   queue     list, show, retry and delete queued messages; stats
   events    list message events
+  audit     list the audit log of admin changes
   bench     measure injection throughput against a running gateway
   version   print the version
 
@@ -69,6 +72,9 @@ func run(ctx context.Context, args []string, e env) int {
 		fmt.Fprint(e.stderr, topUsage)
 		return exitUsage
 	}
+	// Changes made by admin commands are recorded as the CLI's (package
+	// audit); serve's API requests carry their own actor.
+	ctx = audit.WithActor(ctx, audit.CLIActor())
 	var err error
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "serve":
@@ -83,6 +89,8 @@ func run(ctx context.Context, args []string, e env) int {
 		err = cmdQueue(ctx, rest, e)
 	case "events":
 		err = cmdEvents(ctx, rest, e)
+	case "audit":
+		err = cmdAudit(ctx, rest, e)
 	case "bench":
 		err = cmdBench(ctx, rest, e)
 	case "version", "--version", "-version":

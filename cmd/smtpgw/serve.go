@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/smtpgw/smtpgw/api"
+	"github.com/smtpgw/smtpgw/audit"
 	"github.com/smtpgw/smtpgw/auth"
 	"github.com/smtpgw/smtpgw/config"
 	"github.com/smtpgw/smtpgw/relay"
@@ -214,7 +215,11 @@ func relayConfig(cfg *config.Config, log *slog.Logger) relay.Config {
 // apiHandler builds the JSON APIs (package api). Its Manager holds the
 // Verifier, so a key deleted or changed through the API is refused at once
 // on this node. Failed API authentications are throttled like SMTP AUTH.
+//
+// The API works on the store wrapped by audit.Wrap, so the changes it makes
+// are in the audit log.
 func apiHandler(cfg *config.Config, st store.Store, v *auth.Verifier, log *slog.Logger) http.Handler {
+	st = audit.Wrap(st, log.With("component", "audit"))
 	return api.New(api.Config{
 		DKIMSelector:      cfg.Relay.DKIMSelector,
 		MaxAuthFailures:   cfg.SMTP.MaxAuthFailures,
