@@ -61,6 +61,24 @@ func parseJSONStrings(s string) ([]string, error) {
 	return ss, nil
 }
 
+// addrString is ip as stored: "" for the zero Addr.
+func addrString(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	return ip.String()
+}
+
+// parseStoredAddr parses a stored address; "" (or anything unparsable) is
+// the zero Addr.
+func parseStoredAddr(s string) netip.Addr {
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ip
+}
+
 // keyFromParts fills the list fields of a scanned key.
 func keyFromParts(k *Key, grants, ips []string) error {
 	if len(grants) > 0 {

@@ -335,22 +335,29 @@ func TestKeys(t *testing.T) {
 
 		// Touch never goes back.
 		t1 := time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)
-		if err := s.TouchKey(ctx, k.ID, t1); err != nil {
+		ip1, ip2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::2")
+		if err := s.TouchKey(ctx, k.ID, t1, ip1); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.TouchKey(ctx, k.ID, t1.Add(-time.Hour)); err != nil {
+		if err := s.TouchKey(ctx, k.ID, t1.Add(-time.Hour), ip2); err != nil {
 			t.Fatal(err)
 		}
-		if got, _ := s.GetKey(ctx, k.ID); !got.LastUsedAt.Equal(t1) {
-			t.Errorf("LastUsedAt = %v, want %v", got.LastUsedAt, t1)
+		if got, _ := s.GetKey(ctx, k.ID); !got.LastUsedAt.Equal(t1) || got.LastUsedIP != ip1 {
+			t.Errorf("LastUsedAt, LastUsedIP = %v, %v, want %v, %v", got.LastUsedAt, got.LastUsedIP, t1, ip1)
 		}
-		if err := s.TouchKey(ctx, "nope", t1); !errors.Is(err, ErrNotFound) {
+		if err := s.TouchKey(ctx, k.ID, t1.Add(time.Minute), ip2); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.GetKey(ctx, k.ID); !got.LastUsedAt.Equal(t1.Add(time.Minute)) || got.LastUsedIP != ip2 {
+			t.Errorf("after a later use: LastUsedAt, LastUsedIP = %v, %v, want %v, %v", got.LastUsedAt, got.LastUsedIP, t1.Add(time.Minute), ip2)
+		}
+		if err := s.TouchKey(ctx, "nope", t1, ip1); !errors.Is(err, ErrNotFound) {
 			t.Errorf("touch missing: %v", err)
 		}
 
 		// List: active only, oldest first.
-		ks, err := s.ListKeys(ctx)
-		if err != nil {
+		ks, next, err := s.ListKeys(ctx, KeyFilter{})
+		if err != nil || next != "" {
 			t.Fatal(err)
 		}
 		if len(ks) != 2 || ks[0].ID != k.ID || ks[1].ID != k2.ID {
@@ -371,7 +378,7 @@ func TestKeys(t *testing.T) {
 		if err != nil || got.RevokedAt.IsZero() {
 			t.Errorf("revoked key by hash = %+v, %v; want it with RevokedAt", got, err)
 		}
-		ks, err = s.ListKeys(ctx)
+		ks, _, err = s.ListKeys(ctx, KeyFilter{})
 		if err != nil || len(ks) != 1 || ks[0].ID != k2.ID {
 			t.Errorf("ListKeys after revoke = %v, %v", ks, err)
 		}
@@ -1130,7 +1137,7 @@ func TestRawKeyNotStored(t *testing.T) {
 		if err := e.s.CreateKey(ctx, k); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.s.TouchKey(ctx, k.ID, time.Now()); err != nil {
+		if err := e.s.TouchKey(ctx, k.ID, time.Now(), netip.MustParseAddr("192.0.2.9")); err != nil {
 			t.Fatal(err)
 		}
 		needles := [][]byte{[]byte(raw), []byte(raw[4:]), []byte(strings.ToUpper(raw))}

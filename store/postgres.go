@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -301,20 +302,24 @@ func fromNullTime(t *time.Time) time.Time {
 // API keys.
 
 const pgKeyCols = `id, label, grants, short_key, hash, subaccount, allowed_ips,
-	created_at, updated_at, last_used_at, revoked_at`
+	created_at, updated_at, last_used_at, revoked_at, expires_at, last_used_ip`
 
 func scanPGKey(row pgx.Row) (*Key, error) {
 	var (
 		k                 Key
 		grants, ips       []string
 		lastUsed, revoked *time.Time
+		expires           *time.Time
+		lastIP            string
 	)
 	if err := row.Scan(&k.ID, &k.Label, &grants, &k.ShortKey, &k.Hash, &k.Subaccount, &ips,
-		&k.CreatedAt, &k.UpdatedAt, &lastUsed, &revoked); err != nil {
+		&k.CreatedAt, &k.UpdatedAt, &lastUsed, &revoked, &expires, &lastIP); err != nil {
 		return nil, err
 	}
 	k.CreatedAt, k.UpdatedAt = k.CreatedAt.UTC(), k.UpdatedAt.UTC()
 	k.LastUsedAt, k.RevokedAt = fromNullTime(lastUsed), fromNullTime(revoked)
+	k.ExpiresAt = fromNullTime(expires)
+	k.LastUsedIP = parseStoredAddr(lastIP)
 	return &k, keyFromParts(&k, grants, ips)
 }
 
@@ -336,9 +341,9 @@ func (s *pgStore) CreateKey(ctx context.Context, k *Key) error {
 	}
 	now := utc(time.Now())
 	_, err := s.pool.Exec(ctx, `INSERT INTO api_keys (`+pgKeyCols+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12)`,
 		k.ID, k.Label, nonNil(k.Grants), k.ShortKey, k.Hash, k.Subaccount, prefixStrings(k.AllowedIPs),
-		now, nullTime(k.LastUsedAt), nullTime(k.RevokedAt))
+		now, nullTime(k.LastUsedAt), nullTime(k.RevokedAt), nullTime(k.ExpiresAt), addrString(k.LastUsedIP))
 	if err != nil {
 		return pgErr("create key", err)
 	}
@@ -364,23 +369,12 @@ func (s *pgStore) KeyByHash(ctx context.Context, hash []byte) (*Key, error) {
 	return k, pgErr("key by hash", err)
 }
 
-// ListKeys implements Store.
-func (s *pgStore) ListKeys(ctx context.Context) ([]*Key, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+pgKeyCols+` FROM api_keys
-		WHERE revoked_at IS NULL ORDER BY created_at, id`)
-	if err != nil {
-		return nil, pgErr("list keys", err)
-	}
-	ks, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*Key, error) { return scanPGKey(r) })
-	return ks, pgErr("list keys", err)
-}
-
 // UpdateKey implements Store.
 func (s *pgStore) UpdateKey(ctx context.Context, k *Key) error {
 	now := utc(time.Now())
 	tag, err := s.pool.Exec(ctx, `UPDATE api_keys SET label = $1, grants = $2, subaccount = $3,
-		allowed_ips = $4, updated_at = $5 WHERE id = $6 AND revoked_at IS NULL`,
-		k.Label, nonNil(k.Grants), k.Subaccount, prefixStrings(k.AllowedIPs), now, k.ID)
+		allowed_ips = $4, expires_at = $5, updated_at = $6 WHERE id = $7 AND revoked_at IS NULL`,
+		k.Label, nonNil(k.Grants), k.Subaccount, prefixStrings(k.AllowedIPs), nullTime(k.ExpiresAt), now, k.ID)
 	if err := pgOneRow("update key", k.ID, tag, err); err != nil {
 		return err
 	}
@@ -407,10 +401,13 @@ func (s *pgStore) RevokeKey(ctx context.Context, id string) error {
 	return pgOneRow("revoke key", id, tag, err)
 }
 
-// TouchKey implements Store. The last-used time never goes back.
-func (s *pgStore) TouchKey(ctx context.Context, id string, at time.Time) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE api_keys SET last_used_at = greatest(last_used_at, $1)
-		WHERE id = $2`, utc(at), id)
+// TouchKey implements Store. The last-used time never goes back; the
+// address changes only with a later use.
+func (s *pgStore) TouchKey(ctx context.Context, id string, at time.Time, ip netip.Addr) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE api_keys SET
+		last_used_ip = CASE WHEN last_used_at IS NULL OR last_used_at <= $1 THEN $2 ELSE last_used_ip END,
+		last_used_at = greatest(last_used_at, $1)
+		WHERE id = $3`, utc(at), addrString(ip), id)
 	return pgOneRow("touch key", id, tag, err)
 }
 

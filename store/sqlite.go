@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -204,7 +205,7 @@ func (s *sqliteStore) Wakeups() <-chan struct{} { return s.wake }
 // API keys.
 
 const sqliteKeyCols = `id, label, grants, short_key, hash, subaccount, allowed_ips,
-	created_at, updated_at, last_used_at, revoked_at`
+	created_at, updated_at, last_used_at, revoked_at, expires_at, last_used_ip`
 
 // scanner is a *sql.Row or *sql.Rows.
 type scanner interface{ Scan(dest ...any) error }
@@ -215,13 +216,17 @@ func scanSQLiteKey(sc scanner) (*Key, error) {
 		grants, ips       string
 		created, updated  int64
 		lastUsed, revoked sql.NullInt64
+		expires           sql.NullInt64
+		lastIP            string
 	)
 	if err := sc.Scan(&k.ID, &k.Label, &grants, &k.ShortKey, &k.Hash, &k.Subaccount, &ips,
-		&created, &updated, &lastUsed, &revoked); err != nil {
+		&created, &updated, &lastUsed, &revoked, &expires, &lastIP); err != nil {
 		return nil, err
 	}
 	k.CreatedAt, k.UpdatedAt = fromUS(created), fromUS(updated)
 	k.LastUsedAt, k.RevokedAt = fromNullUS(lastUsed), fromNullUS(revoked)
+	k.ExpiresAt = fromNullUS(expires)
+	k.LastUsedIP = parseStoredAddr(lastIP)
 	g, err := parseJSONStrings(grants)
 	if err != nil {
 		return nil, err
@@ -252,9 +257,9 @@ func (s *sqliteStore) CreateKey(ctx context.Context, k *Key) error {
 	now := utc(time.Now())
 	err = s.inTx(ctx, "create key", func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO api_keys (`+sqliteKeyCols+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			k.ID, k.Label, grants, k.ShortKey, k.Hash, k.Subaccount, ips,
-			us(now), us(now), nullUS(k.LastUsedAt), nullUS(k.RevokedAt))
+			us(now), us(now), nullUS(k.LastUsedAt), nullUS(k.RevokedAt), nullUS(k.ExpiresAt), addrString(k.LastUsedIP))
 		return err
 	})
 	if err != nil {
@@ -282,25 +287,6 @@ func (s *sqliteStore) KeyByHash(ctx context.Context, hash []byte) (*Key, error) 
 	return k, sqliteErr("key by hash", err)
 }
 
-// ListKeys implements Store.
-func (s *sqliteStore) ListKeys(ctx context.Context) ([]*Key, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+sqliteKeyCols+` FROM api_keys
-		WHERE revoked_at IS NULL ORDER BY created_at, id`)
-	if err != nil {
-		return nil, sqliteErr("list keys", err)
-	}
-	defer rows.Close()
-	var ks []*Key
-	for rows.Next() {
-		k, err := scanSQLiteKey(rows)
-		if err != nil {
-			return nil, sqliteErr("list keys", err)
-		}
-		ks = append(ks, k)
-	}
-	return ks, sqliteErr("list keys", rows.Err())
-}
-
 // UpdateKey implements Store.
 func (s *sqliteStore) UpdateKey(ctx context.Context, k *Key) error {
 	grants, err := jsonStrings(k.Grants)
@@ -314,8 +300,8 @@ func (s *sqliteStore) UpdateKey(ctx context.Context, k *Key) error {
 	now := utc(time.Now())
 	err = s.inTx(ctx, "update key", func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE api_keys SET label = ?, grants = ?, subaccount = ?,
-			allowed_ips = ?, updated_at = ? WHERE id = ? AND revoked_at IS NULL`,
-			k.Label, grants, k.Subaccount, ips, us(now), k.ID)
+			allowed_ips = ?, expires_at = ?, updated_at = ? WHERE id = ? AND revoked_at IS NULL`,
+			k.Label, grants, k.Subaccount, ips, nullUS(k.ExpiresAt), us(now), k.ID)
 		return oneRow(res, err, k.ID)
 	})
 	if err != nil {
@@ -350,11 +336,14 @@ func (s *sqliteStore) RevokeKey(ctx context.Context, id string) error {
 	})
 }
 
-// TouchKey implements Store. The last-used time never goes back.
-func (s *sqliteStore) TouchKey(ctx context.Context, id string, at time.Time) error {
+// TouchKey implements Store. The last-used time never goes back; the
+// address changes only with a later use.
+func (s *sqliteStore) TouchKey(ctx context.Context, id string, at time.Time, ip netip.Addr) error {
 	return s.inTx(ctx, "touch key", func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?)
-			WHERE id = ?`, us(at), id)
+		res, err := tx.ExecContext(ctx, `UPDATE api_keys SET
+			last_used_ip = CASE WHEN coalesce(last_used_at, 0) <= ?1 THEN ?2 ELSE last_used_ip END,
+			last_used_at = max(coalesce(last_used_at, 0), ?1)
+			WHERE id = ?3`, us(at), addrString(ip), id)
 		return oneRow(res, err, id)
 	})
 }

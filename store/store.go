@@ -56,7 +56,18 @@ type Key struct {
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
 	LastUsedAt time.Time // zero: never used
-	RevokedAt  time.Time // zero: active. Revoked keys are kept so AUTH can log "revoked"
+	// LastUsedIP is the client address of the use recorded in LastUsedAt;
+	// invalid (the zero Addr) if never used.
+	LastUsedIP netip.Addr
+	// ExpiresAt is when the key stops being accepted (refused like a
+	// revoked key from then on); zero: never.
+	ExpiresAt time.Time
+	RevokedAt time.Time // zero: active. Revoked keys are kept so AUTH can log "revoked"
+}
+
+// Expired reports whether k has an expiry time and now is at or past it.
+func (k *Key) Expired(now time.Time) bool {
+	return !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt)
 }
 
 // Recipient states (SPEC §5).
@@ -236,10 +247,19 @@ type Store interface {
 	CreateKey(ctx context.Context, k *Key) error // fills CreatedAt/UpdatedAt; ErrExists on duplicate id or hash
 	GetKey(ctx context.Context, id string) (*Key, error)
 	KeyByHash(ctx context.Context, hash []byte) (*Key, error) // includes revoked keys
-	ListKeys(ctx context.Context) ([]*Key, error)             // active keys only, oldest first
-	UpdateKey(ctx context.Context, k *Key) error              // label, grants, subaccount, allowed IPs; sets UpdatedAt
-	RevokeKey(ctx context.Context, id string) error           // sets RevokedAt; ErrNotFound if no active key
-	TouchKey(ctx context.Context, id string, at time.Time) error
+	// ListKeys returns one page of the active (not revoked) keys matching
+	// f, oldest first, and the cursor of the next page ("" after the last
+	// page). See [KeyFilter]; ErrBadCursor for a cursor it did not make.
+	ListKeys(ctx context.Context, f KeyFilter) (page []*Key, next string, err error)
+	UpdateKey(ctx context.Context, k *Key) error    // label, grants, subaccount, allowed IPs, expiry; sets UpdatedAt
+	RevokeKey(ctx context.Context, id string) error // sets RevokedAt; ErrNotFound if no active key
+	// TouchKey records a use of key id at time at from client address ip
+	// (may be the zero Addr). The last-used time never goes back; the
+	// address is that of the latest use recorded.
+	TouchKey(ctx context.Context, id string, at time.Time, ip netip.Addr) error
+
+	// Sending limits (store/limits.go).
+	LimitStore
 
 	// Enqueue durably stores m with its recipients and one injection event per
 	// recipient. It returns only after the transaction that holds m committed
