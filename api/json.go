@@ -40,6 +40,14 @@ type Key struct {
 	// LastUsed is the time the key was last used (recorded at most once a
 	// minute), omitted if never.
 	LastUsed string `json:"last_used,omitempty"`
+	// LastUsedIP is the client address of that use, omitted if never.
+	LastUsedIP string `json:"last_used_ip,omitempty"`
+	// ExpiresAt is when the key stops being accepted, RFC 3339 in UTC;
+	// omitted if it never expires.
+	ExpiresAt string `json:"expires_at,omitempty"`
+	// Expired is true once ExpiresAt has passed (the key is refused as a
+	// deleted one would be); omitted otherwise.
+	Expired bool `json:"expired,omitempty"`
 }
 
 // NewKey returns the JSON shape of a stored key (without the key itself).
@@ -59,6 +67,13 @@ func NewKey(k *store.Key) Key {
 	}
 	if !k.LastUsedAt.IsZero() {
 		j.LastUsed = k.LastUsedAt.UTC().Format(time.RFC3339)
+	}
+	if k.LastUsedIP.IsValid() {
+		j.LastUsedIP = k.LastUsedIP.String()
+	}
+	if !k.ExpiresAt.IsZero() {
+		j.ExpiresAt = k.ExpiresAt.UTC().Format(time.RFC3339)
+		j.Expired = k.Expired(time.Now())
 	}
 	return j
 }

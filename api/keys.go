@@ -4,7 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
+	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/smtpgw/smtpgw/auth"
@@ -82,22 +83,88 @@ func (s *server) scopedKey(r *http.Request, c *caller, id string) (*store.Key, e
 	return k, nil
 }
 
-// listKeys answers GET /api/v1/api-keys: the active keys in scope, oldest
-// first; ?grant=G keeps those holding grant G (as SparkPost).
+// Paging of GET /api/v1/api-keys.
+const (
+	// defaultKeysPerPage is the page size without per_page.
+	defaultKeysPerPage = store.DefaultKeyPage
+	// maxKeysPerPage is the largest per_page accepted.
+	maxKeysPerPage = store.MaxKeyPage
+)
+
+// keyPage is the answer to GET /api/v1/api-keys: one page of keys and, as
+// SparkPost's events API, links.next to the following page (omitted on the
+// last one).
+type keyPage struct {
+	Results []Key `json:"results"`
+	Links   links `json:"links"`
+}
+
+// links holds the paging links of a listing.
+type links struct {
+	// Next is the path and query of the next page; omitted on the last.
+	Next string `json:"next,omitempty"`
+}
+
+// listKeys answers GET /api/v1/api-keys: one page of the active keys in
+// scope, oldest first. Query parameters: per_page (1 to 10000, default
+// 1000), cursor (from links.next), label (substring, ignoring ASCII case),
+// grant (keys holding it, as SparkPost's ?grant=) and subaccount (within
+// the scope). The store reads only the page asked for: memory stays flat
+// whatever the number of keys.
 func (s *server) listKeys(w http.ResponseWriter, r *http.Request, c *caller) error {
-	keys, err := s.m.List(r.Context())
+	q := r.URL.Query()
+	f := store.KeyFilter{
+		Label:  q.Get("label"),
+		Grant:  q.Get("grant"),
+		Cursor: q.Get("cursor"),
+		Limit:  defaultKeysPerPage,
+	}
+	if v := q.Get("per_page"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxKeysPerPage {
+			return badRequest("per_page must be a number from 1 to %d, not %q", maxKeysPerPage, v)
+		}
+		f.Limit = n
+	}
+	if !c.scope.all {
+		sub := c.scope.sub
+		f.Subaccount = &sub
+	}
+	if v := q.Get("subaccount"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return badRequest("subaccount must be a subaccount id (0: master account), not %q", v)
+		}
+		if !c.scope.has(n) {
+			return &Error{Status: http.StatusForbidden, Message: "Forbidden.",
+				Description: fmt.Sprintf("subaccount %d is outside this request's scope (subaccount %d)", n, c.scope.sub)}
+		}
+		f.Subaccount = &n
+	}
+	keys, next, err := s.m.List(r.Context(), f)
 	if err != nil {
+		var pe *auth.ParamError
+		if errors.As(err, &pe) {
+			return badRequest("cursor: %q is not a cursor of this listing: use links.next of the previous page, or no cursor to start again", f.Cursor)
+		}
 		return err
 	}
-	grant := r.URL.Query().Get("grant")
-	out := make([]Key, 0, len(keys))
+	out := keyPage{Results: make([]Key, 0, len(keys))}
 	for _, k := range keys {
-		if !c.scope.has(k.Subaccount) || grant != "" && !slices.Contains(k.Grants, grant) {
-			continue
-		}
-		out = append(out, NewKey(k))
+		out.Results = append(out.Results, NewKey(k))
 	}
-	writeResults(w, out)
+	if next != "" {
+		nq := url.Values{}
+		for _, p := range []string{"label", "grant", "subaccount"} {
+			if v := q.Get(p); v != "" {
+				nq.Set(p, v)
+			}
+		}
+		nq.Set("per_page", strconv.Itoa(f.Limit))
+		nq.Set("cursor", next)
+		out.Links.Next = "/api/v1/api-keys?" + nq.Encode()
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 

@@ -16,25 +16,34 @@
 //     with store.KeyByHash. Store failures are returned wrapped, not as
 //     [*Error], so SMTP answers 454 rather than 535.
 //  3. The stored hash is compared with the computed one in constant time;
-//     then the key must not be revoked, the client address must be in its
-//     allowed IPs, and it must hold the grant asked for. An unknown key is
+//     then the key must not be revoked nor expired (its expires_at is
+//     compared with the clock on every verification, cache hits included,
+//     so the cache never lets a key through past its expiry), the client
+//     address must be in its allowed IPs, and it must hold the grant asked
+//     for. An unknown key is
 //     checked against a decoy key so that it costs the same work as a known
 //     key refused for its address.
-//  4. Success is recorded as the key's last use by a background writer that
-//     batches store.TouchKey calls, at most once per key per minute: the
-//     AUTH path never writes to the database.
+//  4. Success is recorded as the key's last use (time and client address)
+//     by a background writer that batches store.TouchKey calls, at most
+//     once per key per minute: the AUTH path never writes to the database.
 //
 // A key revoked or changed through a [Manager] holding the [Verifier] is
 // evicted from that node's cache at once; other nodes see the change when
 // their cache entry expires.
 //
 // Errors returned for refused keys are [*Error] values wrapping one of
-// [ErrUnknownKey], [ErrRevokedKey], [ErrMissingGrant] or [ErrIPNotAllowed].
+// [ErrUnknownKey], [ErrRevokedKey], [ErrExpiredKey], [ErrMissingGrant] or
+// [ErrIPNotAllowed].
 // They are meant for logs (they never contain the key) and must not reach
 // the client, which only learns that authentication failed.
 //
+// [Manager.Rotate] replaces a key by a twin (same label, grants,
+// subaccount, allowed IPs and sending limits) and makes the old one expire
+// after an overlap, so that an application can switch keys without a
+// refused message.
+//
 // Key parameters an admin must fix (label, grants, allowed IPs,
-// subaccount) are refused by [Manager] with a [*ParamError] naming the
+// subaccount, expiry) are refused by [Manager] with a [*ParamError] naming the
 // parameter; it matches [ErrInvalid]. The rules live here only: the CLI
 // and the HTTP API pass input through and report the error.
 package auth
@@ -54,6 +63,8 @@ var (
 	ErrUnknownKey = errors.New("unknown key")
 	// ErrRevokedKey: the key was deleted (revoked).
 	ErrRevokedKey = errors.New("revoked key")
+	// ErrExpiredKey: the key's expiry time (expires_at) has passed.
+	ErrExpiredKey = errors.New("expired key")
 	// ErrMissingGrant: the key lacks the grant the operation needs.
 	ErrMissingGrant = errors.New("missing grant")
 	// ErrIPNotAllowed: the client address is not in the key's allowed IPs.
@@ -62,8 +73,8 @@ var (
 
 // Error describes a refused key for the log. It never contains the key.
 type Error struct {
-	// Reason is one of ErrUnknownKey, ErrRevokedKey, ErrMissingGrant and
-	// ErrIPNotAllowed.
+	// Reason is one of ErrUnknownKey, ErrRevokedKey, ErrExpiredKey,
+	// ErrMissingGrant and ErrIPNotAllowed.
 	Reason error
 	// KeyID is the refused key's id; "" for an unknown key.
 	KeyID string

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/smtpgw/smtpgw/store"
 )
@@ -43,6 +44,9 @@ type CreateParams struct {
 	// AllowedIPs are the addresses or CIDR prefixes the key may be used
 	// from (see ParseAllowedIPs); empty allows any address.
 	AllowedIPs []string
+	// ExpiresAt, when not zero, is when the key stops being accepted; it
+	// must be in the future (see ParseExpiry).
+	ExpiresAt time.Time
 }
 
 // UpdateParams describes changes to a key; nil or false fields keep the
@@ -61,15 +65,35 @@ type UpdateParams struct {
 	// ClearAllowedIPs allows any address again. It cannot be combined with
 	// AllowedIPs.
 	ClearAllowedIPs bool
+	// ExpiresAt, when not zero, sets the expiry time; it must be in the
+	// future.
+	ExpiresAt time.Time
+	// ClearExpiry makes the key never expire. It cannot be combined with
+	// ExpiresAt.
+	ClearExpiry bool
 }
 
 // Create makes a new key and stores it. It returns the key itself, to be
 // shown once and never again, and the stored record (without the key).
 func (m *Manager) Create(ctx context.Context, p CreateParams) (string, *store.Key, error) {
 	label, grants, ips, err := checkCreate(p)
+	if err == nil && !p.ExpiresAt.IsZero() {
+		err = checkExpiry(p.ExpiresAt, time.Now())
+	}
 	if err != nil {
 		return "", nil, fmt.Errorf("create key: %w", err)
 	}
+	return m.create(ctx, &store.Key{
+		Label:      label,
+		Grants:     grants,
+		Subaccount: p.Subaccount,
+		AllowedIPs: ips,
+		ExpiresAt:  utcMicro(p.ExpiresAt),
+	})
+}
+
+// create stores a new key with the fields of tmpl and a fresh secret.
+func (m *Manager) create(ctx context.Context, tmpl *store.Key) (string, *store.Key, error) {
 	// A duplicate id or hash is all but impossible (64 and 160 random
 	// bits); retry rather than fail if it happens.
 	for attempt := 0; ; attempt++ {
@@ -79,12 +103,13 @@ func (m *Manager) Create(ctx context.Context, p CreateParams) (string, *store.Ke
 		}
 		k := &store.Key{
 			ID:         store.NewKeyID(),
-			Label:      label,
-			Grants:     grants,
+			Label:      tmpl.Label,
+			Grants:     tmpl.Grants,
 			ShortKey:   key[:ShortKeyLen],
 			Hash:       HashKey(key),
-			Subaccount: p.Subaccount,
-			AllowedIPs: ips,
+			Subaccount: tmpl.Subaccount,
+			AllowedIPs: tmpl.AllowedIPs,
+			ExpiresAt:  tmpl.ExpiresAt,
 		}
 		err = m.st.CreateKey(ctx, k)
 		if errors.Is(err, store.ErrExists) && attempt < 2 {
@@ -159,6 +184,15 @@ func (m *Manager) Update(ctx context.Context, id string, p UpdateParams) (*store
 			return nil, fmt.Errorf("update key %s: %w", id, err)
 		}
 	}
+	if p.ClearExpiry && !p.ExpiresAt.IsZero() {
+		return nil, fmt.Errorf("update key %s: %w", id,
+			paramErrorf(FieldExpiresAt, "both given and cleared: give one"))
+	}
+	if !p.ExpiresAt.IsZero() {
+		if err := checkExpiry(p.ExpiresAt, time.Now()); err != nil {
+			return nil, fmt.Errorf("update key %s: %w", id, err)
+		}
+	}
 
 	k, err := m.Get(ctx, id)
 	if err != nil {
@@ -178,6 +212,12 @@ func (m *Manager) Update(ctx context.Context, id string, p UpdateParams) (*store
 	}
 	if p.ClearAllowedIPs {
 		k.AllowedIPs = nil
+	}
+	if !p.ExpiresAt.IsZero() {
+		k.ExpiresAt = utcMicro(p.ExpiresAt)
+	}
+	if p.ClearExpiry {
+		k.ExpiresAt = time.Time{}
 	}
 	// Only a change of grants or subaccount is checked against the other:
 	// a label change leaves an existing key as it is.
@@ -225,14 +265,71 @@ func (m *Manager) Get(ctx context.Context, id string) (*store.Key, error) {
 	return k, nil
 }
 
-// List returns the active keys, oldest first.
-func (m *Manager) List(ctx context.Context) ([]*store.Key, error) {
-	keys, err := m.st.ListKeys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list keys: %w", err)
+// List returns one page of the active keys matching f, oldest first, and
+// the cursor of the next page ("" after the last); see store.KeyFilter. A
+// bad cursor is a [*ParamError] for FieldCursor.
+func (m *Manager) List(ctx context.Context, f store.KeyFilter) ([]*store.Key, string, error) {
+	keys, next, err := m.st.ListKeys(ctx, f)
+	if errors.Is(err, store.ErrBadCursor) {
+		err = &ParamError{Field: FieldCursor, Err: err}
 	}
-	return keys, nil
+	if err != nil {
+		return nil, "", fmt.Errorf("list keys: %w", err)
+	}
+	return keys, next, nil
 }
+
+// DefaultOverlap is how long a rotated key keeps working when Rotate is
+// given no overlap.
+const DefaultOverlap = 24 * time.Hour
+
+// Rotate replaces the active key id by a new key with the same label,
+// grants, subaccount, allowed IPs and sending limits (no expiry), and makes
+// the old key expire after overlap (or keeps its expiry if that comes
+// sooner). An overlap of 0 expires the old key at once; a negative one is
+// refused. It returns the new key itself (to be shown once), the new key
+// as stored and the old one as updated.
+func (m *Manager) Rotate(ctx context.Context, id string, overlap time.Duration) (string, *store.Key, *store.Key, error) {
+	if overlap < 0 {
+		return "", nil, nil, fmt.Errorf("rotate key %s: %w", id,
+			paramErrorf(FieldOverlap, "%s is negative: give how long the old key keeps working, e.g. 24h (0: stop it now)", overlap))
+	}
+	old, err := m.Get(ctx, id)
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("rotate key: %w", err)
+	}
+	lim, err := m.st.GetLimits(ctx, store.LimitScope{Kind: store.LimitKindKey, ID: old.ID})
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("rotate key %s: %w", id, err)
+	}
+	key, k, err := m.create(ctx, &store.Key{
+		Label:      old.Label,
+		Grants:     old.Grants,
+		Subaccount: old.Subaccount,
+		AllowedIPs: old.AllowedIPs,
+	})
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("rotate key %s: %w", id, err)
+	}
+	if !lim.IsZero() {
+		if err := m.st.SetLimits(ctx, store.LimitScope{Kind: store.LimitKindKey, ID: k.ID}, lim); err != nil {
+			return "", nil, nil, fmt.Errorf("rotate key %s: new key %s made, copying its limits failed (set them with keys update): %w", id, k.ID, err)
+		}
+	}
+	until := utcMicro(time.Now().Add(overlap))
+	if old.ExpiresAt.IsZero() || until.Before(old.ExpiresAt) {
+		old.ExpiresAt = until
+	}
+	err = m.st.UpdateKey(ctx, old)
+	m.evict(old.ID)
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("rotate key %s: new key %s made, but the old key's expiry was not set (set it with keys update --expires): %w", id, k.ID, err)
+	}
+	return key, k, old, nil
+}
+
+// utcMicro is t in UTC at the stores' precision (microseconds).
+func utcMicro(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
 
 func (m *Manager) evict(id string) {
 	if m.v != nil {

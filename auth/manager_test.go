@@ -92,7 +92,7 @@ func TestManagerCreate(t *testing.T) {
 		// metrics/view for a master-account key.
 		mustCreate(t, m, CreateParams{Label: strings.Repeat("é", MaxLabelLen), Grants: []string{GrantMetricsView}})
 
-		keys, err := m.List(ctx)
+		keys, _, err := m.List(ctx, store.KeyFilter{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -203,7 +203,7 @@ func TestManagerDelete(t *testing.T) {
 		if _, err := m.Update(ctx, k.ID, UpdateParams{Label: &label}); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("Update of a deleted key: %v, want store.ErrNotFound", err)
 		}
-		keys, err := m.List(ctx)
+		keys, _, err := m.List(ctx, store.KeyFilter{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -24,6 +26,9 @@ const (
 	FieldGrants     = "grants"
 	FieldAllowedIPs = "allowed_ips"
 	FieldSubaccount = "subaccount"
+	FieldExpiresAt  = "expires_at"
+	FieldOverlap    = "overlap"
+	FieldCursor     = "cursor"
 )
 
 // ParamError is a key parameter refused by [Manager.Create],
@@ -31,7 +36,8 @@ const (
 // [ErrInvalid] under errors.Is.
 type ParamError struct {
 	// Field is the parameter at fault: FieldLabel, FieldGrants,
-	// FieldAllowedIPs or FieldSubaccount. Callers with other names for
+	// FieldAllowedIPs, FieldSubaccount, FieldExpiresAt, FieldOverlap or
+	// FieldCursor. Callers with other names for
 	// these (the HTTP API's valid_ips) translate it.
 	Field string
 	// Err says what is wrong with the value and how to fix it, without
@@ -44,8 +50,11 @@ type ParamError struct {
 // `allowed IPs: "10.0.0.0/33" is not an IP address or CIDR prefix`.
 func (e *ParamError) Error() string {
 	name := e.Field
-	if name == FieldAllowedIPs {
+	switch name {
+	case FieldAllowedIPs:
 		name = "allowed IPs"
+	case FieldExpiresAt:
+		name = "expiry"
 	}
 	if name == "" {
 		return e.Err.Error()
@@ -112,4 +121,51 @@ func checkMasterOnly(grants []string, sub int64, field string) error {
 	}
 	return paramErrorf(field, "%s is for master-account keys only: the metrics cover every account, so a key of subaccount %d may not read them",
 		GrantMetricsView, sub)
+}
+
+// ParseExpiry parses an expiry given as an RFC 3339 time
+// ("2027-01-31T00:00:00Z") or a duration from now ("720h", "90d", "30m");
+// d is a day of 24 hours. The result is in UTC; it is not checked to be in
+// the future (Manager does that).
+func ParseExpiry(s string, now time.Time) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t.UTC(), nil
+	}
+	d, err := parseDays(s)
+	if err != nil {
+		return time.Time{}, paramErrorf(FieldExpiresAt, "%q is neither an RFC 3339 time (e.g. 2027-01-31T00:00:00Z) nor a duration (e.g. 720h or 90d)", s)
+	}
+	return now.Add(d).UTC(), nil
+}
+
+// parseDays is time.ParseDuration that also takes whole days ("90d").
+func parseDays(s string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.Atoi(n)
+		if err != nil || days < 0 || days > 100*365 {
+			return 0, fmt.Errorf("bad days %q", s)
+		}
+		return time.Duration(days) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(s)
+}
+
+// ParseOverlap parses the overlap of a rotation: a duration such as 24h,
+// 90m or 7d.
+func ParseOverlap(s string) (time.Duration, error) {
+	d, err := parseDays(strings.TrimSpace(s))
+	if err != nil || d < 0 {
+		return 0, paramErrorf(FieldOverlap, "%q is not a duration: give e.g. 24h, 90m or 7d (0: the old key stops at once)", s)
+	}
+	return d, nil
+}
+
+// checkExpiry refuses an expiry time that is not in the future.
+func checkExpiry(t, now time.Time) error {
+	if !t.After(now) {
+		return paramErrorf(FieldExpiresAt, "%s is not in the future: give a later time, or delete the key to stop it now",
+			t.UTC().Format(time.RFC3339))
+	}
+	return nil
 }

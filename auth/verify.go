@@ -62,7 +62,7 @@ type Verifier struct {
 
 	touchMu sync.Mutex
 	touched map[string]time.Time // key id → last use recorded (pruned after touchInterval)
-	pending map[string]time.Time // key id → last use not yet written
+	pending map[string]use       // key id → last use not yet written
 	wake    chan struct{}        // capacity 1: pending is not empty
 	stop    chan struct{}        // closed by Close
 	done    chan struct{}        // closed when the writer returned
@@ -70,6 +70,12 @@ type Verifier struct {
 	once    sync.Once
 
 	flushDelay time.Duration // flushDelay; tests shorten it
+}
+
+// use is one recorded use of a key.
+type use struct {
+	at time.Time
+	ip netip.Addr
 }
 
 // cached is a cache entry: a key as stored, trusted until expires.
@@ -97,7 +103,7 @@ func NewVerifier(st store.Store, cfg Config) *Verifier {
 		keys:       make(map[[32]byte]cached),
 		missing:    make(map[[32]byte]time.Time),
 		touched:    make(map[string]time.Time),
-		pending:    make(map[string]time.Time),
+		pending:    make(map[string]use),
 		wake:       make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
@@ -121,16 +127,17 @@ func newDecoy() *store.Key {
 	}
 }
 
-// Verify checks key for SMTP submission: it must exist, not be revoked,
-// allow client, and hold smtp/inject. See VerifyGrant.
+// Verify checks key for SMTP submission: it must exist, not be revoked nor
+// expired, allow client, and hold smtp/inject. See VerifyGrant.
 func (v *Verifier) Verify(ctx context.Context, key string, client netip.Addr) (*Identity, error) {
 	return v.VerifyGrant(ctx, key, client, GrantSMTPInject)
 }
 
-// VerifyGrant checks that key exists, is not revoked, allows the client
-// address and holds grant ("" requires no grant: any valid key). A refused
-// key gives an [*Error] wrapping ErrUnknownKey, ErrRevokedKey,
-// ErrIPNotAllowed or ErrMissingGrant, checked in that order. A store failure
+// VerifyGrant checks that key exists, is not revoked nor expired, allows
+// the client address and holds grant ("" requires no grant: any valid
+// key). A refused key gives an [*Error] wrapping ErrUnknownKey,
+// ErrRevokedKey, ErrExpiredKey, ErrIPNotAllowed or ErrMissingGrant, checked
+// in that order. A store failure
 // is returned wrapped (errors.Is(err, store.ErrUnavailable), deadline...),
 // never as [*Error]: the caller answers with a temporary failure.
 func (v *Verifier) VerifyGrant(ctx context.Context, key string, client netip.Addr, grant string) (*Identity, error) {
@@ -173,8 +180,12 @@ func (v *Verifier) check(k *store.Key, h [32]byte, client netip.Addr, grant stri
 	if !found {
 		k = v.decoy
 	}
+	now := time.Now()
 	match := subtle.ConstantTimeCompare(k.Hash, h[:]) == 1 && found
 	revoked := !k.RevokedAt.IsZero()
+	// The expiry is checked against the clock every time, also for a key
+	// from the cache: the cache TTL never extends a key's life.
+	expired := k.Expired(now)
 	ipOK := IPAllowed(k.AllowedIPs, client)
 	grantOK := grant == "" || slices.Contains(k.Grants, grant)
 	refuse := func(reason error) (*Identity, error) {
@@ -185,12 +196,14 @@ func (v *Verifier) check(k *store.Key, h [32]byte, client netip.Addr, grant stri
 		return nil, &Error{Reason: ErrUnknownKey, Grant: grant, IP: client}
 	case revoked:
 		return refuse(ErrRevokedKey)
+	case expired:
+		return refuse(ErrExpiredKey)
 	case !ipOK:
 		return refuse(ErrIPNotAllowed)
 	case !grantOK:
 		return refuse(ErrMissingGrant)
 	}
-	v.recordUse(k.ID, time.Now())
+	v.recordUse(k.ID, now, client)
 	return &Identity{
 		KeyID:      k.ID,
 		ShortKey:   k.ShortKey,
@@ -298,9 +311,9 @@ func (v *Verifier) forget(h []byte) {
 	delete(v.missing, k)
 }
 
-// recordUse notes that key id was used at t, unless a use of it was noted
-// less than touchInterval ago, and wakes the writer.
-func (v *Verifier) recordUse(id string, t time.Time) {
+// recordUse notes that key id was used at t from client address ip, unless
+// a use of it was noted less than touchInterval ago, and wakes the writer.
+func (v *Verifier) recordUse(id string, t time.Time, ip netip.Addr) {
 	if v.closed.Load() {
 		return
 	}
@@ -311,7 +324,7 @@ func (v *Verifier) recordUse(id string, t time.Time) {
 		return
 	}
 	v.touched[id] = t
-	v.pending[id] = t
+	v.pending[id] = use{at: t, ip: ip}
 	v.touchMu.Unlock()
 	select {
 	case v.wake <- struct{}{}:
@@ -343,13 +356,13 @@ func (v *Verifier) run() {
 	}
 }
 
-// flush writes the pending last-used times with store.TouchKey and forgets
+// flush writes the pending last uses with store.TouchKey and forgets
 // uses older than touchInterval. A failed write is logged and dropped: the
 // next use after touchInterval records it again.
 func (v *Verifier) flush() {
 	v.touchMu.Lock()
 	batch := v.pending
-	v.pending = make(map[string]time.Time)
+	v.pending = make(map[string]use)
 	now := time.Now()
 	for id, t := range v.touched {
 		if now.Sub(t) >= touchInterval {
@@ -364,8 +377,8 @@ func (v *Verifier) flush() {
 	defer cancel()
 	failed := 0
 	var firstErr error
-	for id, t := range batch {
-		if err := v.st.TouchKey(ctx, id, t); err != nil {
+	for id, u := range batch {
+		if err := v.st.TouchKey(ctx, id, u.at, u.ip); err != nil {
 			if failed == 0 {
 				firstErr = err
 			}

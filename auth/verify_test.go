@@ -344,17 +344,18 @@ func TestVerifyCloseFlushes(t *testing.T) {
 // store write in between.
 func TestRecordUseOncePerMinute(t *testing.T) {
 	t.Parallel()
-	v := &Verifier{touched: map[string]time.Time{}, pending: map[string]time.Time{}, wake: make(chan struct{}, 1)}
+	v := &Verifier{touched: map[string]time.Time{}, pending: map[string]use{}, wake: make(chan struct{}, 1)}
 	t0 := time.Now()
-	v.recordUse("a", t0)
-	v.recordUse("a", t0.Add(30*time.Second))
-	v.recordUse("b", t0.Add(30*time.Second))
-	if len(v.pending) != 2 || !v.pending["a"].Equal(t0) {
-		t.Fatalf("pending %v, want a at t0 and b", v.pending)
+	ip1, ip2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	v.recordUse("a", t0, ip1)
+	v.recordUse("a", t0.Add(30*time.Second), ip2)
+	v.recordUse("b", t0.Add(30*time.Second), ip2)
+	if len(v.pending) != 2 || !v.pending["a"].at.Equal(t0) || v.pending["a"].ip != ip1 {
+		t.Fatalf("pending %v, want a at t0 from %s and b", v.pending, ip1)
 	}
 	delete(v.pending, "a")
-	v.recordUse("a", t0.Add(61*time.Second))
-	if !v.pending["a"].Equal(t0.Add(61 * time.Second)) {
+	v.recordUse("a", t0.Add(61*time.Second), ip2)
+	if u := v.pending["a"]; !u.at.Equal(t0.Add(61*time.Second)) || u.ip != ip2 {
 		t.Fatalf("use a minute later not recorded: %v", v.pending)
 	}
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -17,7 +19,7 @@ import (
 
 const keysUsage = `usage:
   smtpgw keys create --label L --grant G [--grant G...] [--subaccount N] [--allowed-ip CIDR...] [--json]
-  smtpgw keys list   [--json]
+  smtpgw keys list   [--label TEXT] [--subaccount N] [--grant G] [--limit N] [--cursor C] [--json]
   smtpgw keys show   ID [--json]
   smtpgw keys update ID [--label L] [--grant G...] [--subaccount N] [--allowed-ip CIDR...] [--any-ip] [--json]
   smtpgw keys delete ID`
@@ -92,9 +94,18 @@ func keysCreate(ctx context.Context, args []string, e env) (err error) {
 	return nil
 }
 
+// keysListPage is the page size keys list reads at a time when it lists
+// every key: memory stays flat whatever the number of keys.
+const keysListPage = 1000
+
 func keysList(ctx context.Context, args []string, e env) (err error) {
 	fs, cfgPath := newFlags("keys list")
 	asJSON := fs.Bool("json", false, "print JSON")
+	label := fs.String("label", "", "only keys whose label contains this text (ASCII case ignored)")
+	grant := fs.String("grant", "", "only keys holding this grant")
+	sub := fs.Int64("subaccount", -1, "only keys of this subaccount (0: master account)")
+	limit := fs.Int("limit", 0, fmt.Sprintf("list one page of at most this many keys (1 to %d) and print the cursor of the next", store.MaxKeyPage))
+	cursor := fs.String("cursor", "", "start after the page that printed this cursor")
 	pos, err := parse(fs, keysUsage, args, e)
 	if err != nil {
 		return err
@@ -102,40 +113,117 @@ func keysList(ctx context.Context, args []string, e env) (err error) {
 	if len(pos) > 0 {
 		return usagef("keys list: unexpected argument %q\n%s", pos[0], keysUsage)
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["limit"] && (*limit < 1 || *limit > store.MaxKeyPage) {
+		return usagef("keys list: --limit must be from 1 to %d, not %d", store.MaxKeyPage, *limit)
+	}
+	f := store.KeyFilter{Label: *label, Grant: *grant, Cursor: *cursor, Limit: keysListPage}
+	if set["subaccount"] {
+		if *sub < 0 {
+			return usagef("keys list: --subaccount must be 0 (master account) or a subaccount id")
+		}
+		f.Subaccount = sub
+	}
+	paged := set["limit"] || set["cursor"]
+	if set["limit"] {
+		f.Limit = *limit
+	}
 	_, st, err := openStore(ctx, *cfgPath, e)
 	if err != nil {
 		return err
 	}
 	defer closeStore(st, &err)
-	keys, err := auth.NewManager(st, nil).List(ctx)
-	if err != nil {
-		return fmt.Errorf("keys list: %w", err)
-	}
-	if *asJSON {
-		out := make([]keyJSON, 0, len(keys))
-		for _, k := range keys {
-			out = append(out, api.NewKey(k))
+	m := auth.NewManager(st, nil)
+	out := newKeyLister(e, *asJSON)
+	for {
+		keys, next, err := m.List(ctx, f)
+		if err != nil {
+			var pe *auth.ParamError
+			if errors.As(err, &pe) {
+				return usagef("keys list: --cursor %q is not a cursor printed by keys list: copy it from the previous page, or leave it out to start again", f.Cursor)
+			}
+			return fmt.Errorf("keys list: %w", err)
 		}
-		return writeJSON(e.stdout, map[string]any{"results": out})
+		if err := out.page(keys); err != nil {
+			return err
+		}
+		if next == "" || paged {
+			return out.end(next, f.Limit)
+		}
+		f.Cursor = next
 	}
-	if len(keys) == 0 {
-		fmt.Fprintln(e.stdout, "No API keys. Create one with: smtpgw keys create --label app --grant smtp/inject")
+}
+
+// keyLister prints keys a page at a time, as a table or as JSON, never
+// holding more than one page.
+type keyLister struct {
+	e      env
+	asJSON bool
+	n      int  // keys printed so far
+	inert  bool // a grant without effect was marked
+}
+
+func newKeyLister(e env, asJSON bool) *keyLister { return &keyLister{e: e, asJSON: asJSON} }
+
+// page prints one page of keys. The table's columns are aligned page by
+// page.
+func (l *keyLister) page(keys []*store.Key) error {
+	if l.asJSON {
+		for _, k := range keys {
+			b, err := json.MarshalIndent(api.NewKey(k), "    ", "  ")
+			if err != nil {
+				return err
+			}
+			sep := ",\n"
+			if l.n == 0 {
+				sep = "{\n  \"results\": [\n"
+			}
+			if _, err := fmt.Fprintf(l.e.stdout, "%s    %s", sep, b); err != nil {
+				return err
+			}
+			l.n++
+		}
 		return nil
 	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tLABEL\tSHORT KEY\tGRANTS\tSUBACCOUNT\tALLOWED IPS\tLAST USED")
-	inert := false
+	if len(keys) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(l.e.stdout, 0, 4, 2, ' ', 0)
+	if l.n == 0 {
+		fmt.Fprintln(tw, "ID\tLABEL\tSHORT KEY\tGRANTS\tSUBACCOUNT\tALLOWED IPS\tEXPIRES\tLAST USED")
+	}
 	for _, k := range keys {
 		g, anyInert := grantList(k.Grants)
-		inert = inert || anyInert
-		fmt.Fprintf(tw, "%s\t%s\t%s…\t%s\t%s\t%s\t%s\n", k.ID, k.Label, k.ShortKey, g,
-			subaccountText(k.Subaccount), ipsText(k.AllowedIPs), lastUsedText(k.LastUsedAt))
+		l.inert = l.inert || anyInert
+		fmt.Fprintf(tw, "%s\t%s\t%s…\t%s\t%s\t%s\t%s\t%s\n", k.ID, termSafe(k.Label), k.ShortKey, g,
+			subaccountText(k.Subaccount), ipsText(k.AllowedIPs), expiresText(k), lastUsedText(k))
+		l.n++
 	}
-	if err := tw.Flush(); err != nil {
+	return tw.Flush()
+}
+
+// end closes the listing; next is the cursor of the page after the last
+// one printed ("" if none), limit its size.
+func (l *keyLister) end(next string, limit int) error {
+	if l.asJSON {
+		if l.n == 0 {
+			fmt.Fprint(l.e.stdout, "{\n  \"results\": [")
+		} else {
+			fmt.Fprint(l.e.stdout, "\n  ")
+		}
+		c, _ := json.Marshal(next)
+		_, err := fmt.Fprintf(l.e.stdout, "],\n  \"next_cursor\": %s\n}\n", c)
 		return err
 	}
-	if inert {
-		fmt.Fprintln(e.stdout, "\n* grant accepted for SparkPost compatibility; it has no effect in smtpgw.")
+	if l.n == 0 {
+		fmt.Fprintln(l.e.stdout, "No API keys. Create one with: smtpgw keys create --label app --grant smtp/inject")
+	}
+	if l.inert {
+		fmt.Fprintln(l.e.stdout, "\n* grant accepted for SparkPost compatibility; it has no effect in smtpgw.")
+	}
+	if next != "" {
+		fmt.Fprintf(l.e.stdout, "\nMore keys: smtpgw keys list --limit %d --cursor %s\n", limit, next)
 	}
 	return nil
 }
@@ -169,14 +257,15 @@ func printKey(k *store.Key, asJSON bool, e env) error {
 	g, inert := grantList(k.Grants)
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "id:\t%s\n", k.ID)
-	fmt.Fprintf(tw, "label:\t%s\n", k.Label)
+	fmt.Fprintf(tw, "label:\t%s\n", termSafe(k.Label))
 	fmt.Fprintf(tw, "short key:\t%s…\n", k.ShortKey)
 	fmt.Fprintf(tw, "grants:\t%s\n", g)
 	fmt.Fprintf(tw, "subaccount:\t%s\n", subaccountText(k.Subaccount))
 	fmt.Fprintf(tw, "allowed IPs:\t%s\n", ipsText(k.AllowedIPs))
 	fmt.Fprintf(tw, "created:\t%s\n", k.CreatedAt.UTC().Format(time.RFC3339))
 	fmt.Fprintf(tw, "updated:\t%s\n", k.UpdatedAt.UTC().Format(time.RFC3339))
-	fmt.Fprintf(tw, "last used:\t%s\n", lastUsedText(k.LastUsedAt))
+	fmt.Fprintf(tw, "expires:\t%s\n", expiresText(k))
+	fmt.Fprintf(tw, "last used:\t%s\n", lastUsedText(k))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -290,9 +379,36 @@ func ipsText(ps []netip.Prefix) string {
 	return strings.Join(api.PrefixStrings(ps), ",")
 }
 
-func lastUsedText(t time.Time) string {
-	if t.IsZero() {
+// lastUsedText is the key's last use and its client address.
+func lastUsedText(k *store.Key) string {
+	if k.LastUsedAt.IsZero() {
 		return "never"
 	}
-	return t.UTC().Format(time.RFC3339)
+	s := k.LastUsedAt.UTC().Format(time.RFC3339)
+	if k.LastUsedIP.IsValid() {
+		s += " from " + k.LastUsedIP.String()
+	}
+	return s
+}
+
+// expiresText is the key's expiry, marked when past.
+func expiresText(k *store.Key) string {
+	switch {
+	case k.ExpiresAt.IsZero():
+		return "never"
+	case k.Expired(time.Now()):
+		return k.ExpiresAt.UTC().Format(time.RFC3339) + " (expired)"
+	}
+	return k.ExpiresAt.UTC().Format(time.RFC3339)
+}
+
+// termSafe quotes a label holding control characters, so an admin-chosen
+// string cannot move the terminal's cursor or colour the listing.
+func termSafe(s string) string {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
