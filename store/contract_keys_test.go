@@ -339,4 +339,3 @@ func BenchmarkListKeysPage(b *testing.B) {
 		})
 	}
 }
-
