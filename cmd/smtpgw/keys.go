@@ -401,14 +401,3 @@ func expiresText(k *store.Key) string {
 	}
 	return k.ExpiresAt.UTC().Format(time.RFC3339)
 }
-
-// termSafe quotes a label holding control characters, so an admin-chosen
-// string cannot move the terminal's cursor or colour the listing.
-func termSafe(s string) string {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return strconv.Quote(s)
-		}
-	}
-	return s
-}
