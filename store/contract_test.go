@@ -919,6 +919,7 @@ func TestQueueAdmin(t *testing.T) {
 			{QueueFilter{KeyID: "key1"}, []int{3, 1}},
 			{QueueFilter{Subaccount: &one, State: StateQueued}, []int{3, 1}},
 			{QueueFilter{Limit: 2}, []int{3, 2}},
+			{QueueFilter{State: StateQueued, OldestFirst: true, Limit: 2}, []int{1, 2}},
 		} {
 			got, err := e.s.ListMessages(ctx, c.f)
 			if err != nil {

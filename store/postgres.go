@@ -780,7 +780,11 @@ func (s *pgStore) ListMessages(ctx context.Context, f QueueFilter) ([]*Message, 
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, " AND ")
 	}
-	q += ` ORDER BY m.created_at DESC, m.id DESC LIMIT ` + args.add(limitOr(f.Limit, 1000))
+	order := ` ORDER BY m.created_at DESC, m.id DESC`
+	if f.OldestFirst {
+		order = ` ORDER BY m.created_at, m.id`
+	}
+	q += order + ` LIMIT ` + args.add(limitOr(f.Limit, 1000))
 
 	var msgs []*Message
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {

@@ -685,7 +685,11 @@ func (s *sqliteStore) ListMessages(ctx context.Context, f QueueFilter) ([]*Messa
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, " AND ")
 	}
-	q += ` ORDER BY m.created_at DESC, m.id DESC LIMIT ?`
+	if f.OldestFirst {
+		q += ` ORDER BY m.created_at, m.id LIMIT ?`
+	} else {
+		q += ` ORDER BY m.created_at DESC, m.id DESC LIMIT ?`
+	}
 	args = append(args, limitOr(f.Limit, 1000))
 
 	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})

@@ -210,6 +210,8 @@ type QueueFilter struct {
 	KeyID      string
 	Subaccount *int64
 	Limit      int // 0: 1000
+	// OldestFirst lists the oldest messages first instead of the newest.
+	OldestFirst bool
 }
 
 // QueueStats counts recipients per state.
@@ -286,7 +288,7 @@ type Store interface {
 	Finish(ctx context.Context, owner string, f Finish) (int, error)
 
 	// Queue administration.
-	ListMessages(ctx context.Context, f QueueFilter) ([]*Message, error) // Recipients filled, Body nil, newest first
+	ListMessages(ctx context.Context, f QueueFilter) ([]*Message, error) // Recipients filled, Body nil, newest first (f.OldestFirst: oldest)
 	GetMessage(ctx context.Context, id string) (*Message, error)         // with body and recipients
 	RetryMessage(ctx context.Context, id string) (int, error)            // queued/deferred recipients due now; returns count
 	DeleteMessage(ctx context.Context, id string) error                  // message, recipients (events stay)
