@@ -229,9 +229,20 @@ type Events struct {
 
 // HTTP is the [http] section.
 type HTTP struct {
-	// Addr is the admin listener for metrics, health and the JSON APIs;
-	// "" disables it.
+	// Addr is the admin listener for the web console, metrics, health and
+	// the JSON APIs; "" disables it.
 	Addr string `toml:"addr"`
+	// TLS serves the listener over HTTPS. With TLSCert and TLSKey empty it
+	// uses the self-signed certificate SMTP uses (data_dir/tls). Setting
+	// TLSCert and TLSKey implies TLS.
+	TLS bool `toml:"tls"`
+	// TLSCert and TLSKey are the PEM certificate and key of the HTTPS
+	// listener; both or neither.
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
+	// ConsoleIdleTimeout ends a web console session after this long
+	// without a request.
+	ConsoleIdleTimeout Duration `toml:"console_idle_timeout"`
 }
 
 // Default returns the configuration used when neither file nor environment
@@ -274,7 +285,7 @@ func Default() *Config {
 			CommandTimeout:       Duration{5 * time.Minute},
 		},
 		Events: Events{Retention: Duration{240 * time.Hour}},
-		HTTP:   HTTP{Addr: "127.0.0.1:8025"},
+		HTTP:   HTTP{Addr: "127.0.0.1:8025", ConsoleIdleTimeout: Duration{30 * time.Minute}},
 	}
 }
 
@@ -607,6 +618,16 @@ func (c *Config) Validate() error {
 
 	checkDuration(bad, "events.retention", c.Events.Retention)
 	checkAddr(bad, "http.addr", c.HTTP.Addr, true)
+	h := &c.HTTP
+	switch {
+	case h.TLSCert != "" && h.TLSKey == "":
+		bad("http.tls_key", "is empty but http.tls_cert is set (set both, or neither: http.tls = true then uses the self-signed certificate)")
+	case h.TLSCert == "" && h.TLSKey != "":
+		bad("http.tls_cert", "is empty but http.tls_key is set (set both, or neither: http.tls = true then uses the self-signed certificate)")
+	}
+	checkReadable(bad, "http.tls_cert", h.TLSCert)
+	checkReadable(bad, "http.tls_key", h.TLSKey)
+	checkDuration(bad, "http.console_idle_timeout", h.ConsoleIdleTimeout)
 
 	return errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"github.com/smtpgw/smtpgw/audit"
 	"github.com/smtpgw/smtpgw/auth"
 	"github.com/smtpgw/smtpgw/config"
+	"github.com/smtpgw/smtpgw/console"
 	"github.com/smtpgw/smtpgw/relay"
 	"github.com/smtpgw/smtpgw/smtpd"
 	"github.com/smtpgw/smtpgw/store"
@@ -90,8 +92,24 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 		if err != nil {
 			return fmt.Errorf("serve: http.addr %s: %w (choose a free address, or \"\" to disable)", cfg.HTTP.Addr, err)
 		}
+		scheme := "http"
+		if cfg.HTTP.TLS || cfg.HTTP.TLSCert != "" {
+			cert, err := smtpd.LoadOrCreateCert(cfg.HTTP.TLSCert, cfg.HTTP.TLSKey, cfg.DataDir, cfg.Hostname, log)
+			if err != nil {
+				_ = l.Close()
+				return fmt.Errorf("serve: http TLS: %w", err)
+			}
+			l = tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+			scheme = "https"
+		}
+		apiH := apiHandler(cfg, st, verifier, log)
+		consoleH, err := consoleHandler(cfg, st, verifier, apiH, log)
+		if err != nil {
+			_ = l.Close()
+			return fmt.Errorf("serve: %w", err)
+		}
 		httpSrv = &http.Server{
-			Handler:           adminHandler(st, verifier, reg, &shuttingDown, l.Addr(), log, apiHandler(cfg, st, verifier, log)),
+			Handler:           adminHandler(st, verifier, reg, &shuttingDown, l.Addr(), log, apiH, consoleH),
 			ReadHeaderTimeout: 10 * time.Second,
 			// API request bodies are small (api caps them at 1 MiB): a
 			// client slower than this is holding a connection open.
@@ -103,7 +121,7 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 				log.Error("http listener stopped", "err", err)
 			}
 		}()
-		log.Info("http listening", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz /api/v1/")
+		log.Info("http listening", "addr", l.Addr().String(), "scheme", scheme, "paths", "/ (console) /metrics /healthz /readyz /api/v1/")
 	}
 
 	if err := srv.Start(); err != nil {
@@ -218,7 +236,7 @@ func relayConfig(cfg *config.Config, log *slog.Logger) relay.Config {
 //
 // The API works on the store wrapped by audit.Wrap, so the changes it makes
 // are in the audit log.
-func apiHandler(cfg *config.Config, st store.Store, v *auth.Verifier, log *slog.Logger) http.Handler {
+func apiHandler(cfg *config.Config, st store.Store, v *auth.Verifier, log *slog.Logger) *api.Handler {
 	st = audit.Wrap(st, log.With("component", "audit"))
 	return api.New(api.Config{
 		DKIMSelector:      cfg.Relay.DKIMSelector,
@@ -228,13 +246,30 @@ func apiHandler(cfg *config.Config, st store.Store, v *auth.Verifier, log *slog.
 	}, st, v, auth.NewManager(st, v))
 }
 
-// adminHandler serves /metrics, /healthz, /readyz and, under /api/, the
-// JSON APIs (apiH). /metrics is open when the listener is on a loopback or
+// consoleHandler builds the web console (package console) over the same
+// operations as the API: the audited store, a Manager holding the
+// Verifier, and the API's key check (allowed IPs, failure throttle) for
+// sign-in.
+func consoleHandler(cfg *config.Config, st store.Store, v *auth.Verifier, apiH *api.Handler, log *slog.Logger) (http.Handler, error) {
+	st = audit.Wrap(st, log.With("component", "audit"))
+	return console.New(console.Config{
+		IdleTimeout:  cfg.HTTP.ConsoleIdleTimeout.Duration,
+		DKIMSelector: cfg.Relay.DKIMSelector,
+		Logger:       log.With("component", "console"),
+	}, st, v, auth.NewManager(st, v), apiH)
+}
+
+// adminHandler serves /metrics, /healthz, /readyz, under /api/ the JSON
+// APIs (apiH) and at every other path the web console (consoleH, if not
+// nil). /metrics is open when the listener is on a loopback or
 // private address; on a public address it needs an API key with
 // metrics/view in the Authorization header (SPEC §3).
-func adminHandler(st store.Store, v *auth.Verifier, reg *prometheus.Registry, down *atomic.Bool, addr net.Addr, log *slog.Logger, apiH http.Handler) http.Handler {
+func adminHandler(st store.Store, v *auth.Verifier, reg *prometheus.Registry, down *atomic.Bool, addr net.Addr, log *slog.Logger, apiH, consoleH http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/api/", apiH)
+	if consoleH != nil {
+		mux.Handle("/", consoleH)
+	}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	open := isPrivateListener(addr)
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
