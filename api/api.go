@@ -6,6 +6,7 @@
 //	GET               /api/v1/audit                 api_keys/manage
 //	GET               /api/v1/authenticate/grants   any valid key
 //	GET               /api/v1/events/message        message_events/view
+//	GET               /api/v1/message-events        message_events/view (SparkPost's old path)
 //	GET/POST          /api/v1/sending-domains       sending_domains/manage
 //	GET/DELETE        /api/v1/sending-domains/{d}   sending_domains/manage
 //
@@ -161,6 +162,7 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler
 	s.route(mux, "/api/v1/audit", auth.GrantAPIKeysManage, methods{http.MethodGet: s.auditLog})
 	s.route(mux, "/api/v1/authenticate/grants", "", methods{http.MethodGet: s.grants})
 	s.route(mux, "/api/v1/events/message", auth.GrantEventsView, methods{http.MethodGet: s.events})
+	s.route(mux, "/api/v1/message-events", auth.GrantEventsView, methods{http.MethodGet: s.events})
 	s.route(mux, "/api/v1/sending-domains", auth.GrantDomainsManage, methods{
 		http.MethodGet:  s.listDomains,
 		http.MethodPost: s.createDomain,

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"slices"
@@ -95,6 +96,17 @@ func TestEvents(t *testing.T) {
 			if evs := get("?from=" + from + "&subaccounts=4"); !slices.Equal(kinds(evs), []string{"injection:d@example.net", "delivery:d@example.net"}) {
 				t.Errorf("from 72h ago, subaccount 4: %v", kinds(evs))
 			}
+			if evs := get("?recipients=c@example.net,a@example.net&events=injection"); !slices.Equal(kinds(evs), []string{"injection:c@example.net", "injection:a@example.net"}) &&
+				!slices.Equal(kinds(evs), []string{"injection:a@example.net", "injection:c@example.net"}) {
+				t.Errorf("recipients=c,a&events=injection: %v", kinds(evs))
+			}
+			if evs := get("?campaign_ids=spring,other&subaccounts=3"); len(evs) != 1 || evs[0].Type != "injection" {
+				t.Errorf("campaign_ids=spring&subaccounts=3: %v (the bounce event has no campaign)", kinds(evs))
+			}
+			to := url.QueryEscape(now.Add(time.Second + time.Millisecond).UTC().Format(time.RFC3339Nano))
+			if evs := get("?to=" + to + "&events=delivery,bounce"); !slices.Equal(kinds(evs), []string{"delivery:a@example.net"}) {
+				t.Errorf("to=now+1s: %v", kinds(evs))
+			}
 			if evs := get("?from=" + now.Add(time.Hour).UTC().Format("2006-01-02T15:04")); len(evs) != 0 {
 				t.Errorf("from an hour ahead (SparkPost's format): %v", kinds(evs))
 			}
@@ -106,9 +118,41 @@ func TestEvents(t *testing.T) {
 				t.Errorf("X-MSYS-SUBACCOUNT: 0: %v, want the 3 master-account events", kinds(scoped))
 			}
 
+			// Cursor paging: links.next until the last page, total_count
+			// on every page, the same answer on SparkPost's old path.
+			for _, path := range []string{"/api/v1/events/message", "/api/v1/message-events"} {
+				var seen []string
+				next := path + "?per_page=4"
+				for pages := 0; next != ""; pages++ {
+					if pages > 3 {
+						t.Fatalf("%s: more pages than events", path)
+					}
+					var page struct {
+						Results    []Event `json:"results"`
+						TotalCount int64   `json:"total_count"`
+						Links      struct {
+							Next string `json:"next"`
+						} `json:"links"`
+					}
+					if err := json.Unmarshal(f.must(req{method: "GET", path: next, key: f.admin}, http.StatusOK, nil), &page); err != nil {
+						t.Fatal(err)
+					}
+					if page.TotalCount != 6 {
+						t.Errorf("%s: total_count %d, want 6", next, page.TotalCount)
+					}
+					seen = append(seen, kinds(page.Results)...)
+					next = page.Links.Next
+				}
+				if !slices.Equal(seen, kinds(all)) {
+					t.Errorf("%s paged: %v, want %v", path, seen, kinds(all))
+				}
+			}
+
 			path := "/api/v1/events/message"
 			f.fails(req{method: "GET", path: path + "?events=inject", key: f.admin}, http.StatusBadRequest, `"inject"`, "injection")
-			f.fails(req{method: "GET", path: path + "?to=2026-01-01T00:00", key: f.admin}, http.StatusBadRequest, "to", "not supported")
+			f.fails(req{method: "GET", path: path + "?to=2026-01-01T00:00", key: f.admin}, http.StatusBadRequest, "to", "must be after from")
+			f.fails(req{method: "GET", path: path + "?page=2", key: f.admin}, http.StatusBadRequest, "page", "not supported", "cursor")
+			f.fails(req{method: "GET", path: path + "?cursor=bogus", key: f.admin}, http.StatusBadRequest, "cursor", "links.next")
 			f.fails(req{method: "GET", path: path + "?from=yesterday", key: f.admin}, http.StatusBadRequest, "yesterday")
 			f.fails(req{method: "GET", path: path + "?per_page=0", key: f.admin}, http.StatusBadRequest, "per_page")
 			f.fails(req{method: "GET", path: path + "?per_page=10001", key: f.admin}, http.StatusBadRequest, "per_page")

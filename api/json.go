@@ -1,12 +1,12 @@
 package api
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
 	"time"
 
+	"github.com/smtpgw/smtpgw/events"
 	"github.com/smtpgw/smtpgw/relay"
 	"github.com/smtpgw/smtpgw/store"
 )
@@ -138,55 +138,12 @@ func NewDomain(d *store.Domain) Domain {
 	}
 }
 
-// Event is a message event as the HTTP API and `smtpgw events --json` show
-// it, with SparkPost's field names. EventID is a JSON string, as in
-// SparkPost.
-type Event struct {
-	// Type is the event type, e.g. "delivery".
-	Type string `json:"type"`
-	// Timestamp is the event time, RFC 3339 with fractional seconds, UTC.
-	Timestamp string `json:"timestamp"`
-	// EventID is the event's id.
-	EventID int64 `json:"event_id,string"`
-	// MessageID is the queue id of the message.
-	MessageID string `json:"message_id"`
-	// KeyID is the id of the API key that injected the message.
-	KeyID string `json:"api_key_id"`
-	// Subaccount is the message's subaccount (0: master account).
-	Subaccount int64 `json:"subaccount_id"`
-	// Recipient is the envelope recipient.
-	Recipient string `json:"rcpt_to"`
-	// CampaignID is the X-MSYS-API campaign_id.
-	CampaignID string `json:"campaign_id"`
-	// Metadata is the X-MSYS-API metadata object, omitted if none.
-	Metadata json.RawMessage `json:"rcpt_meta,omitempty"`
-	// Tags are the X-MSYS-API tags, omitted if none.
-	Tags []string `json:"rcpt_tags,omitempty"`
-	// RawReason is the SMTP reply or local reason.
-	RawReason string `json:"raw_reason"`
-}
+// Event is a message event as the HTTP API, webhooks and `smtpgw events
+// --json` show it (package events).
+type Event = events.Event
 
 // NewEvent returns the JSON shape of a stored event.
-func NewEvent(ev store.Event) Event {
-	j := Event{
-		Type:       ev.Type,
-		Timestamp:  ev.Time.UTC().Format(time.RFC3339Nano),
-		EventID:    ev.ID,
-		MessageID:  ev.MessageID,
-		KeyID:      ev.KeyID,
-		Subaccount: ev.Subaccount,
-		Recipient:  ev.Recipient,
-		CampaignID: ev.CampaignID,
-		RawReason:  ev.Reply,
-	}
-	if len(ev.Metadata) > 0 {
-		j.Metadata = ev.Metadata
-	}
-	if len(ev.Tags) > 0 {
-		j.Tags = ev.Tags
-	}
-	return j
-}
+func NewEvent(ev store.Event) Event { return events.New(ev) }
 
 // NormalizeDomain lowercases a domain name, drops a final dot, and checks
 // it is an ASCII (punycode) name of at least two labels.

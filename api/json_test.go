@@ -55,12 +55,12 @@ func TestJSONShapes(t *testing.T) {
 
 	ev := store.Event{ID: 42, Type: "delivery", Time: at, MessageID: "m", KeyID: "k", Recipient: "r@example.net",
 		Metadata: json.RawMessage(`{"a":1}`), Tags: []string{"t"}, Reply: "250 ok"}
-	if got, want := fieldNames(t, NewEvent(ev)), []string{"api_key_id", "campaign_id", "event_id", "message_id",
-		"raw_reason", "rcpt_meta", "rcpt_tags", "rcpt_to", "subaccount_id", "timestamp", "type"}; !slices.Equal(got, want) {
+	if got, want := fieldNames(t, NewEvent(ev)), []string{"api_key_id", "campaign_id", "delv_method", "event_id", "message_id",
+		"num_retries", "queue_time", "raw_reason", "rcpt_meta", "rcpt_tags", "rcpt_to", "subaccount_id", "timestamp", "type"}; !slices.Equal(got, want) {
 		t.Errorf("event fields = %v, want %v", got, want)
 	}
 	b, _ = json.Marshal(NewEvent(store.Event{ID: 42, Type: "injection", Time: at}))
-	if string(b) != `{"type":"injection","timestamp":"2026-11-23T12:00:00Z","event_id":"42","message_id":"","api_key_id":"","subaccount_id":0,"rcpt_to":"","campaign_id":"","raw_reason":""}` {
+	if string(b) != `{"type":"injection","timestamp":"2026-11-23T12:00:00Z","event_id":"42","message_id":"","api_key_id":"","subaccount_id":0,"rcpt_to":"","campaign_id":"","raw_reason":"","recv_method":"esmtp"}` {
 		t.Errorf("bare event = %s", b)
 	}
 }

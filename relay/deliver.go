@@ -8,11 +8,13 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/smtpgw/smtpgw/bounce"
 	"github.com/smtpgw/smtpgw/store"
 )
 
@@ -545,6 +547,7 @@ func (r *Relay) finish(base context.Context, log *slog.Logger, j *job, res []res
 			Metadata:   meta,
 			Tags:       tags,
 			Reply:      out.Reply,
+			Detail:     eventDetail(c, out, rs, now),
 		})
 		r.metrics.deliveries.WithLabelValues(out.State).Inc()
 		if d, ok := dsnFor(c, out, rs, now, expireAt); ok {
@@ -610,6 +613,33 @@ func (r *Relay) writeFinish(base context.Context, log *slog.Logger, j *job, f st
 }
 
 // eventType maps a final state to its event type.
+// eventDetail gives an attempt's event SparkPost's fields: the message's
+// (sender, From:, Subject:, size, client), the attempt's (retries, queue
+// time, remote host) and, for failures, the bounce class and reply code.
+func eventDetail(c *store.Claimed, out store.Outcome, rs result, now time.Time) store.EventDetail {
+	d := store.EventDetail{
+		MsgFrom:       c.MailFrom,
+		FriendlyFrom:  c.Info.FriendlyFrom,
+		Subject:       c.Info.Subject,
+		MsgSize:       c.Size,
+		IPAddress:     c.Info.IPAddress,
+		RemoteHost:    rs.remoteMTA,
+		RoutingDomain: c.Domain,
+		RcptType:      c.Info.RcptType(c.Address),
+		NumRetries:    c.Attempts,
+		QueueTime:     now.Sub(c.CreatedAt).Milliseconds(),
+		InjectionTime: c.CreatedAt,
+	}
+	if out.State != store.StateDelivered {
+		code, enh, text := bounce.ParseReply(out.Reply)
+		d.BounceClass = int(bounce.Classify(code, enh, text))
+		if code != 0 {
+			d.ErrorCode = strconv.Itoa(code)
+		}
+	}
+	return d
+}
+
 func eventType(state string) string {
 	switch state {
 	case store.StateDelivered:

@@ -52,6 +52,29 @@ func TestEventsCarryMsysAPI(t *testing.T) {
 					t.Errorf("%s event for %s: campaign %q metadata %s tags %q", e.Type, e.Recipient, e.CampaignID, e.Metadata, e.Tags)
 				}
 			}
+			for _, e := range evs {
+				d := e.Detail
+				if d.MsgFrom != m.MailFrom || d.MsgSize != int64(len(m.Body)) || d.RoutingDomain != "dest.test" || d.InjectionTime.IsZero() {
+					t.Errorf("%s event for %s lacks message fields: %+v", e.Type, e.Recipient, d)
+				}
+				switch e.Type {
+				case store.EventBounce:
+					if d.BounceClass != 10 || d.ErrorCode != "550" || d.NumRetries != 0 || d.QueueTime < 0 {
+						t.Errorf("bounce detail = %+v, want class 10, code 550, no retries", d)
+					}
+				case store.EventDelay:
+					if d.BounceClass != 70 || d.ErrorCode != "451" {
+						t.Errorf("delay detail = %+v, want class 70 (try later), code 451", d)
+					}
+				case store.EventDelivery:
+					if d.BounceClass != 0 || d.ErrorCode != "" {
+						t.Errorf("delivery detail = %+v, want no class", d)
+					}
+					if e.Recipient == "later@dest.test" && d.NumRetries != 1 {
+						t.Errorf("delivery after one delay: num_retries %d, want 1", d.NumRetries)
+					}
+				}
+			}
 			want := map[string]int{store.EventInjection: 3, store.EventDelivery: 2, store.EventBounce: 1, store.EventDelay: 1}
 			if !reflect.DeepEqual(types, want) {
 				t.Errorf("event types %v, want %v", types, want)

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"mime"
 	"net/mail"
 	"net/netip"
 	"strings"
 	"time"
 
+	"github.com/emersion/go-message/charset"
 	"github.com/emersion/go-message/textproto"
 )
 
@@ -29,6 +31,8 @@ type prepared struct {
 	body       []byte   // stored form: header with our fields, CRLF line ends
 	msys       *MsysAPI // nil: no X-MSYS-API header
 	fromDomain string   // domain of the From: header's first address; "" if none
+	fromAddr   string   // the From: header's first address; "" if none
+	subject    string   // the Subject: header, RFC 2047 words decoded
 }
 
 // prepareMessage turns a message as received into the stored form: line
@@ -62,7 +66,9 @@ func prepareMessage(raw []byte, tr traceInfo) (*prepared, error) {
 	default:
 		return nil, msysErrorf("more than one X-MSYS-API header")
 	}
-	p.fromDomain = fromDomain(h.Get("From"))
+	p.fromAddr = fromAddress(h.Get("From"))
+	p.fromDomain = domainOfFrom(p.fromAddr)
+	p.subject = decodeSubject(h.Get("Subject"))
 
 	if !h.Has("Date") {
 		h.Add("Date", tr.now.Format(time.RFC1123Z))
@@ -134,6 +140,12 @@ func sanitizeTrace(s string) string {
 // fromDomain returns the lowercased domain of the first address of a
 // From: field value, or "" if it has none that parses.
 func fromDomain(v string) string {
+	return domainOfFrom(fromAddress(v))
+}
+
+// fromAddress returns the first address of a From: header value, "" if
+// it has none that parses.
+func fromAddress(v string) string {
 	if v == "" {
 		return ""
 	}
@@ -141,7 +153,30 @@ func fromDomain(v string) string {
 	if err != nil || len(list) == 0 {
 		return ""
 	}
-	a := list[0].Address
+	return list[0].Address
+}
+
+// maxSubject bounds the subject events keep (SparkPost's events carry it
+// whole; a megabyte-long one would bloat every event row).
+const maxSubject = 998
+
+// decodeSubject decodes RFC 2047 encoded words of a Subject: value; one
+// that does not decode is kept as received. It is cut at maxSubject bytes.
+func decodeSubject(v string) string {
+	if d, err := subjectDecoder.DecodeHeader(v); err == nil {
+		v = d
+	}
+	v = strings.TrimSpace(v)
+	if len(v) > maxSubject {
+		v = strings.ToValidUTF8(v[:maxSubject], "")
+	}
+	return v
+}
+
+var subjectDecoder = &mime.WordDecoder{CharsetReader: charset.Reader}
+
+// domainOfFrom returns the lowercased domain of address a.
+func domainOfFrom(a string) string {
 	at := strings.LastIndexByte(a, '@')
 	if at < 0 {
 		return ""

@@ -85,6 +85,17 @@ func (m *MsysAPI) Recipients() []string {
 	return append(out, m.Archive...)
 }
 
+// rcptType is SparkPost's rcpt_type of the i-th address of Recipients.
+func (m *MsysAPI) rcptType(i int) string {
+	switch {
+	case i < len(m.Cc):
+		return "cc"
+	case i < len(m.Cc)+len(m.Bcc):
+		return "bcc"
+	}
+	return "archive"
+}
+
 // Encode returns the canonical JSON of m, as stored with the message.
 func (m *MsysAPI) Encode() (json.RawMessage, error) {
 	b, err := json.Marshal(m)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/bounce"
 	"github.com/smtpgw/smtpgw/store"
 )
 
@@ -353,6 +355,11 @@ func (s *session) data(r io.Reader, id string) (*store.Message, error) {
 		DSNRet:     tx.dsnRet,
 		DSNEnvID:   tx.dsnEnvID,
 		Recipients: tx.rcpts,
+		Info: store.MessageInfo{
+			FriendlyFrom: p.fromAddr,
+			Subject:      p.subject,
+			IPAddress:    s.ip.String(),
+		},
 	}
 	if p.msys != nil {
 		if err := s.addMsysRecipients(m, p.msys); err != nil {
@@ -401,12 +408,22 @@ func (s *session) addMsysRecipients(m *store.Message, x *MsysAPI) error {
 	if len(m.Recipients)+len(extra) > limit {
 		return msysErrorf("too many recipients with cc, bcc and archive (at most %d in all)", limit)
 	}
-	for _, a := range extra {
+	to := make(map[string]bool, len(m.Recipients))
+	for _, r := range m.Recipients {
+		to[r.Address] = true
+	}
+	for i, a := range extra {
 		addr, err := parseMailbox(a, true)
 		if err != nil {
 			return msysErrorf("bad address %q", a)
 		}
 		m.Recipients = append(m.Recipients, &store.Recipient{Address: addr, Domain: domainOf(addr)})
+		if m.Info.RcptTypes == nil {
+			m.Info.RcptTypes = make(map[string]string, len(extra))
+		}
+		if _, ok := m.Info.RcptTypes[addr]; !ok && !to[addr] {
+			m.Info.RcptTypes[addr] = x.rcptType(i)
+		}
 	}
 	return nil
 }
@@ -416,6 +433,8 @@ func (s *session) addMsysRecipients(m *store.Message, x *MsysAPI) error {
 // only logged: the client gets its 550 anyway.
 func (s *session) policyRejection(ctx context.Context, m *store.Message, x *MsysAPI, rep *smtp.SMTPError) {
 	evs := make([]store.Event, 0, len(m.Recipients))
+	line := replyLine(rep)
+	class := int(bounce.Classify(rep.Code, fmt.Sprintf("%d.%d.%d", rep.EnhancedCode[0], rep.EnhancedCode[1], rep.EnhancedCode[2]), rep.Message))
 	for _, r := range m.Recipients {
 		ev := store.Event{
 			Type:       store.EventPolicyRejection,
@@ -424,7 +443,18 @@ func (s *session) policyRejection(ctx context.Context, m *store.Message, x *Msys
 			Subaccount: m.Subaccount,
 			Recipient:  r.Address,
 			CampaignID: m.CampaignID,
-			Reply:      replyLine(rep),
+			Reply:      line,
+			Detail: store.EventDetail{
+				MsgFrom:       m.MailFrom,
+				FriendlyFrom:  m.Info.FriendlyFrom,
+				Subject:       m.Info.Subject,
+				MsgSize:       int64(len(m.Body)),
+				IPAddress:     m.Info.IPAddress,
+				RoutingDomain: r.Domain,
+				RcptType:      m.Info.RcptType(r.Address),
+				BounceClass:   class,
+				ErrorCode:     strconv.Itoa(rep.Code),
+			},
 		}
 		if x != nil {
 			ev.CampaignID = x.CampaignID

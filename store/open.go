@@ -119,6 +119,16 @@ func injectionEvents(m *Message) []Event {
 			CampaignID: m.CampaignID,
 			Metadata:   meta,
 			Tags:       tags,
+			Detail: EventDetail{
+				MsgFrom:       m.MailFrom,
+				FriendlyFrom:  m.Info.FriendlyFrom,
+				Subject:       m.Info.Subject,
+				MsgSize:       int64(len(m.Body)),
+				IPAddress:     m.Info.IPAddress,
+				RoutingDomain: r.Domain,
+				RcptType:      m.Info.RcptType(r.Address),
+				InjectionTime: m.CreatedAt,
+			},
 		})
 	}
 	return evs

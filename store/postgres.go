@@ -448,11 +448,15 @@ func insertPGMessages(ctx context.Context, tx pgx.Tx, msgs []*Message, notify bo
 		if len(m.MsysAPI) > 0 {
 			msys = string(m.MsysAPI)
 		}
+		info, err := encodeInfo(&m.Info)
+		if err != nil {
+			return err
+		}
 		b.Queue(`INSERT INTO messages (id, key_id, subaccount, mail_from, body, size, smtputf8, body_type,
-			dsn_ret, dsn_envid, campaign_id, msys_api, created_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+			dsn_ret, dsn_envid, campaign_id, msys_api, created_at, info)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
 			m.ID, m.KeyID, m.Subaccount, m.MailFrom, body, int64(len(body)), m.SMTPUTF8, m.BodyType,
-			m.DSNRet, m.DSNEnvID, m.CampaignID, msys, m.CreatedAt)
+			m.DSNRet, m.DSNEnvID, m.CampaignID, msys, m.CreatedAt, info)
 		for _, r := range m.Recipients {
 			b.Queue(`INSERT INTO recipients (message_id, address, domain, state, attempts, next_attempt,
 				last_reply, dsn_notify, dsn_orcpt, updated_at)
@@ -463,7 +467,9 @@ func insertPGMessages(ctx context.Context, tx pgx.Tx, msgs []*Message, notify bo
 		}
 		evs = append(evs, injectionEvents(m)...)
 	}
-	queueEvents(b, evs)
+	if err := queueEvents(b, evs); err != nil {
+		return err
+	}
 	if notify {
 		b.Queue(pgNotify, notifyChannel)
 	}
@@ -490,11 +496,15 @@ func readBatch(br pgx.BatchResults, msgs []*Message, rcpts []*Recipient, evs []E
 }
 
 const pgEventInsert = `INSERT INTO events (type, time, message_id, key_id, subaccount, recipient,
-	campaign_id, metadata, tags, reply) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id`
+	campaign_id, metadata, tags, reply, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id`
 
 // queueEvents adds the inserts of evs to b.
-func queueEvents(b *pgx.Batch, evs []Event) {
+func queueEvents(b *pgx.Batch, evs []Event) error {
 	for _, e := range evs {
+		detail, err := encodeDetail(&e.Detail)
+		if err != nil {
+			return err
+		}
 		var meta any
 		if len(e.Metadata) > 0 {
 			meta = json.RawMessage(e.Metadata)
@@ -504,8 +514,9 @@ func queueEvents(b *pgx.Batch, evs []Event) {
 			tags = e.Tags
 		}
 		b.Queue(pgEventInsert, e.Type, utc(e.Time), e.MessageID, e.KeyID, e.Subaccount, e.Recipient,
-			e.CampaignID, meta, tags, e.Reply)
+			e.CampaignID, meta, tags, e.Reply, detail)
 	}
+	return nil
 }
 
 // readEvents reads the ids of events queued by queueEvents.
@@ -548,7 +559,7 @@ const pgClaimDue = `WITH due AS (
 		FROM due, messages m
 		WHERE r.id = due.id AND m.id = r.message_id
 		RETURNING ` + pgRcptCols + `, m.mail_from, m.key_id, m.subaccount, m.campaign_id,
-			m.body_type, m.smtputf8, m.dsn_ret, m.dsn_envid, m.created_at, m.msys_api`
+			m.body_type, m.smtputf8, m.dsn_ret, m.dsn_envid, m.created_at, m.msys_api, m.info, m.size`
 
 // ClaimDue implements Store.
 func (s *pgStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions) ([]*Claimed, error) {
@@ -564,11 +575,16 @@ func (s *pgStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions) ([
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Claimed, error) {
 		c := &Claimed{}
-		var msys *string
+		var msys, info *string
 		dest := append(rcptDest(&c.Recipient), &c.MailFrom, &c.KeyID, &c.Subaccount, &c.CampaignID,
-			&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &c.CreatedAt, &msys)
+			&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &c.CreatedAt, &msys, &info, &c.Size)
 		if err := row.Scan(dest...); err != nil {
 			return nil, err
+		}
+		if info != nil {
+			if err := decodeInfo([]byte(*info), &c.Info); err != nil {
+				return nil, err
+			}
 		}
 		if msys != nil {
 			c.MsysAPI = json.RawMessage(*msys)
@@ -699,7 +715,9 @@ func (s *pgStore) writeFinishes(ctx context.Context, ops []*finishOp) error {
 		}
 		if len(evs) > 0 {
 			b := &pgx.Batch{}
-			queueEvents(b, evs)
+			if err := queueEvents(b, evs); err != nil {
+				return err
+			}
 			br := tx.SendBatch(ctx, b)
 			if err := errors.Join(readEvents(br, evs), br.Close()); err != nil {
 				return err
@@ -927,7 +945,9 @@ func (s *pgStore) AddEvents(ctx context.Context, evs []Event) error {
 	prepareEvents(evs, time.Now())
 	return s.inTx(ctx, "add events", func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
-		queueEvents(b, evs)
+		if err := queueEvents(b, evs); err != nil {
+			return err
+		}
 		br := tx.SendBatch(ctx, b)
 		return errors.Join(readEvents(br, evs), br.Close())
 	})
@@ -954,31 +974,50 @@ func (s *pgStore) ListEvents(ctx context.Context, f EventFilter) ([]Event, error
 	if !f.Since.IsZero() {
 		where = append(where, `time >= `+args.add(utc(f.Since)))
 	}
-	q := `SELECT id, type, time, message_id, key_id, subaccount, recipient, campaign_id, metadata, tags, reply FROM events`
+	q := `SELECT ` + pgEventCols + ` FROM events`
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, " AND ")
 	}
 	q += ` ORDER BY time DESC, id DESC LIMIT ` + args.add(limitOr(f.Limit, 1000))
+	return s.queryEvents(ctx, "list events", q, args...)
+}
+
+// pgEventCols are the columns scanPGEvent reads.
+const pgEventCols = `id, type, time, message_id, key_id, subaccount, recipient, campaign_id, metadata, tags, reply, detail`
+
+// queryEvents runs q, which selects pgEventCols, and scans its rows.
+func (s *pgStore) queryEvents(ctx context.Context, op, q string, args ...any) ([]Event, error) {
 	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
-		return nil, pgErr("list events", err)
+		return nil, pgErr(op, err)
 	}
 	evs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Event, error) {
-		var (
-			e    Event
-			meta []byte
-		)
-		if err := row.Scan(&e.ID, &e.Type, &e.Time, &e.MessageID, &e.KeyID, &e.Subaccount, &e.Recipient,
-			&e.CampaignID, &meta, &e.Tags, &e.Reply); err != nil {
-			return e, err
-		}
-		e.Time = e.Time.UTC()
-		if meta != nil {
-			e.Metadata = meta
-		}
-		return e, nil
+		return scanPGEvent(row)
 	})
-	return evs, pgErr("list events", err)
+	return evs, pgErr(op, err)
+}
+
+// scanPGEvent reads one row of pgEventCols.
+func scanPGEvent(row pgx.Row) (Event, error) {
+	var (
+		e      Event
+		meta   []byte
+		detail *string
+	)
+	if err := row.Scan(&e.ID, &e.Type, &e.Time, &e.MessageID, &e.KeyID, &e.Subaccount, &e.Recipient,
+		&e.CampaignID, &meta, &e.Tags, &e.Reply, &detail); err != nil {
+		return e, err
+	}
+	e.Time = e.Time.UTC()
+	if meta != nil {
+		e.Metadata = meta
+	}
+	if detail != nil {
+		if err := decodeDetail([]byte(*detail), &e.Detail); err != nil {
+			return e, fmt.Errorf("event %d: %w", e.ID, err)
+		}
+	}
+	return e, nil
 }
 
 // PruneEvents implements Store.

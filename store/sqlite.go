@@ -372,8 +372,8 @@ func (s *sqliteStore) insertMessages(ctx context.Context, tx *sql.Tx, msgs []*Me
 		return nil
 	}
 	ms, err := tx.PrepareContext(ctx, `INSERT INTO messages (id, key_id, subaccount, mail_from, body,
-		size, smtputf8, body_type, dsn_ret, dsn_envid, campaign_id, msys_api, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		size, smtputf8, body_type, dsn_ret, dsn_envid, campaign_id, msys_api, created_at, info)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return err
 	}
@@ -395,8 +395,12 @@ func (s *sqliteStore) insertMessages(ctx context.Context, tx *sql.Tx, msgs []*Me
 		if len(m.MsysAPI) > 0 {
 			msys = string(m.MsysAPI)
 		}
+		info, err := encodeInfo(&m.Info)
+		if err != nil {
+			return err
+		}
 		if _, err := ms.ExecContext(ctx, m.ID, m.KeyID, m.Subaccount, m.MailFrom, body, len(body), m.SMTPUTF8,
-			m.BodyType, m.DSNRet, m.DSNEnvID, m.CampaignID, msys, us(m.CreatedAt)); err != nil {
+			m.BodyType, m.DSNRet, m.DSNEnvID, m.CampaignID, msys, us(m.CreatedAt), info); err != nil {
 			return fmt.Errorf("insert message %s: %w", m.ID, err)
 		}
 		for _, r := range m.Recipients {
@@ -420,7 +424,7 @@ func insertSQLiteEvents(ctx context.Context, tx *sql.Tx, evs []Event) error {
 		return nil
 	}
 	st, err := tx.PrepareContext(ctx, `INSERT INTO events (type, time, message_id, key_id, subaccount,
-		recipient, campaign_id, metadata, tags, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		recipient, campaign_id, metadata, tags, reply, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return err
 	}
@@ -438,8 +442,12 @@ func insertSQLiteEvents(ctx context.Context, tx *sql.Tx, evs []Event) error {
 			}
 			tags = t
 		}
+		detail, err := encodeDetail(&e.Detail)
+		if err != nil {
+			return err
+		}
 		res, err := st.ExecContext(ctx, e.Type, us(e.Time), e.MessageID, e.KeyID, e.Subaccount,
-			e.Recipient, e.CampaignID, meta, tags, e.Reply)
+			e.Recipient, e.CampaignID, meta, tags, e.Reply, detail)
 		if err != nil {
 			return fmt.Errorf("insert event: %w", err)
 		}
@@ -523,7 +531,7 @@ func (s *sqliteStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions
 			ids = append(ids, id)
 		}
 		mrows, err := tx.QueryContext(ctx, `SELECT id, mail_from, key_id, subaccount, campaign_id,
-			body_type, smtputf8, dsn_ret, dsn_envid, created_at, msys_api
+			body_type, smtputf8, dsn_ret, dsn_envid, created_at, msys_api, info, size
 			FROM messages WHERE id IN (`+placeholders(len(ids))+`)`, ids...)
 		if err != nil {
 			return err
@@ -535,10 +543,16 @@ func (s *sqliteStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions
 				id      string
 				created int64
 				msys    sql.NullString
+				info    sql.NullString
 			)
 			if err := mrows.Scan(&id, &c.MailFrom, &c.KeyID, &c.Subaccount, &c.CampaignID,
-				&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &created, &msys); err != nil {
+				&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &created, &msys, &info, &c.Size); err != nil {
 				return err
+			}
+			if info.Valid {
+				if err := decodeInfo([]byte(info.String), &c.Info); err != nil {
+					return err
+				}
 			}
 			c.CreatedAt = fromUS(created)
 			if msys.Valid {
@@ -891,40 +905,62 @@ func (s *sqliteStore) ListEvents(ctx context.Context, f EventFilter) ([]Event, e
 		where = append(where, `time >= ?`)
 		args = append(args, us(f.Since))
 	}
-	q := `SELECT id, type, time, message_id, key_id, subaccount, recipient, campaign_id, metadata, tags, reply FROM events`
+	q := `SELECT ` + sqliteEventCols + ` FROM events`
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, " AND ")
 	}
 	q += ` ORDER BY time DESC, id DESC LIMIT ?`
 	args = append(args, limitOr(f.Limit, 1000))
+	return s.queryEvents(ctx, "list events", q, args...)
+}
+
+// sqliteEventCols are the columns scanSQLiteEvent reads.
+const sqliteEventCols = `id, type, time, message_id, key_id, subaccount, recipient, campaign_id, metadata, tags, reply, detail`
+
+// queryEvents runs q, which selects sqliteEventCols, and scans its rows.
+func (s *sqliteStore) queryEvents(ctx context.Context, op, q string, args ...any) ([]Event, error) {
 	rows, err := s.r.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, sqliteErr("list events", err)
+		return nil, sqliteErr(op, err)
 	}
 	defer rows.Close()
 	var evs []Event
 	for rows.Next() {
-		var (
-			e          Event
-			t          int64
-			meta, tags sql.NullString
-		)
-		if err := rows.Scan(&e.ID, &e.Type, &t, &e.MessageID, &e.KeyID, &e.Subaccount, &e.Recipient,
-			&e.CampaignID, &meta, &tags, &e.Reply); err != nil {
-			return nil, sqliteErr("list events", err)
-		}
-		e.Time = fromUS(t)
-		if meta.Valid {
-			e.Metadata = []byte(meta.String)
-		}
-		if tags.Valid {
-			if err := json.Unmarshal([]byte(tags.String), &e.Tags); err != nil {
-				return nil, fmt.Errorf("list events: decode tags of event %d: %w", e.ID, err)
-			}
+		e, err := scanSQLiteEvent(rows)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
 		}
 		evs = append(evs, e)
 	}
-	return evs, sqliteErr("list events", rows.Err())
+	return evs, sqliteErr(op, rows.Err())
+}
+
+// scanSQLiteEvent reads one row of sqliteEventCols.
+func scanSQLiteEvent(sc scanner) (Event, error) {
+	var (
+		e                  Event
+		t                  int64
+		meta, tags, detail sql.NullString
+	)
+	if err := sc.Scan(&e.ID, &e.Type, &t, &e.MessageID, &e.KeyID, &e.Subaccount, &e.Recipient,
+		&e.CampaignID, &meta, &tags, &e.Reply, &detail); err != nil {
+		return e, err
+	}
+	e.Time = fromUS(t)
+	if meta.Valid {
+		e.Metadata = []byte(meta.String)
+	}
+	if tags.Valid {
+		if err := json.Unmarshal([]byte(tags.String), &e.Tags); err != nil {
+			return e, fmt.Errorf("decode tags of event %d: %w", e.ID, err)
+		}
+	}
+	if detail.Valid {
+		if err := decodeDetail([]byte(detail.String), &e.Detail); err != nil {
+			return e, fmt.Errorf("event %d: %w", e.ID, err)
+		}
+	}
+	return e, nil
 }
 
 // PruneEvents implements Store.

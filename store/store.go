@@ -96,7 +96,9 @@ type Message struct {
 	CampaignID string // from X-MSYS-API campaign_id
 	// MsysAPI is the parsed X-MSYS-API header re-encoded as JSON
 	// (nil if the message had none). Events report its metadata and tags.
-	MsysAPI    json.RawMessage
+	MsysAPI json.RawMessage
+	// Info is what events report of the message beyond its envelope.
+	Info       MessageInfo
 	CreatedAt  time.Time // set by Enqueue if zero
 	Recipients []*Recipient
 }
@@ -133,6 +135,10 @@ type Claimed struct {
 	// [Message.MsysAPI]); [MsysEventFields] gives the metadata and tags
 	// events report.
 	MsysAPI json.RawMessage
+	// Info is the message's [MessageInfo].
+	Info MessageInfo
+	// Size is the message's size in bytes.
+	Size int64
 }
 
 // ClaimOptions says how much [Store.ClaimDue] claims and what it skips.
@@ -191,6 +197,8 @@ type Event struct {
 	Metadata   json.RawMessage // X-MSYS-API metadata object, nil if none
 	Tags       []string
 	Reply      string // remote SMTP reply or local reason
+	// Detail holds SparkPost's other fields of the event.
+	Detail EventDetail
 }
 
 // EventFilter selects events; zero fields do not filter.
@@ -317,6 +325,9 @@ type Store interface {
 	GetDomain(ctx context.Context, name string) (*Domain, error)
 	ListDomains(ctx context.Context) ([]*Domain, error)
 	DeleteDomain(ctx context.Context, name string) error
+
+	// Event search with SparkPost's filters (store/events.go).
+	EventSearcher
 
 	// The audit log (store/audit.go).
 	AuditStore

@@ -343,6 +343,33 @@ func TestRelayToSmtpSink(t *testing.T) {
 			if !strings.Contains(evs, `"delivery"`) || !strings.Contains(evs, `"injection"`) {
 				t.Errorf("events of %s lack injection and delivery:\n%s", id, evs)
 			}
+			// SparkPost's fields, filled at injection and at delivery.
+			var parsed struct {
+				Results []map[string]any `json:"results"`
+			}
+			if err := json.Unmarshal([]byte(evs), &parsed); err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range parsed.Results {
+				if ev["subject"] != subjects[0] || ev["friendly_from"] != "app@example.com" || ev["msg_from"] != "app@example.com" ||
+					ev["ip_address"] != "127.0.0.1" || ev["msg_size"] == nil || ev["routing_domain"] != "example.net" || ev["rcpt_type"] != "to" {
+					t.Errorf("%s event lacks SparkPost's message fields: %v", ev["type"], ev)
+				}
+				if ev["type"] == "delivery" && (ev["num_retries"] != "0" || ev["queue_time"] == nil || ev["injection_time"] == nil) {
+					t.Errorf("delivery event lacks num_retries, queue_time or injection_time: %v", ev)
+				}
+			}
+			// The CLI pages with --limit and --cursor.
+			page := g.MustCLI("events", "--type", "delivery", "--limit", "20")
+			i := strings.Index(page, "--cursor ")
+			if i < 0 || strings.Count(page, "delivery") != 20 {
+				t.Fatalf("events --limit 20 of 50 deliveries: no cursor or not 20 rows:\n%s", page)
+			}
+			cursor := strings.TrimSpace(page[i+len("--cursor "):])
+			rest := g.MustCLI("events", "--type", "delivery", "--limit", "100", "--cursor", cursor)
+			if strings.Count(rest, "delivery") != 30 || strings.Contains(rest, "--cursor") {
+				t.Errorf("second page after %s: want the other 30 deliveries and no cursor:\n%s", cursor, rest)
+			}
 			if logs := g.Logs(); strings.Contains(logs, key) {
 				t.Error("the API key appears in the gateway's log")
 			}
