@@ -58,3 +58,9 @@ func (s *server) events(w http.ResponseWriter, r *http.Request, c *caller) error
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
+
+// maxPerPage bounds per_page of the paged listings (SparkPost's 10,000).
+const maxPerPage = events.MaxPerPage
+
+// parseTime parses a from or to parameter (see events.ParseTime).
+func parseTime(v string) (time.Time, error) { return events.ParseTime(v) }

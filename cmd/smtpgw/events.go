@@ -8,7 +8,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
 
 	"github.com/smtpgw/smtpgw/api"
 	"github.com/smtpgw/smtpgw/events"
@@ -102,8 +101,8 @@ func cmdEvents(ctx context.Context, args []string, e env) (err error) {
 			class = strconv.Itoa(ev.Detail.BounceClass)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.Time.UTC().Format(time.RFC3339), ev.Type,
-			terminalSafe(ev.MessageID), terminalSafe(dash(ev.Recipient)), dash(ev.KeyID), subaccountText(ev.Subaccount),
-			terminalSafe(dash(ev.CampaignID)), class, terminalSafe(dash(ev.Reply)))
+			termSafe(ev.MessageID), termSafe(dash(ev.Recipient)), dash(ev.KeyID), subaccountText(ev.Subaccount),
+			termSafe(dash(ev.CampaignID)), class, termSafe(dash(ev.Reply)))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -112,19 +111,4 @@ func cmdEvents(ctx context.Context, args []string, e env) (err error) {
 		fmt.Fprintf(e.stdout, "More events: add --cursor %s\n", page.Next)
 	}
 	return nil
-}
-
-// terminalSafe replaces control characters (escape sequences a client put
-// in a reply, a campaign id or an address) so they cannot act on the
-// terminal.
-func terminalSafe(s string) string {
-	if !strings.ContainsFunc(s, unicode.IsControl) {
-		return s
-	}
-	return strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return '?'
-		}
-		return r
-	}, s)
 }
