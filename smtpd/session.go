@@ -293,6 +293,16 @@ func (s *session) Data(r io.Reader) error {
 			"campaign_id", m.CampaignID, "duration", time.Since(start).Round(time.Microsecond).String())
 		return queued(id)
 	}
+	if errors.Is(err, store.ErrOutcomeUnknown) {
+		// The message may be stored: neither 250 nor 451 would be true.
+		// No reply at all is what a client treats as "retry, perhaps a
+		// duplicate" (RFC 5321 §4.1.1.4), so the connection is closed
+		// without one.
+		s.srv.metrics.replies.WithLabelValues("DATA", "none", "none").Inc()
+		s.log.Error("commit outcome unknown: closing the connection without a reply", "msg_id", id, "err", err.Error())
+		_ = s.conn.Close()
+		return fmt.Errorf("message %s: connection closed without a reply: %w", id, err)
+	}
 	rep := reply(err).(*smtp.SMTPError)
 	if rep == ErrTemporary {
 		rep = &smtp.SMTPError{Code: rep.Code, EnhancedCode: rep.EnhancedCode, Message: rep.Message + " (id " + id + ")"}

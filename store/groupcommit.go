@@ -27,7 +27,10 @@ import (
 // the client send it twice.
 //
 // If a batch transaction fails, nothing of it is stored. When the cause is the
-// database being unavailable, every waiter gets that error. Otherwise the
+// database being unavailable, every waiter gets that error. A COMMIT whose
+// answer was lost is not a failure yet: the backend finds out whether it
+// committed (PostgreSQL: resolveCommit) before the waiters are answered, and
+// only if it cannot tell do they get ErrOutcomeUnknown, never a "not stored". Otherwise the
 // cause may be one bad item (a duplicate message id, say), so the committer
 // writes the batch's items again one per transaction and each waiter gets its
 // own item's result.
@@ -62,6 +65,9 @@ type commitSpec[T any] struct {
 	undo func(T)
 	// onCommit is called after a commit with the items it stored.
 	onCommit func(stored []T)
+	// health, if not nil, records whether each batch transaction
+	// committed (readiness).
+	health *health
 }
 
 // Waiter states.
@@ -108,13 +114,15 @@ func newCommitter[T any](spec commitSpec[T]) *committer[T] {
 }
 
 // messageCommitter returns the Enqueue committer of a backend whose batch
-// writer is write; commits wake relay workers through wakeCh.
-func messageCommitter(write func(context.Context, []*Message) error, wakeCh chan struct{}) *committer[*Message] {
+// writer is write; commits wake relay workers through wakeCh, and their
+// results go to h.
+func messageCommitter(write func(context.Context, []*Message) error, wakeCh chan struct{}, h *health) *committer[*Message] {
 	return newCommitter(commitSpec[*Message]{
-		write: write,
-		size:  messageSize,
-		label: func(m *Message) string { return "enqueue " + m.ID },
-		undo:  func(m *Message) { undoRecipientIDs([]*Message{m}) },
+		write:  write,
+		health: h,
+		size:   messageSize,
+		label:  func(m *Message) string { return "enqueue " + m.ID },
+		undo:   func(m *Message) { undoRecipientIDs([]*Message{m}) },
 		onCommit: func([]*Message) {
 			wake(wakeCh)
 		},
@@ -234,6 +242,9 @@ func (c *committer[T]) commit(batch []*waiter[T]) {
 		items[i] = w.item
 	}
 	err := c.writeOnce(items)
+	if c.spec.health != nil {
+		c.spec.health.observe(err)
+	}
 	if err == nil {
 		for _, w := range batch {
 			w.result <- nil
@@ -241,7 +252,9 @@ func (c *committer[T]) commit(batch []*waiter[T]) {
 		c.spec.onCommit(items)
 		return
 	}
-	if len(batch) == 1 || errors.Is(err, ErrUnavailable) {
+	if len(batch) == 1 || errors.Is(err, ErrUnavailable) || errors.Is(err, ErrOutcomeUnknown) {
+		// Writing an item again after ErrOutcomeUnknown could store it
+		// twice: its waiter learns that its outcome is unknown.
 		for _, w := range batch {
 			w.result <- fmt.Errorf("%s: %w", c.spec.label(w.item), err)
 		}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 )
@@ -211,5 +213,70 @@ func TestSQLiteReadersDoNotWaitForWriter(t *testing.T) {
 	}
 	if err := tx.Rollback(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestGroupCommitOutcomeUnknownIsNotRewritten: a batch whose COMMIT went
+// unanswered may be stored, so its items are not written again one by one
+// (which would store them twice); every waiter gets ErrOutcomeUnknown.
+func TestGroupCommitOutcomeUnknownIsNotRewritten(t *testing.T) {
+	var (
+		mu     sync.Mutex
+		writes int
+	)
+	release := make(chan struct{})
+	c := newCommitter(commitSpec[int]{
+		write: func(_ context.Context, items []int) error {
+			mu.Lock()
+			writes++
+			first := writes == 1
+			mu.Unlock()
+			if first {
+				<-release // let the others queue up behind the first item
+				return nil
+			}
+			return fmt.Errorf("write batch: %w: commit answer lost", ErrOutcomeUnknown)
+		},
+		size:     func(int) int { return 1 },
+		label:    func(i int) string { return fmt.Sprint("item ", i) },
+		undo:     func(int) {},
+		onCommit: func([]int) {},
+	})
+	defer c.close()
+	errs := make(chan error, 4)
+	go func() { errs <- c.add(context.Background(), 0) }()
+	awaitTaken(t, c, 1, 0)
+	for i := 1; i <= 3; i++ {
+		go func() { errs <- c.add(context.Background(), i) }()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.mu.Lock()
+		n := len(c.queue)
+		c.mu.Unlock()
+		if n == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("items did not queue")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	var unknown int
+	for range 4 {
+		if err := <-errs; errors.Is(err, ErrOutcomeUnknown) {
+			unknown++
+		} else if err != nil {
+			t.Errorf("unexpected error %v", err)
+		}
+	}
+	if unknown != 3 {
+		t.Errorf("%d waiters got ErrOutcomeUnknown, want 3", unknown)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if writes != 2 {
+		t.Errorf("%d transactions for a batch of 3 with an unknown outcome, want 1 (no item written again)", writes-1)
 	}
 }

@@ -58,6 +58,7 @@ type pgStore struct {
 	gc        *committer[*Message]  // group commit for Enqueue
 	fc        *committer[*finishOp] // group commit for Finish
 	wake      chan struct{}         // Wakeups, buffered 1
+	health    health                // whether writes commit (Ping)
 
 	listenCtx   context.Context    // the listener's lifetime
 	stopListen  context.CancelFunc // ends the listener
@@ -97,8 +98,8 @@ func openPostgres(_ context.Context, url string) (*pgStore, error) {
 		stopListen: cancel,
 		listenDone: make(chan struct{}),
 	}
-	s.gc = messageCommitter(s.writeBatch, s.wake)
-	s.fc = finishCommitter(s.writeFinishes, s.wake)
+	s.gc = messageCommitter(s.writeBatch, s.wake, &s.health)
+	s.fc = finishCommitter(s.writeFinishes, s.wake, &s.health)
 	return s, nil
 }
 
@@ -252,8 +253,17 @@ func (s *pgStore) Migrate(ctx context.Context) error {
 
 // Ping implements Store.
 func (s *pgStore) Ping(ctx context.Context) error {
-	return pgErr("ping postgres", s.pool.Ping(ctx))
+	if err := s.pool.Ping(ctx); err != nil {
+		return pgErr("ping postgres", err)
+	}
+	return s.health.check(ctx, func(ctx context.Context) error {
+		_, err := s.pool.Exec(ctx, pgWriteProbe, time.Now().UnixMicro())
+		return pgErr("ping postgres: write", err)
+	})
 }
+
+// pgWriteProbe is Ping's write while writes fail (store/health.go).
+const pgWriteProbe = `INSERT INTO write_probe (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = excluded.at`
 
 // Close implements Store.
 func (s *pgStore) Close() error {
@@ -422,9 +432,10 @@ func (s *pgStore) Enqueue(ctx context.Context, m *Message) error {
 }
 
 // writeBatch is the group committer's batch writer: one pipelined batch of
-// inserts and a NOTIFY in one transaction.
+// inserts and a NOTIFY in one transaction. A COMMIT whose answer is lost is
+// resolved (pgCommitTx): the waiters learn whether their messages are stored.
 func (s *pgStore) writeBatch(ctx context.Context, msgs []*Message) error {
-	return s.inTx(ctx, "write batch", func(tx pgx.Tx) error {
+	return s.pgCommitTx(ctx, "write batch", func(tx pgx.Tx) error {
 		return insertPGMessages(ctx, tx, msgs, true)
 	})
 }
@@ -636,7 +647,7 @@ const pgFinishUpdate = `UPDATE recipients SET state = $1,
 // pipelined round trips (outcomes; lost leases, if any; events and
 // messages).
 func (s *pgStore) writeFinishes(ctx context.Context, ops []*finishOp) error {
-	return s.inTx(ctx, "write finish batch", func(tx pgx.Tx) error {
+	return s.pgCommitTx(ctx, "write finish batch", func(tx pgx.Tx) error {
 		// 1. Every outcome.
 		b := &pgx.Batch{}
 		for _, op := range ops {

@@ -1,0 +1,129 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Commits whose outcome is unknown (PostgreSQL).
+//
+// A group-commit batch may fail after its COMMIT was sent: the server froze
+// (SIGSTOP, a stalled disk), the network broke, or the batch deadline
+// passed while the server was still committing. The transaction may then
+// have committed or not, and answering 451 for a message that is stored
+// makes the client send it twice. So every batch transaction learns its
+// transaction id first (txid_current()); when the COMMIT's answer is lost,
+// [pgStore.resolveCommit] asks txid_status() once the database answers
+// again, retrying with backoff for up to OutcomeWait, and reports what
+// really happened: committed (success), aborted (ErrUnavailable: nothing
+// stored), or — only if the database never answered in that time —
+// ErrOutcomeUnknown.
+//
+// SQLite needs none of this: its COMMIT runs in this process, and an error
+// from it means the transaction was rolled back.
+
+// OutcomeWait bounds how long a batch whose COMMIT went unanswered waits
+// for the database to say whether it committed. It is below the 10 minutes
+// RFC 5321 §4.5.3.2.6 gives an SMTP client to wait for the reply to the end
+// of DATA, so a client kept waiting meanwhile still gets an answer.
+var OutcomeWait = 4 * time.Minute
+
+// outcomeQueryTimeout bounds one txid_status lookup.
+const outcomeQueryTimeout = 5 * time.Second
+
+// ErrOutcomeUnknown: a write's COMMIT was sent but whether it committed
+// could not be learned within OutcomeWait. It does not match
+// ErrUnavailable: the data may be stored. An SMTP server must not answer
+// 4xx (nor 2xx) for it; smtpd closes the connection without a reply, which
+// a client treats as a temporary failure it may retry (RFC 5321 §4.1.1.4),
+// the one place a duplicate can arise at injection.
+var ErrOutcomeUnknown = errors.New("outcome of commit unknown")
+
+// pgCommitTx runs fn in a transaction and commits it, like inTx, but
+// learns the transaction id first, so that a COMMIT whose answer is lost is
+// resolved (see resolveCommit) instead of reported as a failure.
+func (s *pgStore) pgCommitTx(ctx context.Context, op string, fn func(tx pgx.Tx) error) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return pgErr(op, err)
+	}
+	var xid int64
+	if err := tx.QueryRow(ctx, `SELECT txid_current()`).Scan(&xid); err != nil {
+		return pgErr(op, errors.Join(err, rollback(tx)))
+	}
+	if err := fn(tx); err != nil {
+		return pgErr(op, errors.Join(err, rollback(tx)))
+	}
+	err = tx.Commit(ctx)
+	if err == nil {
+		return nil
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) || pgconn.SafeToRetry(err) {
+		// The server answered the COMMIT with an error, or the COMMIT was
+		// never sent: not committed.
+		return pgErr(op, err)
+	}
+	return s.resolveCommit(op, xid, err)
+}
+
+// rollback rolls tx back with a short deadline of its own (the caller's
+// context may be what failed).
+func rollback(tx pgx.Tx) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := tx.Rollback(ctx); err != nil && !errors.Is(err, pgx.ErrTxClosed) && !pgUnreachable(err) {
+		return err
+	}
+	return nil
+}
+
+// resolveCommit finds out whether transaction xid, whose COMMIT failed with
+// cause, committed: nil if it did, an ErrUnavailable error if it was rolled
+// back, ErrOutcomeUnknown if the database did not tell within OutcomeWait.
+func (s *pgStore) resolveCommit(op string, xid int64, cause error) error {
+	s.log.Warn("commit answer lost: asking the database whether it committed", "op", op, "xid", xid, "err", cause)
+	deadline := time.Now().Add(OutcomeWait)
+	backoff := 50 * time.Millisecond
+	for {
+		status, err := s.txidStatus(xid)
+		switch {
+		case err == nil && status == "committed":
+			s.log.Warn("commit answer lost, but the transaction committed", "op", op, "xid", xid)
+			return nil
+		case err == nil && status == "aborted":
+			s.log.Warn("commit answer lost; the transaction was rolled back", "op", op, "xid", xid)
+			return fmt.Errorf("%s: %w: rolled back after: %w", op, ErrUnavailable, cause)
+		}
+		// "in progress" (the old session has not finished the COMMIT yet)
+		// or the database does not answer: ask again.
+		if time.Now().Add(backoff).After(deadline) {
+			s.log.Error("commit outcome unknown: the database did not answer in time", "op", op, "xid", xid,
+				"waited", OutcomeWait.String(), "err", err)
+			return fmt.Errorf("%s: %w after %s: %w", op, ErrOutcomeUnknown, OutcomeWait, cause)
+		}
+		time.Sleep(backoff)
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+// txidStatus returns txid_status(xid): "committed", "aborted" or
+// "in progress".
+func (s *pgStore) txidStatus(xid int64) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), outcomeQueryTimeout)
+	defer cancel()
+	var status *string
+	if err := s.pool.QueryRow(ctx, `SELECT txid_status($1)`, xid).Scan(&status); err != nil {
+		return "", err
+	}
+	if status == nil {
+		// Too old to know: cannot happen minutes after the commit.
+		return "", errors.New("txid_status is NULL")
+	}
+	return *status, nil
+}
