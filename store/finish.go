@@ -67,10 +67,11 @@ func (op *finishOp) outcomeNext(o Outcome) (time.Time, bool) {
 
 // finishCommitter returns the Finish committer of a backend whose batch
 // writer is write; commits that stored new messages wake relay workers
-// through wakeCh.
-func finishCommitter(write func(context.Context, []*finishOp) error, wakeCh chan struct{}) *committer[*finishOp] {
+// through wakeCh, and the results go to h.
+func finishCommitter(write func(context.Context, []*finishOp) error, wakeCh chan struct{}, h *health) *committer[*finishOp] {
 	return newCommitter(commitSpec[*finishOp]{
-		write: write,
+		write:  write,
+		health: h,
 		size: func(op *finishOp) int {
 			n := 128*len(op.f.Outcomes) + 256*len(op.evs)
 			for _, m := range op.f.Enqueue {

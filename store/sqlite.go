@@ -34,12 +34,13 @@ const (
 
 // sqliteStore implements Store on a SQLite file.
 type sqliteStore struct {
-	path string                // database file
-	w    *sql.DB               // the one write connection (BEGIN IMMEDIATE)
-	r    *sql.DB               // query_only read pool
-	gc   *committer[*Message]  // group commit for Enqueue
-	fc   *committer[*finishOp] // group commit for Finish
-	wake chan struct{}         // Wakeups, buffered 1
+	path   string                // database file
+	w      *sql.DB               // the one write connection (BEGIN IMMEDIATE)
+	r      *sql.DB               // query_only read pool
+	gc     *committer[*Message]  // group commit for Enqueue
+	fc     *committer[*finishOp] // group commit for Finish
+	wake   chan struct{}         // Wakeups, buffered 1
+	health health                // whether writes commit (Ping)
 
 	closeOnce sync.Once
 	closeErr  error // result of the first Close
@@ -76,8 +77,8 @@ func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
 	r.SetMaxOpenConns(sqliteReaders)
 	r.SetMaxIdleConns(sqliteReaders)
 	s := &sqliteStore{path: path, w: w, r: r, wake: make(chan struct{}, 1)}
-	s.gc = messageCommitter(s.writeBatch, s.wake)
-	s.fc = finishCommitter(s.writeFinishes, s.wake)
+	s.gc = messageCommitter(s.writeBatch, s.wake, &s.health)
+	s.fc = finishCommitter(s.writeFinishes, s.wake, &s.health)
 	return s, nil
 }
 
@@ -183,7 +184,11 @@ func (s *sqliteStore) Ping(ctx context.Context) error {
 	if err := s.r.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
 		return sqliteErr("ping sqlite", err)
 	}
-	return nil
+	return s.health.check(ctx, func(ctx context.Context) error {
+		_, err := s.w.ExecContext(ctx, `INSERT INTO write_probe (id, at) VALUES (1, ?)
+			ON CONFLICT (id) DO UPDATE SET at = excluded.at`, us(time.Now()))
+		return sqliteErr("ping sqlite: write", err)
+	})
 }
 
 // Close implements Store.

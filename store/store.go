@@ -247,7 +247,9 @@ type Domain struct {
 type Store interface {
 	// Migrate applies pending embedded migrations; it is idempotent.
 	Migrate(ctx context.Context) error
-	// Ping checks the database answers (readiness).
+	// Ping checks the database answers and, after a write failed for the
+	// database's sake (a full disk, say), that it accepts writes again
+	// (readiness; see health.go).
 	Ping(ctx context.Context) error
 	// Close stops the group committer (failing callers still waiting) and
 	// closes the database. Safe to call twice.

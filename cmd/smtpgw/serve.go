@@ -299,8 +299,8 @@ func adminHandler(st store.Store, v *auth.Verifier, reg *prometheus.Registry, do
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if err := st.Ping(ctx); err != nil {
-			log.Warn("readyz: store not answering", "err", err)
-			http.Error(w, "store unavailable", http.StatusServiceUnavailable)
+			log.Warn("readyz: store not answering or not accepting writes", "err", err)
+			http.Error(w, "store unavailable or not accepting writes", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
