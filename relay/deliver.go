@@ -581,12 +581,16 @@ func (r *Relay) rawBody(base context.Context, id string) ([]byte, error) {
 	return r.st.MessageBody(ctx, id)
 }
 
-// writeFinish calls store.Finish, retrying a few times before the lease
-// deadline: a lost Finish means the recipients are retried after their
-// lease, possibly delivered twice.
+// writeFinish calls store.Finish, retrying with backoff (up to
+// finishBackoffMax apart) until it succeeds or the lease is about to end
+// (7/8 of it from the claim): an outcome that is not saved leaves its
+// recipients leased to this relay, so they would wait out the rest of the
+// lease and then be delivered again. Retrying a Finish is safe: one that did
+// commit cleared the leases, so a retry applies nothing twice.
 func (r *Relay) writeFinish(base context.Context, log *slog.Logger, j *job, f store.Finish) {
 	limit := j.deadline.Add(r.cfg.Lease / 8)
-	for try := 0; ; try++ {
+	backoff := finishBackoffMin
+	for try := 1; ; try++ {
 		ctx, cancel := context.WithTimeout(base, storeTimeout)
 		n, err := r.st.Finish(ctx, r.cfg.Owner, f)
 		cancel()
@@ -595,20 +599,29 @@ func (r *Relay) writeFinish(base context.Context, log *slog.Logger, j *job, f st
 				log.Warn("lease lost before finish; outcomes ignored for some recipients",
 					"applied", n, "outcomes", len(f.Outcomes))
 			}
+			if try > 1 {
+				log.Info("delivery outcome recorded after retrying", "tries", try)
+			}
 			return
 		}
-		if try >= 4 || time.Now().Add(time.Second<<try).After(limit) {
-			log.Error("record delivery outcome; recipients will be retried when their lease ends", "err", err)
+		r.metrics.finishFailures.Inc()
+		if time.Now().Add(backoff).After(limit) {
+			log.Error("record delivery outcome; recipients will be retried when their lease ends", "err", err, "tries", try)
 			return
 		}
-		log.Warn("record delivery outcome, retrying", "err", err)
-		t := time.NewTimer(time.Second << try)
+		// The first failure and then every tenth, not a line per retry.
+		if try == 1 || try%10 == 0 {
+			log.Warn("record delivery outcome, retrying", "err", err, "tries", try)
+		}
+		t := time.NewTimer(backoff)
 		select {
 		case <-t.C:
 		case <-base.Done():
 			t.Stop()
+			log.Error("record delivery outcome: relay stopping; recipients will be retried when their lease is released", "err", err)
 			return
 		}
+		backoff = min(backoff*2, finishBackoffMax)
 	}
 }
 

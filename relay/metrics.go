@@ -23,6 +23,8 @@ type metrics struct {
 	inflight prometheus.Gauge
 	// dsns counts DSNs generated.
 	dsns prometheus.Counter
+	// finishFailures counts failed writes of delivery outcomes (each retry).
+	finishFailures prometheus.Counter
 }
 
 // newMetrics creates the collectors and registers them on reg when it is
@@ -50,6 +52,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "smtpgw", Subsystem: "relay", Name: "dsn_total",
 			Help: "Delivery status notifications generated.",
 		}),
+		finishFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "smtpgw", Subsystem: "relay", Name: "outcome_write_failures_total",
+			Help: "Failed writes of delivery outcomes to the store (each is retried until the lease ends).",
+		}),
 	}
 	for _, s := range []string{store.StateDelivered, store.StateDeferred, store.StateBounced, store.StateExpired} {
 		m.deliveries.WithLabelValues(s)
@@ -57,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.deliveries, m.attempt, m.claimed, m.inflight, m.dsns} {
+	for _, c := range []prometheus.Collector{m.deliveries, m.attempt, m.claimed, m.inflight, m.dsns, m.finishFailures} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

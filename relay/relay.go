@@ -186,6 +186,10 @@ const (
 	storeTimeout = 30 * time.Second
 	// releaseTimeout bounds releasing the leases at Stop.
 	releaseTimeout = 5 * time.Second
+	// finishBackoffMin and finishBackoffMax space the retries of a failed
+	// Finish: a store that recovers has the outcome within seconds.
+	finishBackoffMin = 100 * time.Millisecond
+	finishBackoffMax = 2 * time.Second
 )
 
 // Config configures a Relay. Zero values take the defaults above.
