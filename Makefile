@@ -4,7 +4,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 PKGS      := ./...
 
-.PHONY: all build run test test-short vet fuzz bench clean
+.PHONY: all build run test test-short faulttest vet fuzz bench clean
 
 all: build
 
@@ -32,6 +32,13 @@ test: vet
 ## test-short: the same without the race detector, faster while developing
 test-short:
 	$(GO) test -count=1 $(PKGS)
+
+## faulttest: only the fault tests (frozen and stopped PostgreSQL on a private
+## cluster, a full tmpfs, SIGKILL under load); `make test` runs them too.
+## Needs root (tmpfs mount, SIGSTOP of the cluster) and PostgreSQL's server
+## binaries (apt-get install postgresql).
+faulttest:
+	$(GO) test -race -count=1 -timeout 10m -run '^(TestFault|TestKill)' -v ./tests/
 
 ## fuzz: run each fuzz target for FUZZTIME (default 30s)
 FUZZTIME ?= 30s
