@@ -19,6 +19,7 @@ type metrics struct {
 	bytes         prometheus.Counter
 	replies       *prometheus.CounterVec // by command, code, enhanced code
 	enqueue       prometheus.Histogram
+	limited       *prometheus.CounterVec // by scope, window
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -37,7 +38,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		auth: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "smtpgw_smtp_auth_total",
-			Help: "AUTH attempts by outcome (success, unknown_key, revoked_key, missing_grant, ip_not_allowed, bad_username, bad_subaccount, malformed, throttled, temporary_failure).",
+			Help: "AUTH attempts by outcome (success, unknown_key, revoked_key, expired_key, missing_grant, ip_not_allowed, bad_username, bad_subaccount, malformed, throttled, temporary_failure).",
 		}, []string{"outcome"}),
 		queued: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "smtpgw_smtp_messages_queued_total",
@@ -56,11 +57,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from the end of DATA to the commit of the message (group commit included).",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "smtpgw_smtp_limited_total",
+			Help: "Messages refused at MAIL for a limit (451 4.7.1), by scope (key, subaccount, or node for smtp.key_rate_limit) and window (second, minute, hour, day, month).",
+		}, []string{"scope", "window"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.active, m.rejectedConns, m.auth, m.queued, m.bytes, m.replies, m.enqueue} {
+	for _, c := range []prometheus.Collector{m.connections, m.active, m.rejectedConns, m.auth, m.queued, m.bytes, m.replies, m.enqueue, m.limited} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register smtpd metrics: %w", err)
 		}

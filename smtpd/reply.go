@@ -4,6 +4,8 @@ import (
 	"errors"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/smtpgw/smtpgw/limits"
 )
 
 // Named replies: the SPEC §4 table. Texts are short and generic; the cause
@@ -47,6 +49,14 @@ var (
 	// ErrTooManyConnections greets a connection over max_connections.
 	ErrTooManyConnections = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many connections, try later"}
 )
+
+// limitReached is the 451 4.7.1 reply to MAIL over a sending limit, naming
+// the limit (e.g. "sending limit of 1000 messages per hour for this key
+// reached").
+func limitReached(e *limits.ExceededError) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1},
+		Message: "Rate limit exceeded, try later: " + e.Error()}
+}
 
 // unconfiguredDomain is the 550 5.7.1 reply for a From: domain that is not
 // a sending domain of the sender.

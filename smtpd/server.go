@@ -14,8 +14,11 @@
 //     Failed attempts count against the client address in an
 //     auth.FailureLimiter; past the limit the client gets 421 and is
 //     disconnected.
-//  3. MAIL and RCPT addresses are checked and DSN parameters (RFC 3461)
-//     kept. DATA or BDAT (RFC 3030) bodies are read up to MaxMessageBytes.
+//  3. At MAIL, the key's node-local burst guard (KeyRateLimit) and the
+//     cluster-wide sending limits of the key and its subaccount
+//     (limits.Checker) must let the message through, else 451 4.7.1
+//     naming the limit: nothing is accepted to be held. MAIL and RCPT
+//     addresses are checked and DSN parameters (RFC 3461) kept. DATA or BDAT (RFC 3030) bodies are read up to MaxMessageBytes.
 //  4. The header is parsed losslessly: X-MSYS-API is parsed and removed,
 //     the From: domain is checked against the sending domains, Received:
 //     is prepended and Message-ID:/Date: added when missing (RFC 6409 §8).
@@ -51,6 +54,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/limits"
 	"github.com/smtpgw/smtpgw/store"
 )
 
@@ -124,6 +128,11 @@ type Config struct {
 	// KeyRateBurst is how many messages a key may send at once before
 	// KeyRateLimit applies; 0 means KeyRateLimit rounded up (at least 1).
 	KeyRateBurst int
+	// Limits enforces the sending limits of keys and subaccounts at MAIL
+	// (share it with the API so that changes made there apply at once on
+	// this node). Nil: New makes one over the store with the default
+	// cache TTL, closed by Shutdown.
+	Limits *limits.Checker
 	// Logger receives the session logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -141,6 +150,8 @@ type Server struct {
 	smtp      *smtp.Server         // go-smtp, serving every listener
 	domains   domainCache          // sending domains, refreshed every 5 s
 	rates     *keyLimiter          // nil: no per-key limit
+	quota     *limits.Checker      // cluster-wide sending limits
+	ownQuota  bool                 // quota was made by New: Shutdown closes it
 	usernames []string             // accepted AUTH usernames, lowercased; nil: any
 
 	// baseCtx is the parent of every session's context; cancelled when
@@ -212,6 +223,10 @@ func New(cfg Config, st store.Store, v *auth.Verifier, reg prometheus.Registerer
 		shutdownDone: make(chan struct{}),
 		domains:      domainCache{st: st, ttl: domainCacheTTL},
 		rates:        newKeyLimiter(cfg.KeyRateLimit, cfg.KeyRateBurst),
+		quota:        cfg.Limits,
+	}
+	if s.quota == nil {
+		s.quota, s.ownQuota = limits.New(st, limits.Config{Logger: cfg.Logger}), true
 	}
 	for _, u := range cfg.AuthUsernames {
 		if u == "*" {
@@ -354,6 +369,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	s.cancelBase()
+	if s.ownQuota {
+		s.quota.Close()
+	}
 	s.shutdownErr = err // read by later calls after shutdownDone is closed
 	return err
 }

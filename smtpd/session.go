@@ -20,6 +20,7 @@ import (
 
 	"github.com/smtpgw/smtpgw/auth"
 	"github.com/smtpgw/smtpgw/bounce"
+	"github.com/smtpgw/smtpgw/limits"
 	"github.com/smtpgw/smtpgw/store"
 )
 
@@ -92,6 +93,9 @@ type transaction struct {
 	dsnRet   string
 	dsnEnvID string
 	rcpts    []*store.Recipient
+	// quota is the sending-limit quota taken at MAIL; released if the
+	// transaction ends without the message stored.
+	quota *limits.Reservation
 }
 
 var _ smtp.AuthSession = (*session)(nil)
@@ -185,6 +189,8 @@ func authOutcome(e *auth.Error) string {
 	switch {
 	case errors.Is(e, auth.ErrRevokedKey):
 		return "revoked_key"
+	case errors.Is(e, auth.ErrExpiredKey):
+		return "expired_key"
 	case errors.Is(e, auth.ErrMissingGrant):
 		return "missing_grant"
 	case errors.Is(e, auth.ErrIPNotAllowed):
@@ -208,6 +214,7 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 		return ErrAuthRequired
 	}
 	if !s.srv.rates.allow(s.id.KeyID) {
+		s.srv.metrics.limited.WithLabelValues("node", "second").Inc()
 		s.log.Info("message refused: key over its rate limit")
 		return ErrRateLimited
 	}
@@ -217,7 +224,12 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 			return fmt.Errorf("mail from: %w", err)
 		}
 	}
+	quota, err := s.reserveQuota()
+	if err != nil {
+		return err
+	}
 	if !s.conn.beginTx() {
+		quota.Release()
 		return s.closeAfter(ErrShuttingDown)
 	}
 	s.mu.Lock()
@@ -228,9 +240,30 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 		bodyType: string(opts.Body),
 		dsnRet:   string(opts.Return),
 		dsnEnvID: opts.EnvelopeID,
+		quota:    quota,
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+// reserveQuota takes one message from the sending limits of the key and
+// the subaccount, refusing it (451 4.7.1, the limit named) when one is
+// reached, or with 451 4.3.0 when the store cannot be asked.
+func (s *session) reserveQuota() (*limits.Reservation, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, authTimeout)
+	defer cancel()
+	r, err := s.srv.quota.Reserve(ctx, s.id.KeyID, s.subaccount)
+	var ex *limits.ExceededError
+	switch {
+	case errors.As(err, &ex):
+		s.srv.metrics.limited.WithLabelValues(ex.Scope.Kind, ex.Unit.Name()).Inc()
+		s.log.Info("message refused: sending limit reached", "limit", ex.Error(), "until", ex.Until)
+		return nil, limitReached(ex)
+	case err != nil:
+		s.log.Warn("message refused: sending limits cannot be checked", "err", err)
+		return nil, ErrTemporary
+	}
+	return r, nil
 }
 
 // Rcpt adds a recipient. go-smtp has already refused the one over
@@ -263,16 +296,24 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	return nil
 }
 
-// Reset ends the transaction (RSET, a new EHLO, the end of DATA).
+// Reset ends the transaction (RSET, a new EHLO, the end of DATA). Quota
+// still held was not used by a stored message: it is given back.
 func (s *session) Reset() {
 	s.mu.Lock()
+	quota := s.tx.quota
 	s.tx = transaction{}
 	s.mu.Unlock()
+	quota.Release()
 	s.conn.endTx()
 }
 
 // Logout ends the session (connection closed, or STARTTLS).
 func (s *session) Logout() error {
+	s.mu.Lock()
+	quota := s.tx.quota
+	s.tx.quota = nil
+	s.mu.Unlock()
+	quota.Release()
 	s.cancel()
 	s.conn.endTx()
 	// After STARTTLS the next session sets the TLS writer; until then a
@@ -288,6 +329,10 @@ func (s *session) Data(r io.Reader) error {
 	id := store.NewID()
 	m, err := s.data(r, id)
 	if err == nil {
+		// Stored: the quota taken at MAIL is used for good.
+		s.mu.Lock()
+		s.tx.quota = nil
+		s.mu.Unlock()
 		s.srv.metrics.reply("DATA", queued(id), 250)
 		s.log.Info("queued", "msg_id", id, "from", m.MailFrom, "rcpts", len(m.Recipients), "size", len(m.Body),
 			"campaign_id", m.CampaignID, "duration", time.Since(start).Round(time.Microsecond).String())
