@@ -151,3 +151,19 @@ func ValidateGrants(grants []string) error {
 	return paramErrorf(FieldGrants, "unknown %s %s: smtpgw enforces %s; SparkPost's other grant names (e.g. transmissions/modify, templates/view) are accepted with no effect",
 		noun, strings.Join(unknown, ", "), enforcedStr)
 }
+
+// SubaccountGrants are the grants a subaccount's key may hold:
+// [AcceptedGrants] without those reserved to master-account keys
+// (metrics/view, whose metrics cover every account).
+func SubaccountGrants() []string {
+	out := make([]string, 0, len(AcceptedGrants))
+	for _, g := range AcceptedGrants {
+		if !masterOnly(g) {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// masterOnly reports whether only a master-account key may hold grant.
+func masterOnly(grant string) bool { return grant == GrantMetricsView }

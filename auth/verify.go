@@ -69,7 +69,8 @@ type Verifier struct {
 	closed  atomic.Bool
 	once    sync.Once
 
-	flushDelay time.Duration // flushDelay; tests shorten it
+	flushDelay time.Duration    // flushDelay; tests shorten it
+	now        func() time.Time // time.Now; tests move it to check expiry
 }
 
 // use is one recorded use of a key.
@@ -108,6 +109,7 @@ func NewVerifier(st store.Store, cfg Config) *Verifier {
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
 		flushDelay: flushDelay,
+		now:        time.Now,
 	}
 	go v.run()
 	return v
@@ -180,7 +182,7 @@ func (v *Verifier) check(k *store.Key, h [32]byte, client netip.Addr, grant stri
 	if !found {
 		k = v.decoy
 	}
-	now := time.Now()
+	now := v.now()
 	match := subtle.ConstantTimeCompare(k.Hash, h[:]) == 1 && found
 	revoked := !k.RevokedAt.IsZero()
 	// The expiry is checked against the clock every time, also for a key

@@ -288,16 +288,20 @@ func TestVerifyRecordsLastUse(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got time.Time
+		var gotIP netip.Addr
 		eventually(t, 20*time.Second, "last use never written", func() bool {
 			k, err := m.Get(ctx, k.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
-			got = k.LastUsedAt
+			got, gotIP = k.LastUsedAt, k.LastUsedIP
 			return !got.IsZero()
 		})
 		if got.Before(before) || got.After(time.Now().Add(time.Second)) {
 			t.Errorf("last used %v, want about now", got)
+		}
+		if gotIP != netip.MustParseAddr("192.0.2.1") {
+			t.Errorf("last used from %v, want 192.0.2.1", gotIP)
 		}
 
 		// A refused key is not recorded as used.
