@@ -18,7 +18,7 @@
 //  3. The API key is read from the Authorization header: the bare key, as
 //     SparkPost sends it, "Bearer <key>", or HTTP Basic with the key as the
 //     user name. It is verified with [auth.Verifier.VerifyGrant] for the
-//     path's grant: 401 for a missing, unknown or revoked key or a client
+//     path's grant: 401 for a missing, unknown, revoked or expired key or a client
 //     address the key does not allow (counted as a failure), 403 for a
 //     valid key without the grant, 503 if the key store does not answer.
 //  4. The request is scoped: a subaccount's key acts for its own
@@ -52,6 +52,7 @@ import (
 
 	"github.com/smtpgw/smtpgw/audit"
 	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/limits"
 	"github.com/smtpgw/smtpgw/store"
 )
 
@@ -90,6 +91,10 @@ type Config struct {
 	// Logger receives refused requests (at INFO, without the key), changes
 	// (at INFO) and server faults (at ERROR). Nil discards.
 	Logger *slog.Logger
+	// Limits is the node's sending-limit checker (the SMTP server's), told
+	// of limits changed through the API so they apply at once on this
+	// node; nil: they apply within its cache TTL.
+	Limits *limits.Checker
 }
 
 // server holds what the handlers share.
@@ -100,6 +105,7 @@ type server struct {
 	m        *auth.Manager
 	log      *slog.Logger
 	fails    *auth.FailureLimiter
+	quota    *limits.Checker // nil: none on this node
 }
 
 // Handler serves the /api/ paths (see [New]).
@@ -133,6 +139,7 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler
 		v:        v,
 		m:        m,
 		log:      cfg.Logger,
+		quota:    cfg.Limits,
 	}
 	if s.selector == "" {
 		s.selector = DefaultDKIMSelector
@@ -160,6 +167,14 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler
 		http.MethodDelete: s.deleteKey,
 	})
 	s.route(mux, "/api/v1/audit", auth.GrantAPIKeysManage, methods{http.MethodGet: s.auditLog})
+	s.route(mux, "/api/v1/api-keys/{id}/rotate", auth.GrantAPIKeysManage, methods{
+		http.MethodPost: s.rotateKey,
+	})
+	s.route(mux, "/api/v1/subaccounts/{id}/limits", auth.GrantAPIKeysManage, methods{
+		http.MethodGet: s.getSubaccountLimits,
+		http.MethodPut: s.putSubaccountLimits,
+	})
+	s.route(mux, "/api/v1/authenticate", "", methods{http.MethodGet: s.whoami})
 	s.route(mux, "/api/v1/authenticate/grants", "", methods{http.MethodGet: s.grants})
 	s.route(mux, "/api/v1/events/message", auth.GrantEventsView, methods{http.MethodGet: s.events})
 	s.route(mux, "/api/v1/message-events", auth.GrantEventsView, methods{http.MethodGet: s.events})
@@ -286,7 +301,7 @@ var (
 	errNoKey = &Error{Status: http.StatusUnauthorized, Message: "Unauthorized.",
 		Description: "send an API key in the Authorization header"}
 	errBadKey = &Error{Status: http.StatusUnauthorized, Message: "Unauthorized.",
-		Description: "the API key is unknown, deleted, or not allowed from this address"}
+		Description: "the API key is unknown, deleted, expired, or not allowed from this address"}
 	errThrottled = &Error{Status: http.StatusTooManyRequests, Message: "Too many failed authentications",
 		Description: "too many requests with a wrong API key came from this address: try again later"}
 )

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/smtpgw/smtpgw/events"
+	"github.com/smtpgw/smtpgw/limits"
 	"github.com/smtpgw/smtpgw/relay"
 	"github.com/smtpgw/smtpgw/store"
 )
@@ -48,6 +49,63 @@ type Key struct {
 	// Expired is true once ExpiresAt has passed (the key is refused as a
 	// deleted one would be); omitted otherwise.
 	Expired bool `json:"expired,omitempty"`
+	// Limits are the key's sending limits; omitted if it has none.
+	Limits *Limits `json:"limits,omitempty"`
+	// Usage is, per limit, the current window's count: shown for one key
+	// (GET /api/v1/api-keys/{id}, keys show), omitted in listings.
+	Usage map[string]Usage `json:"usage,omitempty"`
+}
+
+// Limits are sending limits as the API takes and shows them: messages per
+// calendar window (UTC); 0 or absent is no limit.
+type Limits struct {
+	PerMinute int64 `json:"per_minute,omitempty"`
+	PerHour   int64 `json:"per_hour,omitempty"`
+	PerDay    int64 `json:"per_day,omitempty"`
+	PerMonth  int64 `json:"per_month,omitempty"`
+}
+
+// NewLimits returns the JSON shape of stored limits; nil for none.
+func NewLimits(l store.Limits) *Limits {
+	if l.IsZero() {
+		return nil
+	}
+	return &Limits{PerMinute: l.PerMinute, PerHour: l.PerHour, PerDay: l.PerDay, PerMonth: l.PerMonth}
+}
+
+// Store returns the limits as stored.
+func (l *Limits) Store() store.Limits {
+	if l == nil {
+		return store.Limits{}
+	}
+	return store.Limits{PerMinute: l.PerMinute, PerHour: l.PerHour, PerDay: l.PerDay, PerMonth: l.PerMonth}
+}
+
+// Usage is the current window of one limit.
+type Usage struct {
+	// Limit is the limit of the window.
+	Limit int64 `json:"limit"`
+	// Used is the messages counted in the window over every node (quota a
+	// node reserved and has not used yet included: see docs/api.md).
+	Used int64 `json:"used"`
+	// Remaining is Limit minus Used, at least 0.
+	Remaining int64 `json:"remaining"`
+	// ResetsAt is the end of the window, RFC 3339 in UTC.
+	ResetsAt string `json:"resets_at"`
+}
+
+// NewUsage returns the usage object of a key or subaccount, keyed by the
+// limits' field names ("per_hour"); nil if it has no limits.
+func NewUsage(us []limits.Usage) map[string]Usage {
+	if len(us) == 0 {
+		return nil
+	}
+	out := make(map[string]Usage, len(us))
+	for _, u := range us {
+		out[u.Unit.Field()] = Usage{Limit: u.Max, Used: u.Used, Remaining: u.Remaining(),
+			ResetsAt: u.Until.UTC().Format(time.RFC3339)}
+	}
+	return out
 }
 
 // NewKey returns the JSON shape of a stored key (without the key itself).

@@ -55,9 +55,13 @@ func TestKeysLifecycle(t *testing.T) {
 			}
 
 			// The new key works from 127.0.0.1 (allowed) for what it holds.
-			var grants []grantJSON
-			f.must(req{method: "GET", path: "/api/v1/authenticate/grants", key: created.Key}, http.StatusOK, &grants)
-			if len(grants) != 2 || grants[0] != (grantJSON{Key: "smtp/inject", Enforced: true}) ||
+			var self struct {
+				ID     string      `json:"id"`
+				Grants []grantJSON `json:"grants"`
+			}
+			f.must(req{method: "GET", path: "/api/v1/authenticate", key: created.Key}, http.StatusOK, &self)
+			grants := self.Grants
+			if self.ID != created.ID || len(grants) != 2 || grants[0] != (grantJSON{Key: "smtp/inject", Enforced: true}) ||
 				grants[1] != (grantJSON{Key: "templates/view", Enforced: false}) {
 				t.Errorf("grants = %+v", grants)
 			}
@@ -140,10 +144,12 @@ func TestAuthentication(t *testing.T) {
 		f.fails(req{method: q.method, path: q.path, key: inject, body: `{}`}, http.StatusForbidden, q.grant)
 	}
 	// Any valid key may read its own grants.
-	var grants []grantJSON
-	f.must(req{method: "GET", path: "/api/v1/authenticate/grants", key: inject}, http.StatusOK, &grants)
-	if len(grants) != 1 || grants[0].Key != "smtp/inject" {
-		t.Errorf("grants = %+v", grants)
+	var self struct {
+		Grants []grantJSON `json:"grants"`
+	}
+	f.must(req{method: "GET", path: "/api/v1/authenticate", key: inject}, http.StatusOK, &self)
+	if len(self.Grants) != 1 || self.Grants[0].Key != "smtp/inject" {
+		t.Errorf("grants = %+v", self.Grants)
 	}
 
 	// Methods and paths the API does not serve.
