@@ -32,7 +32,7 @@ func TestAdminHandlerMountsAPI(t *testing.T) {
 	public := &net.TCPAddr{IP: net.ParseIP("192.0.2.10"), Port: 8025}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "test_total", Help: "a test counter"}))
-	srv := httptest.NewServer(adminHandler(st, v, reg, &down, public, log, apiHandler(cfg, st, v, log), nil))
+	srv := httptest.NewServer(adminHandler(st, v, reg, &down, public, log, apiHandler(cfg, st, v, nil, log), nil))
 	t.Cleanup(srv.Close)
 
 	m := auth.NewManager(st, nil)

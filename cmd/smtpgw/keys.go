@@ -14,14 +14,19 @@ import (
 
 	"github.com/smtpgw/smtpgw/api"
 	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/limits"
 	"github.com/smtpgw/smtpgw/store"
 )
 
 const keysUsage = `usage:
-  smtpgw keys create --label L --grant G [--grant G...] [--subaccount N] [--allowed-ip CIDR...] [--json]
+  smtpgw keys create --label L --grant G [--grant G...] [--subaccount N] [--allowed-ip CIDR...]
+                     [--expires RFC3339|DURATION] [--limit N/m|h|d|mo ...] [--json]
   smtpgw keys list   [--label TEXT] [--subaccount N] [--grant G] [--limit N] [--cursor C] [--json]
   smtpgw keys show   ID [--json]
-  smtpgw keys update ID [--label L] [--grant G...] [--subaccount N] [--allowed-ip CIDR...] [--any-ip] [--json]
+  smtpgw keys update ID [--label L] [--grant G...] [--subaccount N] [--allowed-ip CIDR...] [--any-ip]
+                     [--expires RFC3339|DURATION|never] [--limit N/m|h|d|mo ...] [--no-limits] [--json]
+  smtpgw keys rotate ID [--overlap DURATION] [--json]
+  smtpgw keys limits --subaccount N [--limit N/m|h|d|mo ...] [--no-limits] [--json]
   smtpgw keys delete ID`
 
 // keyJSON is a key as `keys --json` prints it: the HTTP API's shape, so the
@@ -43,6 +48,10 @@ func cmdKeys(ctx context.Context, args []string, e env) error {
 		return keysUpdate(ctx, rest, e)
 	case "delete", "revoke":
 		return keysDelete(ctx, rest, e)
+	case "rotate":
+		return keysRotate(ctx, rest, e)
+	case "limits":
+		return keysLimits(ctx, rest, e)
 	case "-h", "--help", "help":
 		fmt.Fprintln(e.stdout, keysUsage)
 		return nil
@@ -58,6 +67,9 @@ func keysCreate(ctx context.Context, args []string, e env) (err error) {
 	fs.Var(&grants, "grant", "grant, repeatable (e.g. smtp/inject)")
 	fs.Var(&ips, "allowed-ip", "IP address or CIDR prefix allowed to use the key, repeatable (default: any)")
 	sub := fs.Int64("subaccount", 0, "subaccount id the key belongs to (default: master account)")
+	expires := fs.String("expires", "", "expiry: an RFC 3339 time or a duration from now (720h, 90d)")
+	var lims stringList
+	fs.Var(&lims, "limit", "sending limit N/unit (units m, h, d, mo), repeatable, e.g. --limit 1000/h --limit 50000/d")
 	asJSON := fs.Bool("json", false, "print JSON")
 	pos, err := parse(fs, keysUsage, args, e)
 	if err != nil {
@@ -65,6 +77,16 @@ func keysCreate(ctx context.Context, args []string, e env) (err error) {
 	}
 	if len(pos) > 0 {
 		return usagef("keys create: unexpected argument %q\n%s", pos[0], keysUsage)
+	}
+	var exp time.Time
+	if *expires != "" {
+		if exp, err = auth.ParseExpiry(*expires, time.Now()); err != nil {
+			return usagef("keys create: --expires: %v", errors.Unwrap(err))
+		}
+	}
+	limitSet, err := parseLimits("keys create", store.Limits{}, lims)
+	if err != nil {
+		return err
 	}
 	if *label == "" {
 		return usagef("keys create: --label is required (e.g. --label my-app)")
@@ -78,17 +100,29 @@ func keysCreate(ctx context.Context, args []string, e env) (err error) {
 	}
 	defer closeStore(st, &err)
 	key, k, err := auth.NewManager(st, nil).Create(ctx, auth.CreateParams{
-		Label: *label, Grants: grants, Subaccount: *sub, AllowedIPs: ips,
+		Label: *label, Grants: grants, Subaccount: *sub, AllowedIPs: ips, ExpiresAt: exp,
 	})
 	if err != nil {
 		return err // auth names the operation: "create key: ..."
 	}
+	if !limitSet.IsZero() {
+		if err := limits.Save(ctx, st, nil, limits.KeyScope(k.ID), limitSet); err != nil {
+			return fmt.Errorf("keys create: key %s created, its limits not saved (run keys update %s --limit ...): %w", k.ID, k.ID, err)
+		}
+	}
 	if *asJSON {
 		j := api.NewKey(k)
 		j.Key = key
+		j.Limits = api.NewLimits(limitSet)
 		return writeJSON(e.stdout, map[string]any{"results": j})
 	}
-	fmt.Fprintf(e.stdout, "Created API key %s (%q).\n\n    %s\n\n", k.ID, k.Label, key)
+	fmt.Fprintf(e.stdout, "Created API key %s (%q).\n\n    %s\n\n", k.ID, termSafe(k.Label), key)
+	if !exp.IsZero() {
+		fmt.Fprintf(e.stdout, "It expires at %s.\n", k.ExpiresAt.Format(time.RFC3339))
+	}
+	if !limitSet.IsZero() {
+		fmt.Fprintf(e.stdout, "Sending limits: %s.\n", limits.String(limitSet))
+	}
 	fmt.Fprintln(e.stdout, "Copy this key now: it is shown only this once and cannot be recovered.")
 	fmt.Fprintln(e.stdout, "Use it as the SMTP password with the username SMTP_Injection.")
 	return nil
@@ -247,12 +281,19 @@ func keysShow(ctx context.Context, args []string, e env) (err error) {
 	if err != nil {
 		return fmt.Errorf("keys show: %w", notFound(err, "API key", pos[0], "smtpgw keys list"))
 	}
-	return printKey(k, *asJSON, e)
+	return printKey(ctx, st, k, *asJSON, e)
 }
 
-func printKey(k *store.Key, asJSON bool, e env) error {
+// printKey prints a key with its limits and their current windows.
+func printKey(ctx context.Context, st store.Store, k *store.Key, asJSON bool, e env) error {
+	l, us, err := limits.Usages(ctx, st, limits.KeyScope(k.ID), time.Now())
+	if err != nil {
+		return err
+	}
 	if asJSON {
-		return writeJSON(e.stdout, map[string]any{"results": api.NewKey(k)})
+		j := api.NewKey(k)
+		j.Limits, j.Usage = api.NewLimits(l), api.NewUsage(us)
+		return writeJSON(e.stdout, map[string]any{"results": j})
 	}
 	g, inert := grantList(k.Grants)
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
@@ -266,6 +307,11 @@ func printKey(k *store.Key, asJSON bool, e env) error {
 	fmt.Fprintf(tw, "updated:\t%s\n", k.UpdatedAt.UTC().Format(time.RFC3339))
 	fmt.Fprintf(tw, "expires:\t%s\n", expiresText(k))
 	fmt.Fprintf(tw, "last used:\t%s\n", lastUsedText(k))
+	fmt.Fprintf(tw, "limits:\t%s\n", limits.String(l))
+	for _, u := range us {
+		fmt.Fprintf(tw, "  this %s:\t%d of %d used, %d remaining (resets %s)\n", u.Unit.Name(), u.Used, u.Max,
+			u.Remaining(), u.Until.Format(time.RFC3339))
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -283,6 +329,10 @@ func keysUpdate(ctx context.Context, args []string, e env) (err error) {
 	fs.Var(&ips, "allowed-ip", "replace the allowed IPs, repeatable")
 	anyIP := fs.Bool("any-ip", false, "remove the IP restriction")
 	sub := fs.Int64("subaccount", -1, "move the key to this subaccount (0: master account)")
+	expires := fs.String("expires", "", "expiry: an RFC 3339 time, a duration from now (720h, 90d), or never")
+	var lims stringList
+	fs.Var(&lims, "limit", "set a sending limit N/unit (units m, h, d, mo; 0/h removes the hourly one), repeatable")
+	noLimits := fs.Bool("no-limits", false, "remove every sending limit of the key")
 	asJSON := fs.Bool("json", false, "print JSON")
 	pos, err := parse(fs, keysUsage, args, e)
 	if err != nil {
@@ -290,6 +340,9 @@ func keysUpdate(ctx context.Context, args []string, e env) (err error) {
 	}
 	if len(pos) != 1 {
 		return usagef("keys update: give exactly one key id\n%s", keysUsage)
+	}
+	if *noLimits && len(lims) > 0 {
+		return usagef("keys update: --no-limits and --limit contradict each other: give one")
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -313,19 +366,175 @@ func keysUpdate(ctx context.Context, args []string, e env) (err error) {
 		p.AllowedIPs = ips
 	}
 	p.ClearAllowedIPs = *anyIP
-	if !set["label"] && !set["grant"] && !set["subaccount"] && !set["allowed-ip"] && !*anyIP {
-		return usagef("keys update: nothing to change: give --label, --grant, --subaccount, --allowed-ip or --any-ip")
+	if set["expires"] {
+		if strings.EqualFold(strings.TrimSpace(*expires), "never") {
+			p.ClearExpiry = true
+		} else if p.ExpiresAt, err = auth.ParseExpiry(*expires, time.Now()); err != nil {
+			return usagef("keys update: --expires: %v (or never)", errors.Unwrap(err))
+		}
+	}
+	keyChange := set["label"] || set["grant"] || set["subaccount"] || set["allowed-ip"] || *anyIP || set["expires"]
+	if !keyChange && len(lims) == 0 && !*noLimits {
+		return usagef("keys update: nothing to change: give --label, --grant, --subaccount, --allowed-ip, --any-ip, --expires, --limit or --no-limits")
+	}
+	// Check the limits before changing anything.
+	if _, err := parseLimits("keys update", store.Limits{}, lims); err != nil {
+		return err
 	}
 	_, st, err := openStore(ctx, *cfgPath, e)
 	if err != nil {
 		return err
 	}
 	defer closeStore(st, &err)
-	k, err := auth.NewManager(st, nil).Update(ctx, pos[0], p)
+	m := auth.NewManager(st, nil)
+	var k *store.Key
+	if keyChange {
+		k, err = m.Update(ctx, pos[0], p)
+	} else {
+		k, err = m.Get(ctx, pos[0])
+	}
 	if err != nil {
 		return notFound(err, "API key", pos[0], "smtpgw keys list") // auth names the operation
 	}
-	return printKey(k, *asJSON, e)
+	if len(lims) > 0 || *noLimits {
+		scope := limits.KeyScope(k.ID)
+		cur, err := st.GetLimits(ctx, scope)
+		if err != nil {
+			return fmt.Errorf("keys update: %w", err)
+		}
+		if *noLimits {
+			cur = store.Limits{}
+		}
+		if cur, err = parseLimits("keys update", cur, lims); err != nil {
+			return err
+		}
+		if err := limits.Save(ctx, st, nil, scope, cur); err != nil {
+			return fmt.Errorf("keys update: %w", err)
+		}
+	}
+	return printKey(ctx, st, k, *asJSON, e)
+}
+
+// parseLimits applies --limit values (N/unit, 0 removes that unit's
+// limit) to l.
+func parseLimits(cmd string, l store.Limits, vals []string) (store.Limits, error) {
+	for _, v := range vals {
+		u, n, err := limits.Parse(v)
+		if err != nil {
+			return l, usagef("%s: --limit: %v", cmd, err)
+		}
+		limits.Set(&l, u, n)
+	}
+	return l, nil
+}
+
+func keysRotate(ctx context.Context, args []string, e env) (err error) {
+	fs, cfgPath := newFlags("keys rotate")
+	overlapText := fs.String("overlap", "24h", "how long the old key keeps working (e.g. 24h, 90m, 7d; 0: stops now)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parse(fs, keysUsage, args, e)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("keys rotate: give exactly one key id\n%s", keysUsage)
+	}
+	overlap, err := auth.ParseOverlap(*overlapText)
+	if err != nil {
+		return usagef("keys rotate: --overlap: %v", errors.Unwrap(err))
+	}
+	_, st, err := openStore(ctx, *cfgPath, e)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st, &err)
+	key, k, old, err := auth.NewManager(st, nil).Rotate(ctx, pos[0], overlap)
+	if err != nil {
+		return notFound(err, "API key", pos[0], "smtpgw keys list") // auth names the operation
+	}
+	if *asJSON {
+		j := api.NewKey(k)
+		j.Key = key
+		l, err := st.GetLimits(ctx, limits.KeyScope(k.ID))
+		if err != nil {
+			return err
+		}
+		j.Limits = api.NewLimits(l)
+		return writeJSON(e.stdout, map[string]any{"results": map[string]any{
+			"key": j, "replaces": map[string]string{"id": old.ID, "expires_at": old.ExpiresAt.Format(time.RFC3339)},
+		}})
+	}
+	fmt.Fprintf(e.stdout, "Created API key %s (%q) to replace %s.\n\n    %s\n\n", k.ID, termSafe(k.Label), old.ID, key)
+	fmt.Fprintln(e.stdout, "Copy this key now: it is shown only this once and cannot be recovered.")
+	fmt.Fprintf(e.stdout, "The old key %s keeps working until %s: switch your applications to the new key before then.\n",
+		old.ID, old.ExpiresAt.Format(time.RFC3339))
+	return nil
+}
+
+// keysLimits shows or sets the sending limits of a subaccount (the limits
+// of a key are set with keys create/update).
+func keysLimits(ctx context.Context, args []string, e env) (err error) {
+	fs, cfgPath := newFlags("keys limits")
+	sub := fs.Int64("subaccount", 0, "the subaccount (a positive id)")
+	var lims stringList
+	fs.Var(&lims, "limit", "set a sending limit N/unit (units m, h, d, mo; 0/h removes the hourly one), repeatable")
+	noLimits := fs.Bool("no-limits", false, "remove every sending limit of the subaccount")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parse(fs, keysUsage, args, e)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("keys limits: unexpected argument %q (the limits of a key are set with keys update ID --limit ...)\n%s", pos[0], keysUsage)
+	}
+	if *sub <= 0 {
+		return usagef("keys limits: --subaccount N is required (a positive subaccount id)")
+	}
+	if *noLimits && len(lims) > 0 {
+		return usagef("keys limits: --no-limits and --limit contradict each other: give one")
+	}
+	if _, err := parseLimits("keys limits", store.Limits{}, lims); err != nil {
+		return err
+	}
+	_, st, err := openStore(ctx, *cfgPath, e)
+	if err != nil {
+		return err
+	}
+	defer closeStore(st, &err)
+	scope := limits.SubaccountScope(*sub)
+	if len(lims) > 0 || *noLimits {
+		cur, err := st.GetLimits(ctx, scope)
+		if err != nil {
+			return fmt.Errorf("keys limits: %w", err)
+		}
+		if *noLimits {
+			cur = store.Limits{}
+		}
+		if cur, err = parseLimits("keys limits", cur, lims); err != nil {
+			return err
+		}
+		if err := limits.Save(ctx, st, nil, scope, cur); err != nil {
+			return fmt.Errorf("keys limits: %w", err)
+		}
+	}
+	l, us, err := limits.Usages(ctx, st, scope, time.Now())
+	if err != nil {
+		return fmt.Errorf("keys limits: %w", err)
+	}
+	if *asJSON {
+		out := map[string]any{"subaccount_id": *sub, "limits": api.NewLimits(l), "usage": api.NewUsage(us)}
+		if l.IsZero() {
+			out["limits"] = map[string]any{}
+		}
+		return writeJSON(e.stdout, map[string]any{"results": out})
+	}
+	fmt.Fprintf(e.stdout, "Subaccount %d sending limits: %s\n", *sub, limits.String(l))
+	for _, u := range us {
+		fmt.Fprintf(e.stdout, "  this %s: %d of %d used, %d remaining (resets %s)\n", u.Unit.Name(), u.Used, u.Max,
+			u.Remaining(), u.Until.Format(time.RFC3339))
+	}
+	fmt.Fprintln(e.stdout, "Running gateways apply changes within auth.cache_ttl.")
+	return nil
 }
 
 func keysDelete(ctx context.Context, args []string, e env) (err error) {

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -77,6 +78,88 @@ func TestKeysListPaging(t *testing.T) {
 			code, _, errs := c.run("keys", "list", "--cursor", "garbage!")
 			if code != 2 || !strings.Contains(errs, "--cursor") {
 				t.Errorf("bad cursor: exit %d, %s", code, errs)
+			}
+		})
+	}
+}
+
+// TestKeysLifecycleCommands: --expires, --limit, keys show's usage, keys
+// rotate and keys limits --subaccount.
+func TestKeysLifecycleCommands(t *testing.T) {
+	t.Parallel()
+	for name, setup := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			c, _ := setup(t)
+			out := c.must("keys", "create", "--label", "app", "--grant", "smtp/inject", "--expires", "720h",
+				"--limit", "1000/h", "--limit", "50000/d")
+			if !strings.Contains(out, "It expires at ") || !strings.Contains(out, "Sending limits: 1000/h, 50000/d.") {
+				t.Errorf("keys create output:\n%s", out)
+			}
+			id := regexp.MustCompile(`Created API key ([0-9a-f]{16})`).FindStringSubmatch(out)
+			if id == nil {
+				t.Fatalf("no key id in:\n%s", out)
+			}
+			show := c.must("keys", "show", id[1])
+			for _, want := range []string{"limits:", "1000/h, 50000/d", "this hour:", "0 of 1000 used, 1000 remaining", "expires:"} {
+				if !strings.Contains(show, want) {
+					t.Errorf("keys show lacks %q:\n%s", want, show)
+				}
+			}
+			// --limit changes one unit and keeps the others; 0 removes one.
+			var j struct {
+				Results struct {
+					ExpiresAt string `json:"expires_at"`
+					Limits    struct {
+						PerMinute int64 `json:"per_minute"`
+						PerHour   int64 `json:"per_hour"`
+						PerDay    int64 `json:"per_day"`
+					} `json:"limits"`
+					Usage map[string]struct {
+						Remaining int64 `json:"remaining"`
+					} `json:"usage"`
+				} `json:"results"`
+			}
+			upd := c.must("keys", "update", id[1], "--limit", "10/m", "--limit", "0/h", "--expires", "never", "--json")
+			if err := json.Unmarshal([]byte(upd), &j); err != nil {
+				t.Fatal(err)
+			}
+			if r := j.Results; r.ExpiresAt != "" || r.Limits.PerMinute != 10 || r.Limits.PerHour != 0 || r.Limits.PerDay != 50000 || r.Usage["per_minute"].Remaining != 10 {
+				t.Errorf("after update: %+v", r)
+			}
+			code, _, errs := c.run("keys", "update", id[1], "--limit", "10/w")
+			if code != 2 || !strings.Contains(errs, "units m, h, d, mo") {
+				t.Errorf("bad --limit: exit %d, %s", code, errs)
+			}
+			code, _, errs = c.run("keys", "create", "--label", "x", "--grant", "smtp/inject", "--expires", "2001-01-01T00:00:00Z")
+			if code != 1 || !strings.Contains(errs, "not in the future") {
+				t.Errorf("past --expires: exit %d, %s", code, errs)
+			}
+
+			// Rotate: a new key printed once, the old one expiring after the overlap.
+			rot := c.must("keys", "rotate", id[1], "--overlap", "2h")
+			m := keyLine.FindStringSubmatch(rot)
+			if m == nil || !strings.Contains(rot, "keeps working until") {
+				t.Fatalf("keys rotate output:\n%s", rot)
+			}
+			old := decodeList(t, c.must("keys", "list", "--json"))
+			if len(old.Results) != 2 {
+				t.Errorf("after rotate: %d keys listed, want 2", len(old.Results))
+			}
+			if show := c.must("keys", "show", id[1]); !strings.Contains(show, "expires:") || strings.Contains(show, "expires:     never") {
+				t.Errorf("old key after rotate:\n%s", show)
+			}
+
+			// Subaccount limits.
+			sub := c.must("keys", "limits", "--subaccount", "7", "--limit", "500/d")
+			if !strings.Contains(sub, "Subaccount 7 sending limits: 500/d") || !strings.Contains(sub, "0 of 500 used") {
+				t.Errorf("keys limits output:\n%s", sub)
+			}
+			if out := c.must("keys", "limits", "--subaccount", "7", "--no-limits"); !strings.Contains(out, "limits: none") {
+				t.Errorf("keys limits --no-limits:\n%s", out)
+			}
+			if code, _, _ := c.run("keys", "limits"); code != 2 {
+				t.Errorf("keys limits without --subaccount: exit %d, want 2", code)
 			}
 		})
 	}

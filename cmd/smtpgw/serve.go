@@ -21,6 +21,7 @@ import (
 	"github.com/smtpgw/smtpgw/auth"
 	"github.com/smtpgw/smtpgw/config"
 	"github.com/smtpgw/smtpgw/console"
+	"github.com/smtpgw/smtpgw/limits"
 	"github.com/smtpgw/smtpgw/relay"
 	"github.com/smtpgw/smtpgw/smtpd"
 	"github.com/smtpgw/smtpgw/store"
@@ -76,7 +77,13 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 	verifier := auth.NewVerifier(st, auth.Config{CacheTTL: cfg.Auth.CacheTTL.Duration, Logger: log.With("component", "auth")})
 	defer verifier.Close()
 
-	srv, err := smtpd.New(smtpdConfig(cfg, log), st, verifier, reg)
+	// One checker of sending limits for SMTP and the API, so a limit
+	// changed through the API applies to this node's next message.
+	quota := limits.New(st, limits.Config{CacheTTL: cfg.Auth.CacheTTL.Duration, Logger: log.With("component", "limits")})
+	defer quota.Close()
+	sc := smtpdConfig(cfg, log)
+	sc.Limits = quota
+	srv, err := smtpd.New(sc, st, verifier, reg)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -102,7 +109,7 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 			l = tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 			scheme = "https"
 		}
-		apiH := apiHandler(cfg, st, verifier, log)
+		apiH := apiHandler(cfg, st, verifier, quota, log)
 		consoleH, err := consoleHandler(cfg, st, verifier, apiH, log)
 		if err != nil {
 			_ = l.Close()
@@ -236,13 +243,14 @@ func relayConfig(cfg *config.Config, log *slog.Logger) relay.Config {
 //
 // The API works on the store wrapped by audit.Wrap, so the changes it makes
 // are in the audit log.
-func apiHandler(cfg *config.Config, st store.Store, v *auth.Verifier, log *slog.Logger) *api.Handler {
+func apiHandler(cfg *config.Config, st store.Store, v *auth.Verifier, quota *limits.Checker, log *slog.Logger) *api.Handler {
 	st = audit.Wrap(st, log.With("component", "audit"))
 	return api.New(api.Config{
 		DKIMSelector:      cfg.Relay.DKIMSelector,
 		MaxAuthFailures:   cfg.SMTP.MaxAuthFailures,
 		AuthFailureWindow: cfg.SMTP.AuthFailureWindow.Duration,
 		Logger:            log.With("component", "api"),
+		Limits:            quota,
 	}, st, v, auth.NewManager(st, v))
 }
 
