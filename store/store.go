@@ -331,6 +331,9 @@ type Store interface {
 	// Event search with SparkPost's filters (store/events.go).
 	EventSearcher
 
+	// Event webhooks and their outbox (store/webhooks.go).
+	WebhookStore
+
 	// The audit log (store/audit.go).
 	AuditStore
 
