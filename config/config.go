@@ -54,6 +54,10 @@ const (
 	ModeMX = "mx"
 	// ModeSmarthost hands every message to relay.smarthost.
 	ModeSmarthost = "smarthost"
+	// ModeHold delivers nothing: mail is accepted and stays queued until
+	// the mode is changed (reload or restart). The default, so a gateway
+	// never sends to the internet before it is told to.
+	ModeHold = "hold"
 )
 
 // Smarthost TLS modes (relay.smarthost_tls).
@@ -174,7 +178,7 @@ type Auth struct {
 
 // Relay is the [relay] section.
 type Relay struct {
-	// Mode is ModeMX or ModeSmarthost.
+	// Mode is ModeHold (the default), ModeMX or ModeSmarthost.
 	Mode string `toml:"mode"`
 	// Smarthost is the "host:port" every message goes to in smarthost mode.
 	Smarthost string `toml:"smarthost"`
@@ -270,7 +274,7 @@ func Default() *Config {
 		},
 		Auth: Auth{CacheTTL: Duration{5 * time.Second}},
 		Relay: Relay{
-			Mode:                 ModeMX,
+			Mode:                 ModeHold,
 			SmarthostTLS:         SmarthostSTARTTLS,
 			Workers:              32,
 			PerDomainConcurrency: 8,
@@ -329,6 +333,12 @@ func (c *Config) decodeFile(path string) error {
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(c)
 	if err != nil {
 		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			if key, val, ok := unquotedValue(data, pe.Position.Line); ok {
+				return fmt.Errorf("config: %s: the value %s must be quoted: write %s = %q (at %s line %d)",
+					key, val, key[strings.LastIndex(key, ".")+1:], val, path, pe.Position.Line)
+			}
+		}
 		if errors.As(err, &pe) && pe.LastKey != "" {
 			return fmt.Errorf("config: %s: %s (at %s line %d)", pe.LastKey, pe.Message, path, pe.Position.Line)
 		}
@@ -390,6 +400,37 @@ func fileKeys() []string {
 		}
 	}
 	return keys
+}
+
+// assignRE matches a "key = value" line.
+var assignRE = regexp.MustCompile(`^\s*([A-Za-z0-9_-]+)\s*=\s*(.*?)\s*(#.*)?$`)
+
+// unquotedValue reports whether line n (from 1) of a TOML file that failed
+// to parse assigns a bare word that is not a TOML value — a string written
+// without quotes, such as submission_addr = 127.0.0.1:2525 or
+// idle_timeout = 60s — and returns its dotted key (with the section above
+// it) and the value.
+func unquotedValue(data []byte, n int) (key, val string, ok bool) {
+	lines := strings.Split(string(data), "\n")
+	if n < 1 || n > len(lines) {
+		return "", "", false
+	}
+	m := assignRE.FindStringSubmatch(lines[n-1])
+	if m == nil || m[2] == "" || strings.ContainsAny(m[2][:1], "\"'[{") {
+		return "", "", false
+	}
+	var probe map[string]any
+	if _, err := toml.Decode("v = "+m[2], &probe); err == nil {
+		return "", "", false // a TOML value (number, boolean, date): not the problem
+	}
+	key = m[1]
+	for i := n - 2; i >= 0; i-- {
+		if h := strings.TrimSpace(lines[i]); strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+			key = strings.Trim(h, "[] ") + "." + key
+			break
+		}
+	}
+	return key, m[2], true
 }
 
 // knownKeys lists every dotted key, for suggestions.
@@ -487,6 +528,10 @@ func suggest(name string, candidates []string) string {
 		if strings.Contains(name, ".") && last(name) == last(c) {
 			d = min(d, 1)
 		}
+		// A name cut short (SMTPGW_SMTP_IDLE for SMTPGW_SMTP_IDLE_TIMEOUT).
+		if 2*len(name) >= len(c) && strings.HasPrefix(strings.ToLower(c), strings.ToLower(name)) {
+			d = min(d, 2)
+		}
 		if d < bestDist {
 			best, bestDist = c, d
 		}
@@ -579,13 +624,13 @@ func (c *Config) Validate() error {
 
 	r := &c.Relay
 	switch r.Mode {
-	case ModeMX:
+	case ModeMX, ModeHold:
 	case ModeSmarthost:
 		if r.Smarthost == "" {
 			bad("relay.smarthost", "is empty but relay.mode is \"smarthost\" (set it to \"host:port\", or set relay.mode = \"mx\")")
 		}
 	default:
-		bad("relay.mode", "%q is not a relay mode (write \"mx\" or \"smarthost\")", r.Mode)
+		bad("relay.mode", "%q is not a relay mode (write \"hold\", \"smarthost\" or \"mx\")", r.Mode)
 	}
 	checkAddr(bad, "relay.smarthost", r.Smarthost, false)
 	switch r.SmarthostTLS {

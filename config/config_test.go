@@ -38,7 +38,7 @@ proxy_protocol_from = []                # CIDRs of trusted load balancers
 cache_ttl = "5s"
 
 [relay]
-mode = "mx"                             # "mx" or "smarthost"
+mode = "hold"                           # "hold", "smarthost" or "mx"
 smarthost = ""                          # "host:port"
 smarthost_tls = "starttls"              # "starttls", "implicit", "none"
 smarthost_username = ""
@@ -122,7 +122,7 @@ func TestDefaults(t *testing.T) {
 		{"smtp.shutdown_grace", c.SMTP.ShutdownGrace.Duration, 30 * time.Second},
 		{"smtp.max_connections", c.SMTP.MaxConnections, 1000},
 		{"auth.cache_ttl", c.Auth.CacheTTL.Duration, 5 * time.Second},
-		{"relay.mode", c.Relay.Mode, "mx"},
+		{"relay.mode", c.Relay.Mode, "hold"},
 		{"relay.smarthost_tls", c.Relay.SmarthostTLS, "starttls"},
 		{"relay.workers", c.Relay.Workers, 32},
 		{"relay.per_domain_concurrency", c.Relay.PerDomainConcurrency, 8},
@@ -283,8 +283,16 @@ func TestLoadErrors(t *testing.T) {
 		{"syntax error", "[smtp\n", nil, []string{"config: "}},
 		{"bad cidr", "[smtp]\nproxy_protocol_from = [\"10.0.0.0/33\"]\n", nil,
 			[]string{`config: smtp.proxy_protocol_from: "10.0.0.0/33" is not an IP address or CIDR prefix`}},
+		{"cut-short env", "", []string{"SMTPGW_SMTP_IDLE=5s"},
+			[]string{"unknown environment variable SMTPGW_SMTP_IDLE", `did you mean "SMTPGW_SMTP_IDLE_TIMEOUT"?`}},
+		{"unquoted address", "[smtp]\nsubmission_addr = 127.0.0.1:2525\n", nil,
+			[]string{`config: smtp.submission_addr: the value 127.0.0.1:2525 must be quoted: write submission_addr = "127.0.0.1:2525"`, "line 2"}},
+		{"unquoted duration", "hostname = \"h\"\n[smtp]\n\nidle_timeout = 60s # idle\n", nil,
+			[]string{`config: smtp.idle_timeout: the value 60s must be quoted: write idle_timeout = "60s"`, "line 4"}},
+		{"unquoted top-level", "data_dir = /var/lib/smtpgw\n", nil,
+			[]string{`config: data_dir: the value /var/lib/smtpgw must be quoted`}},
 		{"bad mode", "[relay]\nmode = \"direct\"\n", nil,
-			[]string{`config: relay.mode: "direct" is not a relay mode (write "mx" or "smarthost")`}},
+			[]string{`config: relay.mode: "direct" is not a relay mode (write "hold", "smarthost" or "mx")`}},
 		{"smarthost mode without smarthost", "[relay]\nmode = \"smarthost\"\n", nil,
 			[]string{`config: relay.smarthost: is empty but relay.mode is "smarthost"`}},
 		{"bad smarthost_tls", "[relay]\nmode = \"smarthost\"\nsmarthost = \"mx.example:587\"\nsmarthost_tls = \"tls\"\n", nil,

@@ -54,9 +54,13 @@ func newResolver(server string) *net.Resolver {
 // routes returns the hosts to try for domain, in order. A
 // *permanentError means the recipients bounce.
 func (r *Relay) routes(ctx context.Context, domain string) ([]route, error) {
-	if r.cfg.Mode == ModeSmarthost {
-		host, _, _ := net.SplitHostPort(r.cfg.Smarthost)
-		return []route{{host: host, addr: r.cfg.Smarthost, tls: r.cfg.SmarthostTLS, key: "smarthost"}}, nil
+	switch cfg := r.conf(); cfg.Mode {
+	case ModeSmarthost:
+		host, _, _ := net.SplitHostPort(cfg.Smarthost)
+		return []route{{host: host, addr: cfg.Smarthost, tls: cfg.SmarthostTLS, key: "smarthost"}}, nil
+	case ModeHold:
+		// Claimed just before a reload put the relay on hold.
+		return nil, &tempError{reply: "451 4.3.2 relay on hold (relay.mode = \"hold\")", err: errors.New("relay on hold")}
 	}
 	if rts, err, ok := r.mx.get(domain); ok {
 		return rts, err
@@ -76,7 +80,7 @@ func (r *Relay) lookupRoutes(ctx context.Context, domain string) ([]route, error
 	if domain == "" {
 		return nil, &permanentError{reply: "550 5.1.3 recipient address has no domain"}
 	}
-	port := strconv.Itoa(r.cfg.MXPort)
+	port := strconv.Itoa(r.conf().MXPort)
 	if lit, ok := strings.CutPrefix(domain, "["); ok {
 		// An address literal names the host itself
 		// (https://tools.ietf.org/html/rfc5321#section-4.1.3).
@@ -91,7 +95,7 @@ func (r *Relay) lookupRoutes(ctx context.Context, domain string) ([]route, error
 	if err != nil {
 		return nil, &permanentError{reply: "550 5.1.2 bad domain name " + domain}
 	}
-	lctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectTimeout)
+	lctx, cancel := context.WithTimeout(ctx, r.conf().ConnectTimeout)
 	defer cancel()
 	fqdn := ascii + "."
 	mxs, err := r.resolver.LookupMX(lctx, fqdn)
@@ -223,7 +227,7 @@ var errTLSHandshake = errors.New("tls handshake failed")
 
 // dialTLS dials rt with the given TLS mode.
 func (r *Relay) dialTLS(ctx context.Context, rt route, mode string) (_ *conn, err error) {
-	d := net.Dialer{Timeout: r.cfg.ConnectTimeout, Resolver: r.resolver}
+	d := net.Dialer{Timeout: r.conf().ConnectTimeout, Resolver: r.resolver}
 	raw, err := d.DialContext(ctx, "tcp", rt.addr)
 	if err != nil {
 		return nil, err
@@ -240,7 +244,7 @@ func (r *Relay) dialTLS(ctx context.Context, rt route, mode string) (_ *conn, er
 	switch mode {
 	case TLSImplicit:
 		tc := tls.Client(raw, tlsCfg)
-		hctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectTimeout)
+		hctx, cancel := context.WithTimeout(ctx, r.conf().ConnectTimeout)
 		err := tc.HandshakeContext(hctx)
 		cancel()
 		if err != nil {
@@ -254,9 +258,9 @@ func (r *Relay) dialTLS(ctx context.Context, rt route, mode string) (_ *conn, er
 		}
 	}
 	client := smtp.NewClient(nc)
-	client.CommandTimeout = r.cfg.CommandTimeout
-	client.SubmissionTimeout = r.cfg.CommandTimeout
-	if err := client.Hello(r.cfg.Hostname); err != nil {
+	client.CommandTimeout = r.conf().CommandTimeout
+	client.SubmissionTimeout = r.conf().CommandTimeout
+	if err := client.Hello(r.conf().Hostname); err != nil {
 		return nil, fmt.Errorf("EHLO: %w", err)
 	}
 	c := &conn{client: client, nc: nc, host: rt.host, ext: make(map[string]bool)}
@@ -265,11 +269,11 @@ func (r *Relay) dialTLS(ctx context.Context, rt route, mode string) (_ *conn, er
 			c.ext[ext] = true
 		}
 	}
-	if rt.key == "smarthost" && r.cfg.SmarthostUsername != "" {
+	if rt.key == "smarthost" && r.conf().SmarthostUsername != "" {
 		if !c.has("AUTH") {
 			return nil, errors.New("smarthost does not offer AUTH (check relay.smarthost_tls: AUTH usually needs TLS)")
 		}
-		if err := client.Auth(sasl.NewPlainClient("", r.cfg.SmarthostUsername, r.cfg.SmarthostPassword)); err != nil {
+		if err := client.Auth(sasl.NewPlainClient("", r.conf().SmarthostUsername, r.conf().SmarthostPassword)); err != nil {
 			return nil, fmt.Errorf("AUTH PLAIN: %w", err)
 		}
 	}
@@ -281,8 +285,8 @@ func (r *Relay) dialTLS(ctx context.Context, rt route, mode string) (_ *conn, er
 func (r *Relay) tlsConfig(rt route) *tls.Config {
 	cfg := &tls.Config{ServerName: rt.host, MinVersion: tls.VersionTLS12}
 	if rt.key == "smarthost" {
-		cfg.InsecureSkipVerify = r.cfg.SmarthostInsecureSkipVerify
-		cfg.RootCAs = r.cfg.SmarthostRootCAs
+		cfg.InsecureSkipVerify = r.conf().SmarthostInsecureSkipVerify
+		cfg.RootCAs = r.conf().SmarthostRootCAs
 	} else {
 		// Opportunistic TLS protects against passive eavesdropping only;
 		// most MX certificates would not verify against the MX name.
@@ -300,7 +304,7 @@ func (r *Relay) startTLS(raw net.Conn, cfg *tls.Config, required bool) (net.Conn
 	br := bufio.NewReader(raw)
 	tp := textproto.NewReader(br)
 	cmd := func(line string, want int) (string, error) {
-		if err := raw.SetDeadline(time.Now().Add(r.cfg.CommandTimeout)); err != nil {
+		if err := raw.SetDeadline(time.Now().Add(r.conf().CommandTimeout)); err != nil {
 			return "", err
 		}
 		if line != "" {
@@ -319,7 +323,7 @@ func (r *Relay) startTLS(raw net.Conn, cfg *tls.Config, required bool) (net.Conn
 	if err != nil {
 		return nil, fmt.Errorf("greeting: %w", err)
 	}
-	msg, err := cmd("EHLO "+r.cfg.Hostname, 250)
+	msg, err := cmd("EHLO "+r.conf().Hostname, 250)
 	if err != nil {
 		return nil, fmt.Errorf("EHLO: %w", err)
 	}
@@ -347,7 +351,7 @@ func (r *Relay) startTLS(raw net.Conn, cfg *tls.Config, required bool) (net.Conn
 		// TLS session (CVE-2011-0411 and friends).
 		return nil, errors.New("server sent data before the TLS handshake")
 	}
-	if err := raw.SetDeadline(time.Now().Add(r.cfg.ConnectTimeout)); err != nil {
+	if err := raw.SetDeadline(time.Now().Add(r.conf().ConnectTimeout)); err != nil {
 		return nil, err
 	}
 	tc := tls.Client(raw, cfg)

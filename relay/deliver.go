@@ -128,7 +128,7 @@ func (r *Relay) runJob(loop, base context.Context, j *job, t *ticket) {
 
 	if j.expired {
 		for i, c := range j.rcpts {
-			res[i] = result{state: store.StateExpired, reply: expiredReply(r.cfg.MaxQueueLifetime, c.LastReply)}
+			res[i] = result{state: store.StateExpired, reply: expiredReply(r.conf().MaxQueueLifetime, c.LastReply)}
 		}
 		r.finish(base, log, j, res, nil, start)
 		return
@@ -304,7 +304,7 @@ func (r *Relay) data(c *conn, body []byte) (string, error) {
 		return "", err
 	}
 	// go-smtp sets no deadline while the body is written; bound it here.
-	if err := c.nc.SetDeadline(time.Now().Add(r.cfg.CommandTimeout)); err != nil {
+	if err := c.nc.SetDeadline(time.Now().Add(r.conf().CommandTimeout)); err != nil {
 		_ = w.Close()
 		return "", fmt.Errorf("set deadline: %w", err)
 	}
@@ -515,7 +515,7 @@ func (r *Relay) finish(base context.Context, log *slog.Logger, j *job, res []res
 	now := time.Now()
 	r.metrics.attempt.Observe(now.Sub(start).Seconds())
 	first := j.rcpts[0]
-	expireAt := first.CreatedAt.Add(r.cfg.MaxQueueLifetime)
+	expireAt := first.CreatedAt.Add(r.conf().MaxQueueLifetime)
 	var f store.Finish
 	var reports []dsnRecipient
 	// A job's recipients share one message: its events carry the metadata
@@ -528,11 +528,11 @@ func (r *Relay) finish(base context.Context, log *slog.Logger, j *job, res []res
 		}
 		out := store.Outcome{RecipientID: c.ID, State: rs.state, Reply: rs.reply}
 		if rs.state == store.StateDeferred {
-			out.NextAttempt = now.Add(backoff(r.cfg.RetryInitial, r.cfg.RetryMax, c.Attempts+1))
+			out.NextAttempt = now.Add(backoff(r.conf().RetryInitial, r.conf().RetryMax, c.Attempts+1))
 			if out.NextAttempt.After(expireAt) {
 				out.State = store.StateExpired
 				out.NextAttempt = time.Time{}
-				out.Reply = expiredReply(r.cfg.MaxQueueLifetime, rs.reply)
+				out.Reply = expiredReply(r.conf().MaxQueueLifetime, rs.reply)
 			}
 		}
 		f.Outcomes = append(f.Outcomes, out)
@@ -563,7 +563,7 @@ func (r *Relay) finish(base context.Context, log *slog.Logger, j *job, res []res
 			}
 			body = b
 		}
-		m, err := buildDSN(r.cfg.Hostname, first, reports, body, now)
+		m, err := buildDSN(r.conf().Hostname, first, reports, body, now)
 		if err != nil {
 			log.Error("build DSN", "err", err)
 		} else {
@@ -588,11 +588,11 @@ func (r *Relay) rawBody(base context.Context, id string) ([]byte, error) {
 // lease and then be delivered again. Retrying a Finish is safe: one that did
 // commit cleared the leases, so a retry applies nothing twice.
 func (r *Relay) writeFinish(base context.Context, log *slog.Logger, j *job, f store.Finish) {
-	limit := j.deadline.Add(r.cfg.Lease / 8)
+	limit := j.deadline.Add(r.conf().Lease / 8)
 	backoff := finishBackoffMin
 	for try := 1; ; try++ {
 		ctx, cancel := context.WithTimeout(base, storeTimeout)
-		n, err := r.st.Finish(ctx, r.cfg.Owner, f)
+		n, err := r.st.Finish(ctx, r.conf().Owner, f)
 		cancel()
 		if err == nil {
 			if n < len(f.Outcomes) {

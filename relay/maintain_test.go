@@ -240,8 +240,8 @@ func TestFinishedRetentionDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.cfg.FinishedRetention != DefaultFinishedRetention || r.pruneLimit != pruneBatch {
-		t.Errorf("FinishedRetention %v, prune limit %d; want %v, %d", r.cfg.FinishedRetention, r.pruneLimit,
+	if r.conf().FinishedRetention != DefaultFinishedRetention || r.pruneLimit != pruneBatch {
+		t.Errorf("FinishedRetention %v, prune limit %d; want %v, %d", r.conf().FinishedRetention, r.pruneLimit,
 			DefaultFinishedRetention, pruneBatch)
 	}
 }

@@ -151,6 +151,9 @@ import (
 const (
 	ModeMX        = "mx"
 	ModeSmarthost = "smarthost"
+	// ModeHold keeps mail queued: nothing is claimed or delivered until
+	// the mode changes (a reload, or a restart with another mode).
+	ModeHold = "hold"
 
 	TLSStartTLS = "starttls"
 	TLSImplicit = "implicit"
@@ -197,7 +200,8 @@ type Config struct {
 	// Hostname is the EHLO name and the Reporting-MTA of DSNs; default
 	// os.Hostname().
 	Hostname string
-	// Mode is "mx" (default) or "smarthost".
+	// Mode is "mx" (default), "smarthost" or "hold" (deliver nothing;
+	// mail stays queued).
 	Mode string
 	// Smarthost is host:port of the smarthost in smarthost mode.
 	Smarthost string
@@ -254,7 +258,7 @@ type Config struct {
 // Relay delivers queued mail. Create it with New, run it with Start, end it
 // with Stop.
 type Relay struct {
-	cfg      Config
+	cfg      atomic.Pointer[Config] // current configuration; see conf and Reload
 	st       store.Store
 	log      *slog.Logger
 	metrics  *metrics
@@ -297,7 +301,6 @@ func New(cfg Config, st store.Store, reg prometheus.Registerer) (*Relay, error) 
 		}
 	}
 	r := &Relay{
-		cfg:      cfg,
 		st:       st,
 		log:      cfg.Logger,
 		metrics:  m,
@@ -313,6 +316,7 @@ func New(cfg Config, st store.Store, reg prometheus.Registerer) (*Relay, error) 
 
 		pruneLimit: pruneBatch,
 	}
+	r.cfg.Store(&cfg)
 	r.log.Debug("relay limits", "lease", cfg.Lease.String(), "job_deadline", (cfg.Lease * 3 / 4).String(),
 		"connect_timeout", cfg.ConnectTimeout.String(), "command_timeout", cfg.CommandTimeout.String())
 	return r, nil
@@ -333,9 +337,9 @@ func applyDefaults(cfg *Config) error {
 	switch cfg.Mode {
 	case "":
 		cfg.Mode = ModeMX
-	case ModeMX, ModeSmarthost:
+	case ModeMX, ModeSmarthost, ModeHold:
 	default:
-		return fmt.Errorf("relay.mode %q: use \"mx\" or \"smarthost\"", cfg.Mode)
+		return fmt.Errorf("relay.mode %q: use \"mx\", \"smarthost\" or \"hold\"", cfg.Mode)
 	}
 	if cfg.Mode == ModeSmarthost {
 		if _, port, err := net.SplitHostPort(cfg.Smarthost); err != nil || port == "" {
@@ -394,8 +398,47 @@ func defaultOwner() string {
 	return h + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b[:])
 }
 
+// conf returns the current configuration (see Reload).
+func (r *Relay) conf() *Config { return r.cfg.Load() }
+
+// Reload applies the settings of cfg that can change while the relay runs:
+// Mode, Smarthost, SmarthostTLS, SmarthostUsername, SmarthostPassword,
+// SmarthostInsecureSkipVerify, SmarthostRootCAs, RetryInitial, RetryMax,
+// MaxQueueLifetime, ConnectTimeout, CommandTimeout, EventRetention and
+// FinishedRetention. The others (Hostname, Workers, PerDomainConcurrency,
+// Lease, DNSResolver, MXPort, ReleaseAllLeasesOnStart, Owner, Logger)
+// keep their values; they need a restart. An invalid cfg is refused with
+// an error and nothing changes. Idle connections are closed, so the next
+// delivery connects with the new settings; deliveries under way finish with
+// the old ones.
+func (r *Relay) Reload(cfg Config) error {
+	old := r.conf()
+	cfg.Hostname, cfg.Logger, cfg.Owner = old.Hostname, old.Logger, old.Owner
+	if err := applyDefaults(&cfg); err != nil {
+		return fmt.Errorf("reload relay: %w", err)
+	}
+	cfg.Workers, cfg.PerDomainConcurrency, cfg.Lease = old.Workers, old.PerDomainConcurrency, old.Lease
+	cfg.DNSResolver, cfg.MXPort, cfg.ReleaseAllLeasesOnStart = old.DNSResolver, old.MXPort, old.ReleaseAllLeasesOnStart
+	r.cfg.Store(&cfg)
+	r.pool.expire(true)
+	if cfg.Mode != old.Mode {
+		r.logMode(cfg.Mode)
+	}
+	return nil
+}
+
+// logMode logs the relay mode, loudly when it is hold.
+func (r *Relay) logMode(mode string) {
+	if mode == ModeHold {
+		r.log.Warn("RELAY IS ON HOLD (relay.mode = \"hold\"): mail is accepted and queued but NOT delivered. " +
+			"Set relay.mode to \"smarthost\" or \"mx\" and reload (SIGHUP) to deliver it")
+		return
+	}
+	r.log.Info("relay mode", "mode", mode)
+}
+
 // Owner returns the lease owner id this relay claims with.
-func (r *Relay) Owner() string { return r.cfg.Owner }
+func (r *Relay) Owner() string { return r.conf().Owner }
 
 // Start starts the claim loop, the maintenance loop and the
 // idle-connection janitor; with Config.ReleaseAllLeasesOnStart it first
@@ -413,7 +456,7 @@ func (r *Relay) Start(ctx context.Context) error {
 		return errors.New("start relay: already stopped")
 	default:
 	}
-	if r.cfg.ReleaseAllLeasesOnStart {
+	if r.conf().ReleaseAllLeasesOnStart {
 		rctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		n, err := r.st.ReleaseLeases(rctx, "")
 		cancel()
@@ -425,8 +468,11 @@ func (r *Relay) Start(ctx context.Context) error {
 			r.log.Info("released leases of earlier processes", "recipients", n)
 		}
 	}
-	r.log.Info("relay started", "mode", r.cfg.Mode, "workers", r.cfg.Workers,
-		"per_domain_concurrency", r.cfg.PerDomainConcurrency, "owner", r.cfg.Owner)
+	r.log.Info("relay started", "mode", r.conf().Mode, "workers", r.conf().Workers,
+		"per_domain_concurrency", r.conf().PerDomainConcurrency, "owner", r.conf().Owner)
+	if r.conf().Mode == ModeHold {
+		r.logMode(ModeHold)
+	}
 	base := context.WithoutCancel(ctx)
 	loopCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -478,7 +524,7 @@ func (r *Relay) Stop() {
 func (r *Relay) releaseLeases() {
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
-	n, err := r.st.ReleaseLeases(ctx, r.cfg.Owner)
+	n, err := r.st.ReleaseLeases(ctx, r.conf().Owner)
 	switch {
 	case err != nil:
 		r.log.Warn("release leases at stop; the recipients wait for their lease to end", "err", err)
@@ -528,13 +574,16 @@ func (r *Relay) claimLoop(ctx, base context.Context) {
 // returns how many recipients it claimed and the limit it asked for (0 when
 // it did not claim).
 func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
-	room := 2*r.cfg.Workers - int(r.ready.Load())
+	if r.conf().Mode == ModeHold {
+		return 0, 0
+	}
+	room := 2*r.conf().Workers - int(r.ready.Load())
 	if room <= 0 {
 		return 0, 0
 	}
 	busy := r.sems.saturated()
 	var exclude []string
-	if r.cfg.Mode == ModeSmarthost {
+	if r.conf().Mode == ModeSmarthost {
 		if len(busy) > 0 {
 			return 0, 0
 		}
@@ -544,10 +593,10 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 	limit := min(maxBatch, room)
 	// The lease runs from the store's clock at claim time; take the
 	// deadline before asking so it is never later than the lease allows.
-	deadline := time.Now().Add(r.cfg.Lease * 3 / 4)
+	deadline := time.Now().Add(r.conf().Lease * 3 / 4)
 	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	claimed, err := r.st.ClaimDue(cctx, r.cfg.Owner, store.ClaimOptions{
-		Limit: limit, Lease: r.cfg.Lease, ExcludeDomains: exclude})
+	claimed, err := r.st.ClaimDue(cctx, r.conf().Owner, store.ClaimOptions{
+		Limit: limit, Lease: r.conf().Lease, ExcludeDomains: exclude})
 	cancel()
 	if err != nil {
 		if ctx.Err() == nil {
@@ -560,8 +609,8 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 	}
 	r.metrics.claimed.Add(float64(len(claimed)))
 	now := time.Now()
-	for _, j := range groupJobs(claimed, r.cfg.Mode, deadline) {
-		j.expired = now.Sub(j.rcpts[0].CreatedAt) > r.cfg.MaxQueueLifetime
+	for _, j := range groupJobs(claimed, r.conf().Mode, deadline) {
+		j.expired = now.Sub(j.rcpts[0].CreatedAt) > r.conf().MaxQueueLifetime
 		var t *ticket
 		if j.expired {
 			r.ready.Add(1) // expiring needs a worker, not the destination
@@ -596,7 +645,7 @@ func (r *Relay) maintainLoop(ctx context.Context) {
 	var eventsPruned time.Time
 	for {
 		r.pruneMessages(ctx)
-		if r.cfg.EventRetention > 0 && (eventsPruned.IsZero() || time.Since(eventsPruned) >= pruneEventsInterval) {
+		if r.conf().EventRetention > 0 && (eventsPruned.IsZero() || time.Since(eventsPruned) >= pruneEventsInterval) {
 			r.pruneEvents(ctx)
 			eventsPruned = time.Now()
 		}
@@ -612,7 +661,7 @@ func (r *Relay) maintainLoop(ctx context.Context) {
 // one chunk after another while chunks come back full, so a backlog (after
 // an upgrade, or downtime) is worked off without one huge transaction.
 func (r *Relay) pruneMessages(ctx context.Context) {
-	before := time.Now().Add(-r.cfg.FinishedRetention)
+	before := time.Now().Add(-r.conf().FinishedRetention)
 	var total int64
 	for ctx.Err() == nil {
 		pctx, cancel := context.WithTimeout(ctx, storeTimeout)
@@ -630,14 +679,14 @@ func (r *Relay) pruneMessages(ctx context.Context) {
 		}
 	}
 	if total > 0 {
-		r.log.Debug("pruned finished messages", "count", total, "retention", r.cfg.FinishedRetention.String())
+		r.log.Debug("pruned finished messages", "count", total, "retention", r.conf().FinishedRetention.String())
 	}
 }
 
 // pruneEvents deletes events and audit log entries older than
 // EventRetention.
 func (r *Relay) pruneEvents(ctx context.Context) {
-	before := time.Now().Add(-r.cfg.EventRetention)
+	before := time.Now().Add(-r.conf().EventRetention)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	n, err := r.st.PruneEvents(pctx, before)
 	cancel()
@@ -645,7 +694,7 @@ func (r *Relay) pruneEvents(ctx context.Context) {
 	case err != nil && ctx.Err() == nil:
 		r.log.Warn("prune events", "err", err)
 	case n > 0:
-		r.log.Info("pruned events", "count", n, "retention", r.cfg.EventRetention.String())
+		r.log.Info("pruned events", "count", n, "retention", r.conf().EventRetention.String())
 	}
 	pctx, cancel = context.WithTimeout(ctx, 5*time.Minute)
 	n, err = r.st.PruneAudit(pctx, before)
@@ -654,7 +703,7 @@ func (r *Relay) pruneEvents(ctx context.Context) {
 	case err != nil && ctx.Err() == nil:
 		r.log.Warn("prune audit log", "err", err)
 	case n > 0:
-		r.log.Info("pruned audit log", "count", n, "retention", r.cfg.EventRetention.String())
+		r.log.Info("pruned audit log", "count", n, "retention", r.conf().EventRetention.String())
 	}
 }
 

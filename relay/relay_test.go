@@ -538,7 +538,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.cfg.Workers != DefaultWorkers || r.cfg.MXPort != 25 || r.cfg.Mode != ModeMX || r.Owner() == "" {
-		t.Errorf("defaults not applied: %+v", r.cfg)
+	if r.conf().Workers != DefaultWorkers || r.conf().MXPort != 25 || r.conf().Mode != ModeMX || r.Owner() == "" {
+		t.Errorf("defaults not applied: %+v", r.conf())
 	}
 }

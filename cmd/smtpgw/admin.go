@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/smtpgw/smtpgw/api"
+	"github.com/smtpgw/smtpgw/config"
 	"github.com/smtpgw/smtpgw/relay"
 	"github.com/smtpgw/smtpgw/store"
 )
@@ -184,6 +185,15 @@ const queueUsage = `usage:
   smtpgw queue delete ID
   smtpgw queue stats [--json]`
 
+// queueUsages is the usage line of each queue subcommand.
+var queueUsages = map[string]string{
+	"list":   "usage: smtpgw queue list [--state S] [--domain D] [--key ID] [--subaccount N] [--limit N] [--json]",
+	"show":   "usage: smtpgw queue show ID [--json]",
+	"retry":  "usage: smtpgw queue retry ID",
+	"delete": "usage: smtpgw queue delete ID",
+	"stats":  "usage: smtpgw queue stats [--json]",
+}
+
 var recipientStates = []string{store.StateQueued, store.StateDeferred, store.StateDelivered, store.StateBounced, store.StateExpired}
 
 func cmdQueue(ctx context.Context, args []string, e env) (err error) {
@@ -191,22 +201,36 @@ func cmdQueue(ctx context.Context, args []string, e env) (err error) {
 		return usagef("queue: missing subcommand\n%s", queueUsage)
 	}
 	sub, rest := args[0], args[1:]
-	fs, cfgPath := newFlags("queue " + sub)
-	asJSON := fs.Bool("json", false, "print JSON")
-	state := fs.String("state", "", "only messages with a recipient in this state ("+strings.Join(recipientStates, ", ")+")")
-	domain := fs.String("domain", "", "only messages with a recipient at this domain")
-	keyID := fs.String("key", "", "only messages injected with this API key id")
-	subaccount := fs.Int64("subaccount", -1, "only messages of this subaccount (0: master account)")
-	limit := fs.Int("limit", 100, "at most this many messages")
-	switch sub {
-	case "list", "show", "retry", "delete", "stats":
-	case "-h", "--help", "help":
+	usage, ok := queueUsages[sub]
+	switch {
+	case sub == "-h" || sub == "--help" || sub == "help":
 		fmt.Fprintln(e.stdout, queueUsage)
 		return nil
-	default:
+	case !ok:
 		return usagef("queue: unknown subcommand %q\n%s", sub, queueUsage)
 	}
-	pos, err := parse(fs, queueUsage, rest, e)
+	// Each subcommand has only its own flags, so "queue show -h" lists
+	// those of show.
+	fs, cfgPath := newFlags("queue " + sub)
+	var (
+		asJSON     = new(bool)
+		state      = new(string)
+		domain     = new(string)
+		keyID      = new(string)
+		subaccount subaccountFlag
+		limit      = new(int)
+	)
+	if sub == "list" || sub == "show" || sub == "stats" {
+		fs.BoolVar(asJSON, "json", false, "print JSON")
+	}
+	if sub == "list" {
+		fs.StringVar(state, "state", "", "only messages with a recipient in this state ("+strings.Join(recipientStates, ", ")+")")
+		fs.StringVar(domain, "domain", "", "only messages with a recipient at this domain")
+		fs.StringVar(keyID, "key", "", "only messages injected with this API key id")
+		fs.Var(&subaccount, "subaccount", "only messages of this subaccount (0: master account; default: all)")
+		fs.IntVar(limit, "limit", 100, "at most this many messages")
+	}
+	pos, err := parse(fs, usage, rest, e)
 	if err != nil {
 		return err
 	}
@@ -220,17 +244,20 @@ func cmdQueue(ctx context.Context, args []string, e env) (err error) {
 	if *state != "" && !slices.Contains(recipientStates, *state) {
 		return usagef("queue list: --state must be one of %s", strings.Join(recipientStates, ", "))
 	}
-	_, st, err := openStore(ctx, *cfgPath, e)
+	cfg, st, err := openStore(ctx, *cfgPath, e)
 	if err != nil {
 		return err
 	}
 	defer closeStore(st, &err)
+	if cfg.Relay.Mode == config.ModeHold && !*asJSON && sub != "delete" {
+		// The relay delivers nothing: say so wherever the queue is shown.
+		defer fmt.Fprintln(e.stdout, "\nHELD: relay.mode is \"hold\" in this configuration, so queued mail is not delivered.\n"+
+			"Set relay.mode = \"smarthost\" (with relay.smarthost) or \"mx\" and reload the gateway (SIGHUP) to deliver it.")
+	}
 	switch sub {
 	case "list":
-		f := store.QueueFilter{State: *state, Domain: strings.ToLower(*domain), KeyID: *keyID, Limit: *limit}
-		if *subaccount >= 0 {
-			f.Subaccount = subaccount
-		}
+		f := store.QueueFilter{State: *state, Domain: strings.ToLower(*domain), KeyID: *keyID, Limit: *limit,
+			Subaccount: subaccount.ptr()}
 		ms, err := st.ListMessages(ctx, f)
 		if err != nil {
 			return fmt.Errorf("queue list: %w", err)
@@ -293,7 +320,8 @@ func cmdQueue(ctx context.Context, args []string, e env) (err error) {
 			age = time.Since(s.OldestQueued).Truncate(time.Second)
 		}
 		if *asJSON {
-			out := map[string]any{"recipients_by_state": s.ByState, "oldest_queued_age_seconds": int64(age.Seconds())}
+			out := map[string]any{"recipients_by_state": s.ByState, "oldest_queued_age_seconds": int64(age.Seconds()),
+				"relay_mode": cfg.Relay.Mode}
 			if !s.OldestQueued.IsZero() {
 				out["oldest_queued"] = s.OldestQueued.UTC().Format(time.RFC3339)
 			}

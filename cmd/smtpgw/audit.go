@@ -24,7 +24,8 @@ func cmdAudit(ctx context.Context, args []string, e env) (err error) {
 	fs, cfgPath := newFlags("audit")
 	asJSON := fs.Bool("json", false, "print JSON (with before and after)")
 	since := fs.Duration("since", 0, "only entries newer than this, e.g. 24h (default: every entry kept)")
-	subaccount := fs.Int64("subaccount", -1, "only changes to this subaccount's objects (0: master account; default: all)")
+	var subaccount subaccountFlag
+	fs.Var(&subaccount, "subaccount", "only changes to this subaccount's objects (0: master account; default: all)")
 	limit := fs.Int("limit", 100, "at most this many entries")
 	cursor := fs.String("cursor", "", "continue after the previous page (the cursor it printed)")
 	pos, err := parse(fs, auditUsage, args, e)
@@ -45,10 +46,7 @@ func cmdAudit(ctx context.Context, args []string, e env) (err error) {
 		return err
 	}
 	defer closeStore(st, &err)
-	f := audit.Filter{Limit: *limit, Cursor: *cursor}
-	if *subaccount >= 0 {
-		f.Subaccount = subaccount
-	}
+	f := audit.Filter{Limit: *limit, Cursor: *cursor, Subaccount: subaccount.ptr()}
 	if *since > 0 {
 		f.Since = time.Now().Add(-*since)
 	}

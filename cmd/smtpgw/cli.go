@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 
 	"github.com/smtpgw/smtpgw/audit"
@@ -132,4 +133,36 @@ func notFound(err error, what, id, listCmd string) error {
 		return fmt.Errorf("no %s with id %q (run \"%s\" to see them)", what, id, listCmd)
 	}
 	return err
+}
+
+// subaccountFlag is an optional --subaccount N filter: unset means every
+// account, so -h shows no "(default -1)".
+type subaccountFlag struct {
+	set bool
+	n   int64
+}
+
+func (f *subaccountFlag) String() string {
+	if f == nil || !f.set {
+		return ""
+	}
+	return strconv.FormatInt(f.n, 10)
+}
+
+func (f *subaccountFlag) Set(v string) error {
+	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	if err != nil || n < 0 {
+		return fmt.Errorf("must be 0 (master account) or a subaccount id, not %q", v)
+	}
+	f.set, f.n = true, n
+	return nil
+}
+
+// ptr returns the subaccount as a filter: nil when the flag was not given.
+func (f *subaccountFlag) ptr() *int64 {
+	if !f.set {
+		return nil
+	}
+	n := f.n
+	return &n
 }

@@ -28,7 +28,8 @@ func cmdEvents(ctx context.Context, args []string, e env) (err error) {
 	fs.Var(&rcpts, "recipient", "only events of this recipient address, repeatable")
 	fs.Var(&campaigns, "campaign", "only events of this campaign id, repeatable")
 	keyID := fs.String("key", "", "only events of this API key id")
-	subaccount := fs.Int64("subaccount", -1, "only events of this subaccount (0: master account)")
+	var subaccount subaccountFlag
+	fs.Var(&subaccount, "subaccount", "only events of this subaccount (0: master account; default: all)")
 	fs.Var(&types, "type", "only these event types, repeatable ("+strings.Join(eventTypes, ", ")+")")
 	since := fs.Duration("since", 0, "only events newer than this, e.g. 1h or 30m (default: all)")
 	until := fs.Duration("until", 0, "only events older than this, e.g. 10m")
@@ -58,8 +59,8 @@ func cmdEvents(ctx context.Context, args []string, e env) (err error) {
 		}
 		q.After = &c
 	}
-	if *subaccount >= 0 {
-		q.Subaccounts = []int64{*subaccount}
+	if subaccount.set {
+		q.Subaccounts = []int64{subaccount.n}
 	}
 	now := time.Now()
 	if *since > 0 {

@@ -100,11 +100,13 @@ func run(ctx context.Context, args []string, e env) int {
 	default:
 		err = usagef("unknown command %q (run \"smtpgw help\" for the list)", cmd)
 	}
-	return report(err, e)
+	return report(err, e, args[0])
 }
 
-// report prints err as one clear line and maps it to an exit status.
-func report(err error, e env) int {
+// report prints err as one clear line and maps it to an exit status. A
+// usage error's first line is printed with a pointer to cmd's -h, which
+// shows the usage the rest of the error carries.
+func report(err error, e env, cmd string) int {
 	var ue *usageError
 	switch {
 	case err == nil:
@@ -112,7 +114,18 @@ func report(err error, e env) int {
 	case errors.Is(err, errHelp):
 		return exitOK
 	case errors.As(err, &ue):
-		fmt.Fprintf(e.stderr, "smtpgw: %s\n", ue.msg)
+		msg, rest, more := strings.Cut(ue.msg, "\n")
+		if more && strings.TrimSpace(rest) != "" {
+			if strings.HasPrefix(cmd, "-") || cmd == "help" {
+				cmd = ""
+			}
+			// "keys list: ..." points at "smtpgw keys list -h".
+			if p, _, ok := strings.Cut(msg, ":"); ok && cmd != "" && strings.HasPrefix(p, cmd) && !strings.ContainsAny(p, "\"=") {
+				cmd = p
+			}
+			msg += fmt.Sprintf(" (run \"%s -h\" for usage)", strings.TrimSpace("smtpgw "+cmd))
+		}
+		fmt.Fprintf(e.stderr, "smtpgw: %s\n", msg)
 		return exitUsage
 	default:
 		// One line: drivers put newlines and tabs in their errors.

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestHelpAndUsageErrors: each subcommand's -h shows its own flags, no
+// "(default -1)" sentinel, and a usage error is one line.
+func TestHelpAndUsageErrors(t *testing.T) {
+	t.Parallel()
+	c := cli{t: t, environ: []string{"SMTPGW_DATA_DIR=" + t.TempDir()}}
+	show := c.must("queue", "show", "-h")
+	if !strings.Contains(show, "queue show ID") || strings.Contains(show, "-state") || strings.Contains(show, "-limit") {
+		t.Errorf("queue show -h:\n%s\nwant show's usage without list's flags", show)
+	}
+	if list := c.must("queue", "list", "-h"); !strings.Contains(list, "-state") {
+		t.Errorf("queue list -h lacks --state:\n%s", list)
+	}
+	for _, args := range [][]string{{"events", "-h"}, {"queue", "list", "-h"}, {"audit", "-h"}} {
+		if out := c.must(args...); strings.Contains(out, "(default -1)") || !strings.Contains(out, "-subaccount") {
+			t.Errorf("%s:\n%s\nwant --subaccount without (default -1)", strings.Join(args, " "), out)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"keys", "list", "--bogus"}, `smtpgw: keys list: flag provided but not defined: -bogus (run "smtpgw keys list -h" for usage)`},
+		{[]string{"queue", "show"}, `smtpgw: queue show: give exactly one message id (run "smtpgw queue show -h" for usage)`},
+		{[]string{"events", "--subaccount", "-3"}, `invalid value "-3" for flag -subaccount`},
+	} {
+		code, _, errs := c.run(tc.args...)
+		if code != 2 || strings.Count(errs, "\n") != 1 || !strings.Contains(errs, tc.want) {
+			t.Errorf("smtpgw %s: exit %d, stderr %q; want exit 2 and one line with %q", strings.Join(tc.args, " "), code, errs, tc.want)
+		}
+	}
+	if out := c.must("queue", "stats"); !strings.Contains(out, `HELD: relay.mode is "hold"`) {
+		t.Errorf("queue stats on hold does not say so:\n%s", out)
+	}
+}
