@@ -1,41 +1,162 @@
 #!/usr/bin/env bash
-# Injection and relay throughput of smtpgw beside the Postfix baseline, in one
-# run on this machine (the numbers in docs/benchmarks.md come from here).
+# Injection and relay throughput and CPU per message of smtpgw beside the
+# Postfix baseline, in one run on this machine (docs/benchmarks.md comes from
+# here).
 #
-#   N=5000 SIZE=10240 S=20 scripts/bench.sh
+#   N=10000 SIZE=10240 S=20 scripts/bench.sh
 #
-# 1. ../shared/bench/postfix-anchor.sh: Postfix + smtp-source, N messages of
-#    SIZE bytes over S sessions, relaying to smtp-sink (the baseline).
-# 2. smtpgw serve on SQLite, then on PostgreSQL, relaying to smtp-sink;
-#    `smtpgw bench` injects the same N/SIZE/S (AUTH once per session), and
-#    the script waits until the relay has delivered every message.
-# Needs root for Postfix, and PostgreSQL at $PGURL (default the CI server).
+# 1. Postfix (the logic of ../shared/bench/postfix-anchor.sh): Postfix on
+#    loopback relaying to smtp-sink, smtp-source injecting N messages of SIZE
+#    bytes over S sessions, plain SMTP.
+# 2. smtpgw serve on SQLite, then on PostgreSQL (a throwaway cluster of its
+#    own), relaying to smtp-sink; `smtpgw bench` injects the same N/SIZE/S
+#    (TLS=starttls by default, AUTH once per session).
+#
+# For each server it prints: injection msg/s (rate of 250s), inject+relay
+# msg/s (first MAIL until the queue is empty), the server's CPU per message
+# (its own cgroup, cpuacct, until the queue is empty), PostgreSQL's CPU per
+# message apart (the cluster runs in a cgroup of its own), the load client's
+# CPU per message, p50/p99 time-to-250, bytes on disk per message (peak while
+# running, and after the queue drained) and the server's peak RSS.
+#
+# Settings: N, SIZE, S, TLS (starttls|none|"starttls none"), STORES
+# ("sqlite postgres"), GWS (gateway processes sharing the PostgreSQL
+# database, e.g. "1 2 4"), POSTFIX=0 skips the baseline.
+# Needs root (cgroups, Postfix, the PostgreSQL cluster runs as user postgres),
+# cgroup v1 cpuacct or cgroup v2, smtp-sink/smtp-source (package postfix) and
+# PostgreSQL 15 binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-5000}; SIZE=${SIZE:-10240}; S=${S:-20}
-PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/test}
-export PGOPTIONS="-c client_min_messages=warning"
-ANCHOR=${ANCHOR:-../shared/bench/postfix-anchor.sh}
-work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-go build -o "$work/smtpgw" ./cmd/smtpgw
-gw="$work/smtpgw"
+N=${N:-10000}; SIZE=${SIZE:-10240}; S=${S:-20}
+TLS=${TLS:-starttls}; STORES=${STORES:-"sqlite postgres"}; GWS=${GWS:-1}
+POSTFIX=${POSTFIX:-1}
+PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+export PATH="$PATH:/usr/sbin:/sbin:/usr/local/go/bin"
 
-echo "# $(date -u +%FT%TZ) $(nproc) cores, $(go version | cut -d' ' -f3), N=$N size=$SIZE sessions=$S"
-N=$N SIZE=$SIZE S=$S bash "$ANCHOR"
+work=$(mktemp -d /tmp/smtpgw-bench.XXXXXX)
+chmod 755 "$work"
 
-smtp-sink -u nobody -c 127.0.0.1:2527 1024 >/dev/null 2>&1 &
+# Control groups: one per server so each one's CPU is counted apart.
+if [ -d /sys/fs/cgroup/cpuacct ]; then
+  CGROOT=/sys/fs/cgroup/cpuacct; CGV=1
+elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  CGROOT=/sys/fs/cgroup; CGV=2
+else
+  echo "bench.sh: no cgroup cpuacct (v1) or cgroup v2 under /sys/fs/cgroup" >&2; exit 2
+fi
+CG=$CGROOT/smtpgw-bench.$$
+mkdir "$CG"
+cg_new() { mkdir -p "$CG/$1"; }
+cg_run() { # name cmd...: run cmd in cgroup name
+  local g=$1; shift
+  cg_new "$g"
+  bash -c 'echo $$ >"$0/cgroup.procs"; exec "$@"' "$CG/$g" "$@"
+}
+cg_usec() { # CPU microseconds used so far by everything in cgroup $1
+  if [ $CGV = 1 ]; then echo $(( $(cat "$CG/$1/cpuacct.usage") / 1000 ))
+  else awk '$1 == "usage_usec" {print $2}' "$CG/$1/cpu.stat"; fi
+}
+cleanup() {
+  set +e
+  for p in $(jobs -p); do kill "$p" 2>/dev/null; done
+  [ -n "${pgdata:-}" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$pgdata" -m immediate stop >/dev/null 2>&1
+  [ "${pf_started:-}" = 1 ] && postfix stop >/dev/null 2>&1
+  sleep 0.5
+  for g in "$CG"/*/; do
+    [ -d "$g" ] || continue
+    for p in $(cat "$g/cgroup.procs" 2>/dev/null); do kill "$p" 2>/dev/null; done
+  done
+  sleep 0.3
+  for g in "$CG"/*/; do [ -d "$g" ] && rmdir "$g"; done
+  rmdir "$CG" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [ -n "${BIN:-}" ]; then gw=$BIN; else # BIN=path measures an smtpgw built elsewhere
+  go build -o "$work/smtpgw" ./cmd/smtpgw
+  gw="$work/smtpgw"
+fi
+
+per() { # total count -> total/count with no decimals
+  echo $(( $1 / ($2 > 0 ? $2 : 1) ))
+}
+rate() { # count nanoseconds -> msg/s
+  echo $(( $1 * 1000000000 / ($2 > 0 ? $2 : 1) ))
+}
+
+echo "# $(date -u +%FT%TZ) $(nproc) cores, $(go version | cut -d' ' -f3), N=$N size=$SIZE sessions=$S, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Postfix baseline.
+if [ "$POSTFIX" = 1 ]; then
+  if ! command -v smtp-source >/dev/null; then
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+  fi
+  postfix stop >/dev/null 2>&1 || true
+  cp /usr/share/postfix/main.cf.debian /etc/postfix/main.cf
+  postconf -e 'myhostname=anchor.test' 'inet_interfaces=loopback-only' 'mynetworks=127.0.0.0/8' \
+    'relayhost=[127.0.0.1]:2526' 'mydestination=' 'smtpd_relay_restrictions=permit_mynetworks,reject' \
+    'default_process_limit=200' 'smtpd_client_connection_count_limit=0' 'inet_protocols=ipv4' \
+    'compatibility_level=3.6' 'maillog_file=/var/log/postfix.log'
+  cg_run sink smtp-sink -u nobody -c 127.0.0.1:2526 1024 >/dev/null 2>&1 &
+  postsuper -d ALL >/dev/null 2>&1 || true
+  cg_run postfix postfix start >/dev/null 2>&1; pf_started=1
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/25) 2>/dev/null && break; sleep 0.1; done
+  sleep 1
+  c0=$(cg_usec postfix); t0=$(date +%s%N)
+  cg_new pfclient; k0=$(cg_usec pfclient)
+  cg_run pfclient smtp-source -l "$SIZE" -m "$N" -s "$S" -f sender@a.test -t rcpt@b.test 127.0.0.1:25
+  t1=$(date +%s%N); k1=$(cg_usec pfclient)
+  peak=0
+  while :; do
+    q=$(find /var/spool/postfix/incoming /var/spool/postfix/active /var/spool/postfix/deferred \
+      /var/spool/postfix/maildrop -type f 2>/dev/null | wc -l)
+    d=$(du -sb /var/spool/postfix | cut -f1); [ "$d" -gt "$peak" ] && peak=$d
+    [ "$q" = 0 ] && break
+    sleep 0.2
+  done
+  t2=$(date +%s%N); c1=$(cg_usec postfix)
+  echo "postfix: inject_msgs_per_s=$(rate "$N" $((t1 - t0))) inject_relay_msgs_per_s=$(rate "$N" $((t2 - t0))) server_cpu_us_per_msg=$(per $((c1 - c0)) "$N") client_cpu_us_per_msg=$(per $((k1 - k0)) "$N") spool_peak_bytes_per_msg=$(per "$peak" "$N")"
+  postfix stop >/dev/null 2>&1; pf_started=
+fi
+
+cg_run sink smtp-sink -u nobody -c 127.0.0.1:2527 1024 >/dev/null 2>&1 &
 sleep 0.5
 
-run_backend() { # name dburl tls
-  local name=$1 url=$2 tls=$3 dir="$work/$1-$3"
+# A PostgreSQL cluster of its own, in its own cgroup, so that its CPU is
+# counted apart from the gateway's and from anything else using the
+# machine's PostgreSQL.
+start_pg() {
+  pgdata=$work/pgdata
+  mkdir -p "$pgdata" && chown postgres "$pgdata"
+  runuser -u postgres -- "$PGBIN/initdb" -D "$pgdata" -A trust -U postgres >/dev/null
+  cg_new postgres
+  cg_run postgres runuser -u postgres -- "$PGBIN/pg_ctl" -D "$pgdata" -w -l "$pgdata/log" \
+    -o "-p 25432 -k $pgdata -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+  PGURL=postgres://postgres@127.0.0.1:25432/postgres
+}
+
+# run_gateway store tls gws: gws gateway processes on one database, each in
+# its own cgroup; the load is split evenly between them.
+run_gateway() {
+  local store=$1 tls=$2 gws=$3 url="" name="$1-$2-x$3"
+  local dir="$work/$name"
   mkdir -p "$dir"
-  cat >"$dir/smtpgw.toml" <<TOML
-hostname = "bench.test"
+  if [ "$store" = postgres ]; then
+    url="$PGURL"
+    PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -q "$PGURL" -c 'drop schema public cascade; create schema public'
+  fi
+  local pids=() i
+  for i in $(seq "$gws"); do
+    mkdir -p "$dir/$i"
+    cat >"$dir/$i/smtpgw.toml" <<TOML
+hostname = "bench$i.test"
 data_dir = "$dir/data"
 [database]
 url = "$url"
 [smtp]
-submission_addr = "127.0.0.1:2587"
+submission_addr = "127.0.0.1:$((2586 + i))"
 allow_insecure_auth = true
 max_connections = 2000
 [relay]
@@ -45,35 +166,76 @@ smarthost_tls = "none"
 [http]
 addr = ""
 TOML
-  "$gw" serve --config "$dir/smtpgw.toml" --log-level warn 2>"$dir/serve.log" &
-  local pid=$!
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/2587) 2>/dev/null && break; sleep 0.1; done
+    cg_run "gw$name-$i" "$gw" serve --config "$dir/$i/smtpgw.toml" --log-level warn 2>"$dir/$i/serve.log" &
+    pids+=($!)
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$((2586 + i))) 2>/dev/null && break; sleep 0.1; done
+  done
   local key
-  key=$("$gw" keys create --config "$dir/smtpgw.toml" --label bench --grant smtp/inject --json |
+  key=$("$gw" keys create --config "$dir/1/smtpgw.toml" --label bench --grant smtp/inject --json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["results"]["key"])')
-  local t0 t1 t2
+  sleep 0.5
+  local c0=() c1=() pg0=0 pg1=0 t0 t1 t2 k0 k1
+  for i in $(seq "$gws"); do c0+=("$(cg_usec "gw$name-$i")"); done
+  [ "$store" = postgres ] && pg0=$(cg_usec postgres)
+  cg_new "client$name"; k0=$(cg_usec "client$name")
   t0=$(date +%s%N)
-  "$gw" bench --addr 127.0.0.1:2587 --key "$key" --conns "$S" --messages "$N" --size "$SIZE" \
-    --tls "$tls" --insecure-skip-verify | sed "s/^smtpgw bench:/smtpgw injection ($name, $tls):/"
-  t1=$(date +%s%N)
+  local bpids=()
+  for i in $(seq "$gws"); do
+    cg_run "client$name" "$gw" bench --addr "127.0.0.1:$((2586 + i))" --key "$key" \
+      --conns $(( (S + gws - 1) / gws )) --messages $(( N / gws )) --size "$SIZE" --tls "$tls" \
+      --insecure-skip-verify >"$dir/bench-$i.out" &
+    bpids+=($!)
+  done
+  for p in "${bpids[@]}"; do wait "$p" || true; done
+  t1=$(date +%s%N); k1=$(cg_usec "client$name")
+  local peak=0 left bytes
   while :; do
-    left=$("$gw" queue stats --config "$dir/smtpgw.toml" --json |
+    left=$("$gw" queue stats --config "$dir/1/smtpgw.toml" --json |
       python3 -c 'import json,sys; s=json.load(sys.stdin)["results"]["recipients_by_state"]; print(s.get("queued",0)+s.get("deferred",0))')
+    bytes=$(disk_bytes "$store" "$dir")
+    [ "$bytes" -gt "$peak" ] && peak=$bytes
     [ "$left" = 0 ] && break
-    sleep 0.2
+    sleep 0.3
   done
   t2=$(date +%s%N)
-  delivered=$("$gw" queue stats --config "$dir/smtpgw.toml" --json |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["results"]["recipients_by_state"].get("delivered",0))')
-  echo "smtpgw inject+relay ($name, $tls): delivered=$delivered in $(( (t2 - t0) / 1000000 )) ms, msgs_per_s=$(( delivered * 1000000000 / (t2 - t0) )) (relay drained $(( (t2 - t1) / 1000000 )) ms after the last 250)"
-  kill -TERM "$pid"; wait "$pid" || true
+  for i in $(seq "$gws"); do c1+=("$(cg_usec "gw$name-$i")"); done
+  [ "$store" = postgres ] && pg1=$(cg_usec postgres)
+  local sent=0 line p50="" p99="" kcpu="" rss=0 r
+  for i in $(seq "$gws"); do
+    line=$(cat "$dir/bench-$i.out"); echo "  $line"
+    sent=$(( sent + $(sed -n 's/.* sent=\([0-9]*\).*/\1/p' <<<"$line") ))
+    p50+="$(sed -n 's/.* p50=\([^ ]*\).*/\1/p' <<<"$line") "
+    p99+="$(sed -n 's/.* p99=\([^ ]*\).*/\1/p' <<<"$line") "
+    kcpu+="$(sed -n 's/.* cpu_us_per_msg=\([^ ]*\).*/\1/p' <<<"$line") "
+    r=$(awk '/VmHWM/ {print $2}' "/proc/${pids[$((i - 1))]}/status"); [ "$r" -gt "$rss" ] && rss=$r
+  done
+  local gcpu=0
+  for i in $(seq "$gws"); do gcpu=$(( gcpu + ${c1[$((i - 1))]} - ${c0[$((i - 1))]} )); done
+  local after
+  after=$(disk_bytes "$store" "$dir")
+  local pgpart=""
+  [ "$store" = postgres ] && pgpart=" postgres_cpu_us_per_msg=$(per $((pg1 - pg0)) "$sent")"
+  echo "smtpgw $store ($tls, $gws gateway$([ "$gws" = 1 ] || echo es)): inject_msgs_per_s=$(rate "$sent" $((t1 - t0))) inject_relay_msgs_per_s=$(rate "$sent" $((t2 - t0))) server_cpu_us_per_msg=$(per "$gcpu" "$sent")$pgpart client_cpu_us_per_msg=$(per $((k1 - k0)) "$sent") (self-reported: ${kcpu% }) p50=${p50% } p99=${p99% } disk_peak_bytes_per_msg=$(per "$peak" "$sent") disk_after_bytes_per_msg=$(per "$after" "$sent") peak_rss_kb=$rss"
+  for p in "${pids[@]}"; do kill -TERM "$p"; done
+  for p in "${pids[@]}"; do wait "$p" || true; done
 }
 
-run_backend sqlite "" none
-run_backend sqlite "" starttls
-for tls in none starttls; do
-  schema="bench_$(date +%s)_$tls"
-  psql "$PGURL" -qc "create schema $schema"
-  run_backend postgres "$PGURL?search_path=$schema" "$tls"
-  psql "$PGURL" -qc "drop schema $schema cascade"
+disk_bytes() { # store dir -> bytes the store uses on disk
+  if [ "$1" = sqlite ]; then
+    du -sb "$2/data" | cut -f1
+  else
+    PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -qAt "$PGURL" -c \
+      "select coalesce(sum(pg_total_relation_size(c.oid)), 0) from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind in ('r', 'm')"
+  fi
+}
+
+for store in $STORES; do
+  [ "$store" = postgres ] && [ -z "${pgdata:-}" ] && start_pg
+  for tls in $TLS; do
+    if [ "$store" = postgres ]; then
+      for g in $GWS; do run_gateway "$store" "$tls" "$g"; done
+    else
+      run_gateway "$store" "$tls" 1
+    fi
+  done
 done

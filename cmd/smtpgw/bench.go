@@ -1,26 +1,28 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/textproto"
 	"os"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
-
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 )
 
 const benchUsage = `usage: smtpgw bench --addr HOST:PORT --key KEY [--conns N] [--messages N] [--size BYTES]
                     [--tls starttls|implicit|none] [--insecure-skip-verify] [--username U]
-                    [--from ADDR] [--to ADDR] [--key-file FILE]`
+                    [--from ADDR] [--to ADDR] [--key-file FILE] [--chunking]`
 
 // benchOptions is one load run: Messages messages of Size bytes over Conns
 // sessions, each authenticating once and sending many messages.
@@ -33,6 +35,7 @@ type benchOptions struct {
 	Size       int
 	TLS        string // "starttls", "implicit" or "none"
 	TLSConfig  *tls.Config
+	Chunking   bool // send with BDAT when the server offers CHUNKING
 	From, To   string
 	Timeout    time.Duration
 	OnProgress func(done int) // optional
@@ -44,6 +47,15 @@ type benchResult struct {
 	FirstError   string
 	Elapsed      time.Duration
 	Latencies    []time.Duration // per message, MAIL to the 250 after DATA
+	CPU          time.Duration   // CPU the load generator itself used (getrusage)
+}
+
+// cpuPerMessage is the load generator's CPU per message sent.
+func (r benchResult) cpuPerMessage() time.Duration {
+	if r.Sent == 0 {
+		return 0
+	}
+	return r.CPU / time.Duration(r.Sent)
 }
 
 func (r benchResult) rate() float64 { return float64(r.Sent) / r.Elapsed.Seconds() }
@@ -71,6 +83,7 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	insecure := fs.Bool("insecure-skip-verify", false, "do not verify the gateway's certificate (self-signed)")
 	fs.StringVar(&o.From, "from", "bench@example.com", "envelope sender and From:")
 	fs.StringVar(&o.To, "to", "sink@example.net", "envelope recipient")
+	fs.BoolVar(&o.Chunking, "chunking", false, "send with BDAT (RFC 3030) when the server offers CHUNKING")
 	pos, err := parse(fs, benchUsage, args, e)
 	if err != nil {
 		return err
@@ -99,9 +112,10 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	}
 	o.TLSConfig = &tls.Config{ServerName: host, InsecureSkipVerify: *insecure, MinVersion: tls.VersionTLS12}
 	res := runBench(ctx, o)
-	fmt.Fprintf(e.stdout, "smtpgw bench: N=%d size=%d sessions=%d sent=%d failed=%d elapsed=%s msgs_per_s=%.0f p50=%s p99=%s\n",
+	fmt.Fprintf(e.stdout, "smtpgw bench: N=%d size=%d sessions=%d sent=%d failed=%d elapsed=%s msgs_per_s=%.0f p50=%s p99=%s cpu_us_per_msg=%d\n",
 		o.Messages, o.Size, o.Conns, res.Sent, res.Failed, res.Elapsed.Round(time.Millisecond), res.rate(),
-		res.percentile(0.50).Round(10*time.Microsecond), res.percentile(0.99).Round(10*time.Microsecond))
+		res.percentile(0.50).Round(10*time.Microsecond), res.percentile(0.99).Round(10*time.Microsecond),
+		res.cpuPerMessage().Microseconds())
 	if res.Failed > 0 {
 		return fmt.Errorf("bench: %d of %d messages failed, first: %s", res.Failed, o.Messages, res.FirstError)
 	}
@@ -118,25 +132,26 @@ func runBench(ctx context.Context, o benchOptions) benchResult {
 	var next atomic.Int64
 	var mu sync.Mutex
 	res := benchResult{Latencies: make([]time.Duration, 0, o.Messages)}
+	cpu0 := processCPU()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range o.Conns {
 		wg.Go(func() {
-			var c *smtp.Client
+			var c *benchConn
 			defer func() {
 				if c != nil {
-					_ = c.Quit()
+					c.quit()
 				}
 			}()
 			for ctx.Err() == nil && int(next.Add(1)) <= o.Messages {
 				var err error
 				if c == nil {
-					c, err = benchDial(o)
+					c, err = benchDial(o, body)
 				}
 				var lat time.Duration
 				if err == nil {
 					t0 := time.Now()
-					err = c.SendMail(o.From, []string{o.To}, bytes.NewReader(body))
+					err = c.send()
 					lat = time.Since(t0)
 				}
 				mu.Lock()
@@ -146,7 +161,7 @@ func runBench(ctx context.Context, o benchOptions) benchResult {
 						res.FirstError = err.Error()
 					}
 					if c != nil {
-						_ = c.Close()
+						_ = c.conn.Close()
 						c = nil
 					}
 				} else {
@@ -163,37 +178,199 @@ func runBench(ctx context.Context, o benchOptions) benchResult {
 	}
 	wg.Wait()
 	res.Elapsed = time.Since(start)
+	res.CPU = processCPU() - cpu0
 	return res
 }
 
-// benchDial opens one authenticated session.
-func benchDial(o benchOptions) (*smtp.Client, error) {
-	var c *smtp.Client
+// processCPU is the CPU time (user and system) this process used so far,
+// zero where getrusage is not available.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// benchConn is one authenticated SMTP session of the load generator. It
+// speaks SMTP itself rather than through go-smtp's client so that a message
+// costs the client as little as possible: the envelope is one pipelined
+// write (RFC 2920) when the server offers PIPELINING, the message, dot-stuffed
+// once in advance, one more write (or, with CHUNKING, envelope and message
+// go in a single BDAT write, RFC 3030).
+type benchConn struct {
+	conn     net.Conn
+	r        *textproto.Reader
+	envelope []byte // MAIL, RCPT and DATA (or BDAT LAST), pipelined
+	data     []byte // the dot-stuffed message and its end marker (DATA only)
+	pipeline bool   // the server offers PIPELINING
+	chunking bool   // send with BDAT
+	timeout  time.Duration
+}
+
+// benchDial opens one authenticated session ready to send body.
+func benchDial(o benchOptions, body []byte) (*benchConn, error) {
+	var nc net.Conn
 	var err error
-	switch o.TLS {
-	case "implicit":
-		c, err = smtp.DialTLS(o.Addr, o.TLSConfig)
-	case "starttls":
-		c, err = smtp.DialStartTLS(o.Addr, o.TLSConfig)
-	default:
-		c, err = smtp.Dial(o.Addr)
+	d := &net.Dialer{Timeout: o.Timeout}
+	if o.TLS == "implicit" {
+		nc, err = tls.DialWithDialer(d, "tcp", o.Addr, o.TLSConfig)
+	} else {
+		nc, err = d.Dial("tcp", o.Addr)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", o.Addr, err)
 	}
-	c.CommandTimeout = o.Timeout
-	c.SubmissionTimeout = o.Timeout
-	if err := c.Auth(sasl.NewPlainClient("", o.Username, o.Key)); err != nil {
-		_ = c.Close()
-		return nil, fmt.Errorf("auth: %w", err)
+	c := &benchConn{conn: nc, timeout: o.Timeout}
+	c.r = textproto.NewReader(bufio.NewReader(nc))
+	fail := func(step string, err error) (*benchConn, error) {
+		_ = nc.Close()
+		return nil, fmt.Errorf("%s: %w", step, err)
+	}
+	if _, err := c.reply(220); err != nil {
+		return fail("greeting", err)
+	}
+	ext, err := c.ehlo()
+	if err != nil {
+		return fail("EHLO", err)
+	}
+	if o.TLS == "starttls" {
+		if _, ok := ext["STARTTLS"]; !ok {
+			return fail("STARTTLS", errors.New("the server does not offer STARTTLS"))
+		}
+		if _, err := c.cmd(220, "STARTTLS\r\n"); err != nil {
+			return fail("STARTTLS", err)
+		}
+		tc := tls.Client(nc, o.TLSConfig)
+		if err := tc.Handshake(); err != nil {
+			return fail("TLS handshake", err)
+		}
+		c.conn = tc
+		c.r = textproto.NewReader(bufio.NewReader(tc))
+		if ext, err = c.ehlo(); err != nil {
+			return fail("EHLO", err)
+		}
+	}
+	plain := base64.StdEncoding.EncodeToString([]byte("\x00" + o.Username + "\x00" + o.Key))
+	if _, err := c.cmd(235, "AUTH PLAIN "+plain+"\r\n"); err != nil {
+		return fail("AUTH", err)
+	}
+	_, c.pipeline = ext["PIPELINING"]
+	_, chunking := ext["CHUNKING"]
+	c.chunking = chunking && o.Chunking && c.pipeline
+	env := fmt.Sprintf("MAIL FROM:<%s> SIZE=%d\r\nRCPT TO:<%s>\r\n", o.From, len(body), o.To)
+	if c.chunking {
+		c.envelope = append([]byte(env+fmt.Sprintf("BDAT %d LAST\r\n", len(body))), body...)
+	} else {
+		c.envelope = []byte(env + "DATA\r\n")
+		c.data = append(dotStuff(body), ".\r\n"...)
 	}
 	return c, nil
 }
 
-// benchMessage builds a message of about size bytes with random text lines.
+// ehlo sends EHLO and returns the extensions offered, keyed by name.
+func (c *benchConn) ehlo() (map[string]string, error) {
+	msg, err := c.cmd(250, "EHLO bench.smtpgw\r\n")
+	if err != nil {
+		return nil, err
+	}
+	ext := map[string]string{}
+	for _, l := range strings.Split(msg, "\n")[1:] {
+		k, v, _ := strings.Cut(l, " ")
+		ext[strings.ToUpper(k)] = v
+	}
+	return ext, nil
+}
+
+// cmd writes line and reads the reply, which must have code want.
+func (c *benchConn) cmd(want int, line string) (string, error) {
+	if err := c.write([]byte(line)); err != nil {
+		return "", err
+	}
+	return c.reply(want)
+}
+
+func (c *benchConn) write(b []byte) error {
+	_ = c.conn.SetDeadline(time.Now().Add(c.timeout))
+	_, err := c.conn.Write(b)
+	return err
+}
+
+// reply reads one reply, which must have code want.
+func (c *benchConn) reply(want int) (string, error) {
+	_ = c.conn.SetDeadline(time.Now().Add(c.timeout))
+	code, msg, err := c.r.ReadResponse(want)
+	if err != nil && code != 0 {
+		return msg, fmt.Errorf("%d %s", code, msg)
+	}
+	return msg, err
+}
+
+// send sends one message and waits for the server's answer to it.
+func (c *benchConn) send() error {
+	if !c.pipeline {
+		lines := strings.SplitAfter(string(c.envelope), "\r\n")
+		for i, want := range []int{250, 250, 354} {
+			if _, err := c.cmd(want, lines[i]); err != nil {
+				return err
+			}
+		}
+	} else {
+		if err := c.write(c.envelope); err != nil {
+			return err
+		}
+		last := 354
+		if c.chunking {
+			last = 250
+		}
+		for _, want := range []int{250, 250, last} {
+			if _, err := c.reply(want); err != nil {
+				return err
+			}
+		}
+		if c.chunking {
+			return nil
+		}
+	}
+	if err := c.write(c.data); err != nil {
+		return err
+	}
+	_, err := c.reply(250)
+	return err
+}
+
+// quit ends the session politely.
+func (c *benchConn) quit() {
+	if _, err := c.cmd(221, "QUIT\r\n"); err != nil {
+		_ = c.conn.Close()
+		return
+	}
+	_ = c.conn.Close()
+}
+
+// dotStuff doubles a dot at the start of every line (RFC 5321 4.5.2) and
+// ends the message with CRLF.
+func dotStuff(body []byte) []byte {
+	out := make([]byte, 0, len(body)+len(body)/64+2)
+	bol := true
+	for _, b := range body {
+		if bol && b == '.' {
+			out = append(out, '.')
+		}
+		out = append(out, b)
+		bol = b == '\n'
+	}
+	if !bol {
+		out = append(out, '\r', '\n')
+	}
+	return out
+}
+
+// benchMessage builds a message of about size bytes with random text lines;
+// one line starts with a dot, so the server's dot-unstuffing is exercised.
 func benchMessage(from, to string, size int) []byte {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: smtpgw bench\r\nMessage-ID: <%d.bench@smtpgw>\r\nDate: %s\r\n\r\n",
+	fmt.Fprintf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: smtpgw bench\r\nMessage-ID: <%d.bench@smtpgw>\r\nDate: %s\r\n\r\n.a line that starts with a dot\r\n",
 		from, to, rand.Int64(), time.Now().Format(time.RFC1123Z))
 	const letters = "abcdefghijklmnopqrstuvwxyz0123456789"
 	for b.Len() < size {

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/smtpgw/smtpgw/internal/tlstest"
+)
+
+// sinkBackend is a go-smtp backend that keeps every message it receives and
+// accepts one AUTH PLAIN password.
+type sinkBackend struct {
+	mu     sync.Mutex
+	bodies [][]byte
+	key    string
+}
+
+func (b *sinkBackend) NewSession(*smtp.Conn) (smtp.Session, error) { return &sinkSession{b: b}, nil }
+
+type sinkSession struct {
+	b      *sinkBackend
+	authed bool
+}
+
+func (s *sinkSession) AuthMechanisms() []string { return []string{sasl.Plain} }
+func (s *sinkSession) Auth(string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(_, _, password string) error {
+		if password != s.b.key {
+			return errors.New("bad key")
+		}
+		s.authed = true
+		return nil
+	}), nil
+}
+func (s *sinkSession) Mail(string, *smtp.MailOptions) error {
+	if !s.authed {
+		return smtp.ErrAuthRequired
+	}
+	return nil
+}
+func (s *sinkSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (s *sinkSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	s.b.mu.Lock()
+	s.b.bodies = append(s.b.bodies, b)
+	s.b.mu.Unlock()
+	return nil
+}
+func (s *sinkSession) Reset()        {}
+func (s *sinkSession) Logout() error { return nil }
+
+// TestBenchSends checks that the load generator's own SMTP client delivers
+// every message intact (dot-stuffed on the wire, unstuffed by the server)
+// over STARTTLS with AUTH, with DATA and with BDAT.
+func TestBenchSends(t *testing.T) {
+	pair := tlstest.New(t)
+	for _, chunking := range []bool{false, true} {
+		t.Run(map[bool]string{false: "data", true: "bdat"}[chunking], func(t *testing.T) {
+			be := &sinkBackend{key: "k3y"}
+			srv := smtp.NewServer(be)
+			srv.Domain = "sink.test"
+			srv.TLSConfig = pair.Server()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() { _ = srv.Serve(ln) }()
+			t.Cleanup(func() { _ = srv.Close() })
+
+			o := benchOptions{Addr: ln.Addr().String(), Key: "k3y", Username: "u", Conns: 3, Messages: 25,
+				Size: 3000, TLS: "starttls", TLSConfig: pair.Client(), From: "a@b.test", To: "c@d.test",
+				Chunking: chunking}
+			res := runBench(context.Background(), o)
+			if res.Failed != 0 || res.Sent != 25 {
+				t.Fatalf("sent %d, failed %d (first error %q), want 25 sent", res.Sent, res.Failed, res.FirstError)
+			}
+			if len(res.Latencies) != 25 || res.percentile(0.99) <= 0 {
+				t.Errorf("latencies %d, p99 %s: want 25 positive", len(res.Latencies), res.percentile(0.99))
+			}
+			be.mu.Lock()
+			defer be.mu.Unlock()
+			if len(be.bodies) != 25 {
+				t.Fatalf("the server received %d messages, want 25", len(be.bodies))
+			}
+			first := be.bodies[0]
+			if len(first) < 3000 || !bytes.Contains(first, []byte("\r\n\r\n.a line that starts with a dot\r\n")) ||
+				!strings.HasSuffix(string(first), "\r\n") {
+				t.Errorf("received message is not the one sent (%d bytes): %.200q", len(first), first)
+			}
+			for i, b := range be.bodies {
+				if !bytes.Equal(b, first) {
+					t.Fatalf("message %d differs from message 0", i)
+				}
+			}
+		})
+	}
+}
+
+// TestBenchWrongKey checks that a refused AUTH fails every message with the
+// server's reply.
+func TestBenchWrongKey(t *testing.T) {
+	be := &sinkBackend{key: "right"}
+	srv := smtp.NewServer(be)
+	srv.Domain = "sink.test"
+	srv.AllowInsecureAuth = true
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	res := runBench(context.Background(), benchOptions{Addr: ln.Addr().String(), Key: "wrong", Conns: 1,
+		Messages: 2, Size: 300, TLS: "none", From: "a@b.test", To: "c@d.test"})
+	if res.Sent != 0 || res.Failed != 2 || !strings.Contains(res.FirstError, "AUTH: 454 4.7.0 bad key") {
+		t.Fatalf("sent %d failed %d first error %q: want 2 failures with the reply to AUTH", res.Sent, res.Failed, res.FirstError)
+	}
+}
+
+func TestDotStuff(t *testing.T) {
+	for in, want := range map[string]string{
+		"a\r\n.b\r\n":  "a\r\n..b\r\n",
+		".x":           "..x\r\n",
+		"..\r\nz\r\n.": "...\r\nz\r\n..\r\n",
+		"":             "",
+	} {
+		if got := string(dotStuff([]byte(in))); got != want {
+			t.Errorf("dotStuff(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
