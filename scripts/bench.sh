@@ -47,11 +47,11 @@ fi
 CG=$CGROOT/smtpgw-bench.$$
 mkdir "$CG"
 cg_new() { mkdir -p "$CG/$1"; }
-cg_run() { # name cmd...: run cmd in cgroup name
-  local g=$1; shift
+cg_run() ( # name cmd...: run cmd in cgroup name
+  g=$1; shift
   cg_new "$g"
-  bash -c 'echo $$ >"$0/cgroup.procs"; exec "$@"' "$CG/$g" "$@"
-}
+  exec bash -c 'echo $$ >"$0/cgroup.procs"; exec "$@"' "$CG/$g" "$@"
+)
 cg_usec() { # CPU microseconds used so far by everything in cgroup $1
   if [ $CGV = 1 ]; then echo $(( $(cat "$CG/$1/cpuacct.usage") / 1000 ))
   else awk '$1 == "usage_usec" {print $2}' "$CG/$1/cpu.stat"; fi
@@ -112,7 +112,7 @@ if [ "$POSTFIX" = 1 ]; then
   while :; do
     q=$(find /var/spool/postfix/incoming /var/spool/postfix/active /var/spool/postfix/deferred \
       /var/spool/postfix/maildrop -type f 2>/dev/null | wc -l)
-    d=$(du -sb /var/spool/postfix | cut -f1); [ "$d" -gt "$peak" ] && peak=$d
+    d=$( (du -sb /var/spool/postfix 2>/dev/null || true) | cut -f1); [ "$d" -gt "$peak" ] && peak=$d
     [ "$q" = 0 ] && break
     sleep 0.2
   done
@@ -167,8 +167,8 @@ smarthost_tls = "none"
 addr = ""
 TOML
     cg_run "gw$name-$i" "$gw" serve --config "$dir/$i/smtpgw.toml" --log-level warn 2>"$dir/$i/serve.log" &
-    pids+=($!)
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$((2586 + i))) 2>/dev/null && break; sleep 0.1; done
+    pids+=("$(head -1 "$CG/gw$name-$i/cgroup.procs")")
   done
   local key
   key=$("$gw" keys create --config "$dir/1/smtpgw.toml" --label bench --grant smtp/inject --json |
@@ -217,12 +217,12 @@ TOML
   [ "$store" = postgres ] && pgpart=" postgres_cpu_us_per_msg=$(per $((pg1 - pg0)) "$sent")"
   echo "smtpgw $store ($tls, $gws gateway$([ "$gws" = 1 ] || echo es)): inject_msgs_per_s=$(rate "$sent" $((t1 - t0))) inject_relay_msgs_per_s=$(rate "$sent" $((t2 - t0))) server_cpu_us_per_msg=$(per "$gcpu" "$sent")$pgpart client_cpu_us_per_msg=$(per $((k1 - k0)) "$sent") (self-reported: ${kcpu% }) p50=${p50% } p99=${p99% } disk_peak_bytes_per_msg=$(per "$peak" "$sent") disk_after_bytes_per_msg=$(per "$after" "$sent") peak_rss_kb=$rss"
   for p in "${pids[@]}"; do kill -TERM "$p"; done
-  for p in "${pids[@]}"; do wait "$p" || true; done
+  for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
 }
 
 disk_bytes() { # store dir -> bytes the store uses on disk
   if [ "$1" = sqlite ]; then
-    du -sb "$2/data" | cut -f1
+    (du -sb "$2/data" 2>/dev/null || true) | cut -f1
   else
     PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -qAt "$PGURL" -c \
       "select coalesce(sum(pg_total_relation_size(c.oid)), 0) from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind in ('r', 'm')"
