@@ -112,6 +112,8 @@ type Config struct {
 	Relay Relay `toml:"relay"`
 	// Events configures the event log.
 	Events Events `toml:"events"`
+	// Webhooks configures event webhook delivery.
+	Webhooks Webhooks `toml:"webhooks"`
 	// HTTP configures the admin listener (metrics, health, JSON APIs).
 	HTTP HTTP `toml:"http"`
 }
@@ -225,6 +227,29 @@ type Relay struct {
 	CommandTimeout Duration `toml:"command_timeout"`
 }
 
+// Webhooks is the [webhooks] section (package webhooks).
+type Webhooks struct {
+	// AllowPrivateTargets lets webhooks POST to loopback, private,
+	// link-local and metadata addresses; false refuses them at connect
+	// time (a webhook is a request made on a tenant's behalf).
+	AllowPrivateTargets bool `toml:"allow_private_targets"`
+	// RetryInitial is the delay before the first retry of a failed batch;
+	// it doubles per attempt up to RetryMax.
+	RetryInitial Duration `toml:"retry_initial"`
+	// RetryMax caps the delay between retries.
+	RetryMax Duration `toml:"retry_max"`
+	// MaxAge is how long a batch is retried before it is given up.
+	MaxAge Duration `toml:"max_age"`
+	// Timeout bounds one POST (connect, send, answer).
+	Timeout Duration `toml:"timeout"`
+	// BatchSize is the most events one batch carries.
+	BatchSize int `toml:"batch_size"`
+	// BatchInterval is how often new events are gathered into batches.
+	BatchInterval Duration `toml:"batch_interval"`
+	// Workers is how many batches one node POSTs at once.
+	Workers int `toml:"workers"`
+}
+
 // Events is the [events] section.
 type Events struct {
 	// Retention is how long events are kept; SparkPost keeps 10 days.
@@ -289,6 +314,15 @@ func Default() *Config {
 			CommandTimeout:       Duration{5 * time.Minute},
 		},
 		Events: Events{Retention: Duration{240 * time.Hour}},
+		Webhooks: Webhooks{
+			RetryInitial:  Duration{5 * time.Second},
+			RetryMax:      Duration{time.Hour},
+			MaxAge:        Duration{8 * time.Hour},
+			Timeout:       Duration{10 * time.Second},
+			BatchSize:     1000,
+			BatchInterval: Duration{time.Second},
+			Workers:       8,
+		},
 		HTTP:   HTTP{Addr: "127.0.0.1:8025", ConsoleIdleTimeout: Duration{30 * time.Minute}},
 	}
 }
@@ -662,6 +696,19 @@ func (c *Config) Validate() error {
 	checkDuration(bad, "relay.command_timeout", r.CommandTimeout)
 
 	checkDuration(bad, "events.retention", c.Events.Retention)
+	wh := &c.Webhooks
+	checkDuration(bad, "webhooks.retry_initial", wh.RetryInitial)
+	checkDuration(bad, "webhooks.retry_max", wh.RetryMax)
+	if wh.RetryMax.Duration > 0 && wh.RetryMax.Duration < wh.RetryInitial.Duration {
+		bad("webhooks.retry_max", "%s is shorter than webhooks.retry_initial %s (make it at least as long)", wh.RetryMax.Duration, wh.RetryInitial.Duration)
+	}
+	checkDuration(bad, "webhooks.max_age", wh.MaxAge)
+	checkDuration(bad, "webhooks.timeout", wh.Timeout)
+	checkDuration(bad, "webhooks.batch_interval", wh.BatchInterval)
+	checkPositive(bad, "webhooks.workers", int64(wh.Workers))
+	if wh.BatchSize < 1 || wh.BatchSize > 10000 {
+		bad("webhooks.batch_size", "%d is out of range (use 1 to 10000; SparkPost sends up to 1000)", wh.BatchSize)
+	}
 	checkAddr(bad, "http.addr", c.HTTP.Addr, true)
 	h := &c.HTTP
 	switch {

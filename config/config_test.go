@@ -138,6 +138,11 @@ func TestDefaults(t *testing.T) {
 		{"relay.command_timeout", c.Relay.CommandTimeout.Duration, 5 * time.Minute},
 		{"relay.smarthost_insecure_skip_verify", c.Relay.SmarthostInsecureSkipVerify, false},
 		{"events.retention", c.Events.Retention.Duration, 240 * time.Hour},
+		{"webhooks.allow_private_targets", c.Webhooks.AllowPrivateTargets, false},
+		{"webhooks.retry_initial", c.Webhooks.RetryInitial.Duration, 5 * time.Second},
+		{"webhooks.max_age", c.Webhooks.MaxAge.Duration, 8 * time.Hour},
+		{"webhooks.timeout", c.Webhooks.Timeout.Duration, 10 * time.Second},
+		{"webhooks.batch_size", c.Webhooks.BatchSize, 1000},
 		{"http.addr", c.HTTP.Addr, "127.0.0.1:8025"},
 	}
 	for _, ck := range checks {
