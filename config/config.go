@@ -323,7 +323,7 @@ func Default() *Config {
 			BatchInterval: Duration{time.Second},
 			Workers:       8,
 		},
-		HTTP:   HTTP{Addr: "127.0.0.1:8025", ConsoleIdleTimeout: Duration{30 * time.Minute}},
+		HTTP: HTTP{Addr: "127.0.0.1:8025", ConsoleIdleTimeout: Duration{30 * time.Minute}},
 	}
 }
 
