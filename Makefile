@@ -40,10 +40,15 @@ test-short:
 faulttest:
 	$(GO) test -race -count=1 -timeout 10m -run '^(TestFault|TestKill)' -v ./tests/
 
-## fuzz: run each fuzz target for FUZZTIME (default 30s)
+## fuzz: run every fuzz target of every package for FUZZTIME each (default 30s)
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseMsysAPI -fuzztime $(FUZZTIME) ./smtpd/
+	@set -e; for f in $$(git grep -l '^func Fuzz' -- '*_test.go'); do \
+		for target in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "fuzz ./$$(dirname $$f) $$target"; \
+			$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) ./$$(dirname $$f)/; \
+		done; \
+	done
 
 ## bench: Go benchmarks of the hot paths (see docs/benchmarks.md)
 bench:

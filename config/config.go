@@ -148,7 +148,7 @@ type SMTP struct {
 	// IdleTimeout closes a connection that sends nothing for this long.
 	IdleTimeout Duration `toml:"idle_timeout"`
 	// MaxAuthFailures is how many failed AUTHs a client IP may make per
-	// AuthFailureWindow before it gets 421.
+	// AuthFailureWindow before it gets 421; 0 means no limit.
 	MaxAuthFailures int `toml:"max_auth_failures"`
 	// AuthFailureWindow is the window MaxAuthFailures counts over.
 	AuthFailureWindow Duration `toml:"auth_failure_window"`
@@ -636,7 +636,9 @@ func (c *Config) Validate() error {
 	}
 	checkPositive(bad, "smtp.max_message_bytes", s.MaxMessageBytes)
 	checkPositive(bad, "smtp.max_recipients", int64(s.MaxRecipients))
-	checkPositive(bad, "smtp.max_auth_failures", int64(s.MaxAuthFailures))
+	if s.MaxAuthFailures < 0 {
+		bad("smtp.max_auth_failures", "%d is negative (set a positive number of failures, or 0 for no limit)", s.MaxAuthFailures)
+	}
 	checkPositive(bad, "smtp.max_connections", int64(s.MaxConnections))
 	if s.KeyRateLimit < 0 || s.KeyRateBurst < 0 {
 		bad("smtp.key_rate_limit", "must be 0 (no limit) or a positive number of messages per second; key_rate_burst likewise")

@@ -310,6 +310,8 @@ func TestLoadErrors(t *testing.T) {
 			[]string{"config: database.url:"}},
 		{"zero limit", "[smtp]\nmax_recipients = 0\n", nil,
 			[]string{"config: smtp.max_recipients: 0 is not a positive number"}},
+		{"negative max_auth_failures", "[smtp]\nmax_auth_failures = -1\n", nil,
+			[]string{"config: smtp.max_auth_failures: -1 is negative", "0 for no limit"}},
 		{"negative limit from env", "", []string{"SMTPGW_RELAY_PER_DOMAIN_CONCURRENCY=-1"},
 			[]string{"config: relay.per_domain_concurrency: -1 is not a positive number"}},
 		{"negative duration", "[relay]\nretry_initial = \"-1m\"\n", nil,

@@ -197,7 +197,7 @@ func smtpdConfig(cfg *config.Config, log *slog.Logger) smtpd.Config {
 		MaxMessageBytes:   c.MaxMessageBytes,
 		MaxRecipients:     c.MaxRecipients,
 		IdleTimeout:       c.IdleTimeout.Duration,
-		MaxAuthFailures:   c.MaxAuthFailures,
+		MaxAuthFailures:   authFailureLimit(c.MaxAuthFailures),
 		AuthFailureWindow: c.AuthFailureWindow.Duration,
 		ProxyProtocolFrom: c.ProxyProtocolPrefixes,
 		MaxConnections:    c.MaxConnections,
@@ -205,6 +205,16 @@ func smtpdConfig(cfg *config.Config, log *slog.Logger) smtpd.Config {
 		KeyRateBurst:      c.KeyRateBurst,
 		Logger:            log.With("component", "smtpd"),
 	}
+}
+
+// authFailureLimit maps smtp.max_auth_failures, where 0 means no limit, to
+// smtpd's and api's MaxAuthFailures, where 0 means the default and a
+// negative value no limit.
+func authFailureLimit(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // relayConfig copies the [relay] and [events] sections into relay's Config.
@@ -247,7 +257,7 @@ func apiHandler(cfg *config.Config, st store.Store, v *auth.Verifier, quota *lim
 	st = audit.Wrap(st, log.With("component", "audit"))
 	return api.New(api.Config{
 		DKIMSelector:      cfg.Relay.DKIMSelector,
-		MaxAuthFailures:   cfg.SMTP.MaxAuthFailures,
+		MaxAuthFailures:   authFailureLimit(cfg.SMTP.MaxAuthFailures),
 		AuthFailureWindow: cfg.SMTP.AuthFailureWindow.Duration,
 		Logger:            log.With("component", "api"),
 		Limits:            quota,
