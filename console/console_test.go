@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/smtpgw/smtpgw/api"
+	"github.com/smtpgw/smtpgw/audit"
 	"github.com/smtpgw/smtpgw/auth"
 	"github.com/smtpgw/smtpgw/console"
 	"github.com/smtpgw/smtpgw/internal/storetest"
@@ -29,7 +30,7 @@ type env struct {
 
 func newEnv(t *testing.T, backend string, idle time.Duration) *env {
 	t.Helper()
-	st := storetest.Open(t, backend)
+	st := audit.Wrap(storetest.Open(t, backend), nil)
 	v := auth.NewVerifier(st, auth.Config{CacheTTL: time.Hour})
 	t.Cleanup(v.Close)
 	m := auth.NewManager(st, v)
@@ -223,7 +224,7 @@ func mustURL(t *testing.T, s string) *url.URL {
 func TestCreateKeyAndCSRF(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "postgres", 0)
-	admin, _ := e.key(auth.CreateParams{Grants: []string{auth.GrantAPIKeysManage}})
+	admin, adminID := e.key(auth.CreateParams{Grants: []string{auth.GrantAPIKeysManage}})
 	b := e.browser()
 	b.signIn(admin)
 	_, page := b.do("GET", "/keys/new", nil)
@@ -266,6 +267,22 @@ func TestCreateKeyAndCSRF(t *testing.T) {
 	_, page = b.do("GET", "/keys", nil)
 	if strings.Contains(page, m[1]) || !strings.Contains(page, m[1][:4]) {
 		t.Errorf("the list shows the key, or not its first four characters")
+	}
+
+	// The change is in the audit log as the console's, by the signed-in
+	// key, from the browser's address.
+	entries, err := e.st.ListAudit(context.Background(), store.AuditFilter{ObjectType: audit.ObjectKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, a := range entries {
+		if a.Action == audit.ActionCreate && a.Actor.Via == audit.ViaConsole {
+			found = a.Actor.KeyID == adminID && a.Actor.IP == "127.0.0.1"
+		}
+	}
+	if !found {
+		t.Errorf("no audit entry for the key created in the console by %s from 127.0.0.1: %+v", adminID, entries)
 	}
 }
 
@@ -330,5 +347,57 @@ func TestSubaccountScope(t *testing.T) {
 	keys, _, err := e.m.List(context.Background(), store.KeyFilter{Label: "new", Subaccount: &seven})
 	if err != nil || len(keys) != 1 {
 		t.Errorf("the new key is not subaccount 7's: %d keys, %v", len(keys), err)
+	}
+}
+
+func TestEventSearch(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "sqlite", 0)
+	now := time.Now()
+	if err := e.st.AddEvents(context.Background(), []store.Event{
+		{Type: store.EventDelivery, Time: now.Add(-time.Minute), MessageID: "m1", Recipient: "ann@example.com", CampaignID: "spring"},
+		{Type: store.EventBounce, Time: now.Add(-2 * time.Minute), MessageID: "m2", Recipient: "joe@example.com", CampaignID: "spring", Reply: "550 <b>no</b>"},
+		{Type: store.EventDelivery, Time: now.Add(-3 * time.Minute), MessageID: "m3", Recipient: "shop@example.com", Subaccount: 5},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	master, _ := e.key(auth.CreateParams{Grants: []string{auth.GrantAPIKeysManage}})
+	sub, _ := e.key(auth.CreateParams{Grants: []string{auth.GrantAPIKeysManage}, Subaccount: 5})
+	b := e.browser()
+	b.signIn(master)
+	for _, c := range []struct {
+		query      string
+		want, not  []string
+		wantStatus int
+	}{
+		{"", []string{"ann@", "joe@", "shop@"}, nil, 200},
+		{"?recipient=joe@example.com", []string{"joe@"}, []string{"ann@", "shop@"}, 200},
+		{"?campaign=spring&type=delivery", []string{"ann@"}, []string{"joe@", "shop@"}, 200},
+		{"?message_id=m3", []string{"shop@"}, []string{"ann@"}, 200},
+		{"?from=" + now.Add(-150*time.Second).UTC().Format("2006-01-02T15:04:05"), []string{"ann@", "joe@"}, []string{"shop@"}, 200},
+		{"?from=yesterday", []string{"is not a time"}, nil, 422},
+	} {
+		resp, page := b.do("GET", "/events"+c.query, nil)
+		if resp.StatusCode != c.wantStatus {
+			t.Errorf("%s: %s, want %d", c.query, resp.Status, c.wantStatus)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(page, w) {
+				t.Errorf("%s: %q not shown", c.query, w)
+			}
+		}
+		for _, n := range c.not {
+			if strings.Contains(page, n) {
+				t.Errorf("%s: %q shown", c.query, n)
+			}
+		}
+		if strings.Contains(page, "<b>no</b>") {
+			t.Errorf("%s: a reply is not escaped", c.query)
+		}
+	}
+	s := e.browser()
+	s.signIn(sub)
+	if _, page := s.do("GET", "/events", nil); !strings.Contains(page, "shop@") || strings.Contains(page, "ann@") {
+		t.Errorf("subaccount 5 sees other accounts' events, or not its own")
 	}
 }

@@ -2,7 +2,7 @@ package console
 
 import (
 	"net/http"
-	"strings"
+	"net/url"
 	"time"
 
 	"github.com/smtpgw/smtpgw/console/form"
@@ -10,12 +10,8 @@ import (
 )
 
 const (
-	// eventsShown is the most events the page lists.
-	eventsShown = 200
-	// eventsScanned is how many of the newest events matching the store's
-	// filters (message id, type, time, account) are searched for a
-	// recipient or campaign, which the store does not filter on.
-	eventsScanned = 5000
+	// eventsPerPage is the length of a page of events.
+	eventsPerPage = 100
 	// defaultEventsSince: without From, the last day is searched, as the API.
 	defaultEventsSince = 24 * time.Hour
 )
@@ -32,48 +28,73 @@ type eventData struct {
 	Events []store.Event
 	// Since is the start of the period searched.
 	Since time.Time
-	// More: more events matched than are shown.
-	More bool
+	// FirstURL and NextURL link the first and the next page ("" if none).
+	FirstURL, NextURL string
 }
 
 // eventSearch searches message events by recipient, message id, campaign,
-// type and time, newest first, in the admin's scope.
+// type and time in the admin's scope, newest first, a page at a time
+// (store.SearchEvents, the API's search).
 func (s *Server) eventSearch(w http.ResponseWriter, r *http.Request, se *session) error {
 	d := eventData{Errors: form.Errors{}, Types: eventTypes}
 	d.Form = form.ParseEvents(r, d.Errors)
-	if d.Form.Type != "" && !contains(eventTypes, d.Form.Type) {
-		d.Errors["type"] = "Unknown event type: choose one from the list."
+	f := d.Form
+	q := store.EventSearch{From: f.Since, To: f.Until, Limit: eventsPerPage}
+	if f.Type != "" {
+		if !contains(eventTypes, f.Type) {
+			d.Errors["type"] = "Unknown event type: choose one from the list."
+		}
+		q.Types = []string{f.Type}
 	}
-	status := http.StatusOK
-	if len(d.Errors) > 0 {
-		status = http.StatusUnprocessableEntity
-	} else {
-		f := store.EventFilter{MessageID: d.Form.MessageID, Subaccount: se.scope(), Since: d.Form.Since, Limit: eventsScanned}
-		if f.Since.IsZero() {
-			f.Since = time.Now().Add(-defaultEventsSince)
-		}
-		d.Since = f.Since
-		if d.Form.Type != "" {
-			f.Types = []string{d.Form.Type}
-		}
-		evs, err := s.st.ListEvents(r.Context(), f)
+	if f.After != "" {
+		c, err := store.ParseEventCursor(f.After)
 		if err != nil {
-			return err
+			d.Errors[""] = "That page link is not valid any more: search again."
 		}
-		rcpt := strings.ToLower(d.Form.Recipient)
-		for _, ev := range evs {
-			if rcpt != "" && !strings.Contains(strings.ToLower(ev.Recipient), rcpt) ||
-				d.Form.Campaign != "" && ev.CampaignID != d.Form.Campaign {
-				continue
-			}
-			if len(d.Events) == eventsShown {
-				d.More = true
-				break
-			}
-			d.Events = append(d.Events, ev)
-		}
+		q.After = &c
 	}
-	s.render(w, r, se, status, "events", &view{Title: "Events", Nav: "events", D: d})
+	if len(d.Errors) > 0 {
+		s.render(w, r, se, http.StatusUnprocessableEntity, "events", &view{Title: "Events", Nav: "events", D: d})
+		return nil
+	}
+	if q.From.IsZero() {
+		q.From = time.Now().Add(-defaultEventsSince)
+	}
+	d.Since = q.From
+	if f.Recipient != "" {
+		q.Recipients = []string{f.Recipient}
+	}
+	if f.MessageID != "" {
+		q.MessageIDs = []string{f.MessageID}
+	}
+	if f.Campaign != "" {
+		q.CampaignIDs = []string{f.Campaign}
+	}
+	if sub := se.scope(); sub != nil {
+		q.Subaccounts = []int64{*sub}
+	}
+	page, err := s.st.SearchEvents(r.Context(), q)
+	if err != nil {
+		return err
+	}
+	d.Events = page.Events
+	link := func(after string) string {
+		v := url.Values{}
+		for k, val := range map[string]string{"recipient": f.Recipient, "message_id": f.MessageID,
+			"campaign": f.Campaign, "type": f.Type, form.FieldTime: f.From, form.FieldUntil: f.To, "after": after} {
+			if val != "" {
+				v.Set(k, val)
+			}
+		}
+		return "/events?" + v.Encode()
+	}
+	if f.After != "" {
+		d.FirstURL = link("")
+	}
+	if page.Next != nil {
+		d.NextURL = link(page.Next.String())
+	}
+	s.render(w, r, se, http.StatusOK, "events", &view{Title: "Events", Nav: "events", D: d})
 	return nil
 }
 

@@ -26,9 +26,25 @@ func inertGrants() []string {
 	return auth.AcceptedGrants[len(auth.EnforcedGrants):]
 }
 
+// newKeyFormData returns the form's data: the grants offered are those
+// the admin's new keys may hold (a subaccount admin's keys belong to its
+// subaccount, which may not hold master-only grants).
 func newKeyFormData(se *session, f form.Key) keyFormData {
 	d := keyFormData{Form: f, Errors: form.Errors{}, Enforced: auth.EnforcedGrants, Inert: inertGrants(),
 		FixedSubaccount: se.id.Subaccount != 0}
+	if d.FixedSubaccount {
+		allowed := auth.SubaccountGrants()
+		keep := func(gs []string) []string {
+			var out []string
+			for _, g := range gs {
+				if contains(allowed, g) {
+					out = append(out, g)
+				}
+			}
+			return out
+		}
+		d.Enforced, d.Inert = keep(d.Enforced), keep(d.Inert)
+	}
 	return d
 }
 

@@ -26,6 +26,7 @@ const (
 	FieldAlgorithm  = "dkim_algorithm"
 	FieldShared     = "shared"
 	FieldTime       = "from"
+	FieldUntil      = "to"
 )
 
 // Errors maps a field to what is wrong with it.
@@ -138,14 +139,16 @@ type Events struct {
 	MessageID string
 	Campaign  string
 	Type      string
-	// From is as typed (a datetime-local value, UTC); Since is it parsed,
-	// zero if empty.
-	From  string
-	Since time.Time
+	// From and To are as typed (datetime-local values, UTC); Since and
+	// Until are them parsed, zero if empty.
+	From, To     string
+	Since, Until time.Time
+	// After is the cursor of the page asked for ("" for the first).
+	After string
 }
 
-// ParseEvents reads the event search of r's query; a From that is not a
-// time is added to errs.
+// ParseEvents reads the event search of r's query; a time that is not one
+// is added to errs.
 func ParseEvents(r *http.Request, errs Errors) Events {
 	q := r.URL.Query()
 	e := Events{
@@ -154,17 +157,24 @@ func ParseEvents(r *http.Request, errs Errors) Events {
 		Campaign:  strings.TrimSpace(q.Get("campaign")),
 		Type:      strings.TrimSpace(q.Get("type")),
 		From:      strings.TrimSpace(q.Get(FieldTime)),
+		To:        strings.TrimSpace(q.Get(FieldUntil)),
+		After:     q.Get("after"),
 	}
-	if e.From != "" {
-		for _, l := range []string{"2006-01-02T15:04", "2006-01-02T15:04:05", time.RFC3339, "2006-01-02"} {
-			if t, err := time.ParseInLocation(l, e.From, time.UTC); err == nil {
-				e.Since = t
-				break
-			}
-		}
-		if e.Since.IsZero() {
-			errs[FieldTime] = fmt.Sprintf("%q is not a time: use YYYY-MM-DDTHH:MM (UTC)", e.From)
-		}
-	}
+	e.Since = parseTime(e.From, FieldTime, errs)
+	e.Until = parseTime(e.To, FieldUntil, errs)
 	return e
+}
+
+// parseTime parses a datetime-local value (UTC); "" is the zero time.
+func parseTime(v, field string, errs Errors) time.Time {
+	if v == "" {
+		return time.Time{}
+	}
+	for _, l := range []string{"2006-01-02T15:04", "2006-01-02T15:04:05", time.RFC3339, "2006-01-02"} {
+		if t, err := time.ParseInLocation(l, v, time.UTC); err == nil {
+			return t
+		}
+	}
+	errs[field] = fmt.Sprintf("%q is not a time: use YYYY-MM-DDTHH:MM (UTC)", v)
+	return time.Time{}
 }
