@@ -9,6 +9,8 @@
 //	GET               /api/v1/message-events        message_events/view (SparkPost's old path)
 //	GET/POST          /api/v1/sending-domains       sending_domains/manage
 //	GET/DELETE        /api/v1/sending-domains/{d}   sending_domains/manage
+//	GET/POST          /api/v1/subaccounts           subaccounts/manage (master keys only)
+//	GET/PUT           /api/v1/subaccounts/{id}      subaccounts/manage (master keys only)
 //
 // Every request walks the same steps:
 //
@@ -54,6 +56,7 @@ import (
 	"github.com/smtpgw/smtpgw/auth"
 	"github.com/smtpgw/smtpgw/limits"
 	"github.com/smtpgw/smtpgw/store"
+	"github.com/smtpgw/smtpgw/subaccounts"
 )
 
 // Defaults for Config fields left zero.
@@ -106,6 +109,7 @@ type server struct {
 	log      *slog.Logger
 	fails    *auth.FailureLimiter
 	quota    *limits.Checker // nil: none on this node
+	subs     *subaccounts.Service
 }
 
 // Handler serves the /api/ paths (see [New]).
@@ -140,6 +144,7 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler
 		m:        m,
 		log:      cfg.Logger,
 		quota:    cfg.Limits,
+		subs:     subaccounts.New(st, m, v),
 	}
 	if s.selector == "" {
 		s.selector = DefaultDKIMSelector
@@ -185,6 +190,14 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler
 	s.route(mux, "/api/v1/sending-domains/{domain}", auth.GrantDomainsManage, methods{
 		http.MethodGet:    s.getDomain,
 		http.MethodDelete: s.deleteDomain,
+	})
+	s.route(mux, "/api/v1/subaccounts", auth.GrantSubaccountsManage, methods{
+		http.MethodGet:  s.listSubaccounts,
+		http.MethodPost: s.createSubaccount,
+	})
+	s.route(mux, "/api/v1/subaccounts/{id}", auth.GrantSubaccountsManage, methods{
+		http.MethodGet: s.getSubaccount,
+		http.MethodPut: s.updateSubaccount,
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusNotFound, Message: "Resource not found",

@@ -235,3 +235,37 @@ func ldh(s string) bool {
 func validSelector(s string) bool {
 	return s != "" && len(s) <= 63 && s[0] != '-' && s[len(s)-1] != '-' && ldh(strings.ToLower(s))
 }
+
+// Subaccount is a subaccount as the HTTP API and `smtpgw subaccounts
+// --json` show it, with SparkPost's fields. compliance_status repeats
+// status: there is no separate compliance review here.
+type Subaccount struct {
+	// ID is the subaccount id.
+	ID int64 `json:"id"`
+	// Name is the admin's name for it.
+	Name string `json:"name"`
+	// Status is active, suspended or terminated.
+	Status string `json:"status"`
+	// ComplianceStatus is the same as Status.
+	ComplianceStatus string `json:"compliance_status"`
+	// CreatedAt is the creation time, RFC 3339 in UTC.
+	CreatedAt string `json:"created_at"`
+	// UpdatedAt is the time of the last change, RFC 3339 in UTC.
+	UpdatedAt string `json:"updated_at"`
+}
+
+// NewSubaccount returns the JSON shape of a stored subaccount.
+func NewSubaccount(sa *store.Subaccount) Subaccount {
+	return Subaccount{ID: sa.ID, Name: sa.Name, Status: sa.Status, ComplianceStatus: sa.Status,
+		CreatedAt: sa.CreatedAt.UTC().Format(time.RFC3339), UpdatedAt: sa.UpdatedAt.UTC().Format(time.RFC3339)}
+}
+
+// SubaccountCreated is the answer to creating a subaccount, in SparkPost's
+// shape: the id and, when a key was set up, the key (this one time), its
+// label and short key.
+type SubaccountCreated struct {
+	ID       int64  `json:"subaccount_id"`
+	Key      string `json:"key,omitempty"`
+	Label    string `json:"label,omitempty"`
+	ShortKey string `json:"short_key,omitempty"`
+}

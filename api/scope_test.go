@@ -16,6 +16,8 @@ func TestSubaccountScoping(t *testing.T) {
 			t.Parallel()
 			f := setup(t, backend, Config{})
 			as7 := map[string]string{subaccountHeader: "7"}
+			f.subaccount(7)
+			f.subaccount(8)
 
 			// The master key creates a key for subaccount 7 with the header.
 			var sub Key

@@ -3,6 +3,8 @@ package api
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -59,6 +61,7 @@ func setupStore(t *testing.T, st store.Store, acfg auth.Config, cfg Config) *fix
 // storeKey creates a key directly with the Manager (not through the API).
 func (f *fixture) storeKey(sub int64, grants ...string) string {
 	f.t.Helper()
+	f.subaccount(sub)
 	key, _, err := auth.NewManager(f.st, nil).Create(context.Background(),
 		auth.CreateParams{Label: "fixture", Grants: grants, Subaccount: sub})
 	if err != nil {
@@ -173,4 +176,17 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// subaccount creates subaccount id (active) in the store unless it is 0
+// or exists: keys belong only to existing subaccounts.
+func (f *fixture) subaccount(id int64) {
+	f.t.Helper()
+	if id == 0 {
+		return
+	}
+	err := f.st.CreateSubaccount(context.Background(), &store.Subaccount{ID: id, Name: fmt.Sprintf("tenant %d", id)})
+	if err != nil && !errors.Is(err, store.ErrExists) {
+		f.t.Fatalf("create subaccount %d: %v", id, err)
+	}
 }

@@ -43,6 +43,9 @@ func TestKeysAndDomainsRecorded(t *testing.T) {
 		actor := audit.Actor{Via: audit.ViaAPI, KeyID: "0123456789abcdef", ShortKey: "ab12", IP: "192.0.2.7"}
 		ctx := audit.WithActor(context.Background(), actor)
 
+		if err := raw.CreateSubaccount(ctx, &store.Subaccount{ID: 4, Name: "tenant"}); err != nil {
+			t.Fatal(err)
+		}
 		key, k, err := m.Create(ctx, auth.CreateParams{Label: "app", Grants: []string{"smtp/inject"}, Subaccount: 4,
 			AllowedIPs: []string{"10.0.0.0/8"}})
 		if err != nil {

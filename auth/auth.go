@@ -86,6 +86,11 @@ type Error struct {
 	Grant string
 	// IP is the client address checked.
 	IP netip.Addr
+	// Subaccount is the subaccount refused (ErrUnknownSubaccount,
+	// ErrSubaccountInactive), 0 otherwise.
+	Subaccount int64
+	// Status is the status of a refused subaccount ("suspended").
+	Status string
 }
 
 // Error returns a log line such as
@@ -102,6 +107,12 @@ func (e *Error) Error() string {
 	}
 	if e.ShortKey != "" {
 		attrs = append(attrs, "short key "+e.ShortKey)
+	}
+	if e.Subaccount != 0 {
+		attrs = append(attrs, fmt.Sprintf("subaccount %d", e.Subaccount))
+	}
+	if e.Status != "" {
+		attrs = append(attrs, "status "+e.Status)
 	}
 	if e.IP.IsValid() {
 		attrs = append(attrs, "client "+e.IP.String())

@@ -21,6 +21,11 @@ const (
 	// GrantMetricsView allows GET /metrics when the HTTP listener is not on a
 	// private address.
 	GrantMetricsView = "metrics/view"
+	// GrantSubaccountsManage allows the subaccounts HTTP API (master-account
+	// keys only).
+	GrantSubaccountsManage = "subaccounts/manage"
+	// GrantSuppressionsManage allows the suppression list HTTP API.
+	GrantSuppressionsManage = "suppression_lists/manage"
 )
 
 // EnforcedGrants are the grants that have an effect in smtpgw.
@@ -30,6 +35,8 @@ var EnforcedGrants = []string{
 	GrantEventsView,
 	GrantDomainsManage,
 	GrantMetricsView,
+	GrantSubaccountsManage,
+	GrantSuppressionsManage,
 }
 
 // inertGrants are SparkPost grant names accepted and stored with no effect
@@ -45,7 +52,6 @@ var inertGrants = []string{
 	"templates/preview",
 	"snippets/modify",
 	"snippets/view",
-	"suppression_lists/manage",
 	"recipient_lists/manage",
 	"recipient_lists/view",
 	"webhooks/modify",
@@ -53,7 +59,6 @@ var inertGrants = []string{
 	"relay_webhooks/manage",
 	"relay_webhooks/modify",
 	"relay_webhooks/view",
-	"subaccounts/manage",
 	"subaccounts/view",
 	"subaccount/manage",
 	"subaccount/view",

@@ -70,8 +70,8 @@ func TestNormalizeGrants(t *testing.T) {
 
 func TestGrantLists(t *testing.T) {
 	t.Parallel()
-	if len(EnforcedGrants) != 5 {
-		t.Errorf("EnforcedGrants has %d names, want 5", len(EnforcedGrants))
+	if len(EnforcedGrants) != 7 {
+		t.Errorf("EnforcedGrants has %d names, want 7", len(EnforcedGrants))
 	}
 	for _, g := range EnforcedGrants {
 		if !IsEnforced(g) {
@@ -88,7 +88,7 @@ func TestGrantLists(t *testing.T) {
 		}
 		seen[g] = true
 	}
-	for _, g := range []string{"transmissions/modify", "templates/view", "subaccounts/manage", "account/view"} {
+	for _, g := range []string{"transmissions/modify", "templates/view", "subaccounts/view", "account/view"} {
 		if IsEnforced(g) {
 			t.Errorf("IsEnforced(%q) = true, want false (accepted, no effect)", g)
 		}

@@ -83,6 +83,9 @@ func (m *Manager) Create(ctx context.Context, p CreateParams) (string, *store.Ke
 	if err != nil {
 		return "", nil, fmt.Errorf("create key: %w", err)
 	}
+	if err := m.subaccountExists(ctx, p.Subaccount); err != nil {
+		return "", nil, fmt.Errorf("create key: %w", err)
+	}
 	return m.create(ctx, &store.Key{
 		Label:      label,
 		Grants:     grants,
@@ -194,6 +197,11 @@ func (m *Manager) Update(ctx context.Context, id string, p UpdateParams) (*store
 		}
 	}
 
+	if p.Subaccount != nil {
+		if err := m.subaccountExists(ctx, *p.Subaccount); err != nil {
+			return nil, fmt.Errorf("update key %s: %w", id, err)
+		}
+	}
 	k, err := m.Get(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("update key: %w", err)

@@ -18,6 +18,7 @@ func TestManagerCreate(t *testing.T) {
 	storetest.ForEach(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
 		m := NewManager(st, nil)
+		ensureSubaccount(t, st, 3)
 		before := time.Now().Add(-time.Second)
 		key, k, err := m.Create(ctx, CreateParams{
 			Label:      "  newsletter  ",
@@ -147,6 +148,8 @@ func TestManagerUpdate(t *testing.T) {
 		empty := ""
 		neg := int64(-5)
 		seven := int64(7)
+		ensureSubaccount(t, st, 7)
+		unknown := int64(99)
 		mustFail := []struct {
 			name  string
 			p     UpdateParams
@@ -158,6 +161,7 @@ func TestManagerUpdate(t *testing.T) {
 			{"bad grant", UpdateParams{Grants: []string{"nope"}}, FieldGrants, `grants: unknown grant "nope"`},
 			{"bad ip", UpdateParams{AllowedIPs: []string{"10.0.0.0/33"}}, FieldAllowedIPs, `allowed IPs: "10.0.0.0/33" is not`},
 			{"negative subaccount", UpdateParams{Subaccount: &neg}, FieldSubaccount, "subaccount: -5 is not a subaccount id"},
+			{"unknown subaccount", UpdateParams{Subaccount: &unknown}, FieldSubaccount, "subaccount: no subaccount 99: create it first"},
 			{"ips and clear", UpdateParams{AllowedIPs: []string{"10.0.0.1"}, ClearAllowedIPs: true}, FieldAllowedIPs, "allowed IPs: both given and cleared: give one"},
 			{"metrics to subaccount", UpdateParams{Grants: []string{GrantMetricsView}, Subaccount: &seven}, FieldGrants, "grants: metrics/view is for master-account keys only"},
 		}

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ func mustCreate(t testing.TB, m *Manager, p CreateParams) (string, *store.Key) {
 	if p.Label == "" {
 		p.Label = "test key"
 	}
+	ensureSubaccount(t, m.st, p.Subaccount)
 	key, k, err := m.Create(context.Background(), p)
 	if err != nil {
 		t.Fatalf("create key %+v: %v", p, err)
@@ -38,5 +40,18 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("after %s: %s", d, what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// ensureSubaccount creates subaccount id (active) unless it is 0 or exists:
+// a key can belong only to an existing subaccount.
+func ensureSubaccount(t testing.TB, st store.Store, id int64) {
+	t.Helper()
+	if id == 0 {
+		return
+	}
+	err := st.CreateSubaccount(context.Background(), &store.Subaccount{ID: id, Name: "test"})
+	if err != nil && !errors.Is(err, store.ErrExists) {
+		t.Fatalf("create subaccount %d: %v", id, err)
 	}
 }

@@ -59,6 +59,7 @@ type Verifier struct {
 	gen     uint64                 // incremented by every eviction
 	keys    map[[32]byte]cached    // by SHA-256 of the key
 	missing map[[32]byte]time.Time // hashes no key has, until the time given
+	subs    subCache               // subaccount statuses (subaccount.go)
 
 	touchMu sync.Mutex
 	touched map[string]time.Time // key id → last use recorded (pruned after touchInterval)
@@ -152,7 +153,8 @@ func (v *Verifier) VerifyGrant(ctx context.Context, key string, client netip.Add
 	if err != nil {
 		return nil, fmt.Errorf("verify key: %w", err)
 	}
-	return v.check(k, h, client, grant)
+	id, err := v.check(k, h, client, grant)
+	return v.activeSubaccount(ctx, id, err)
 }
 
 // VerifyHash is VerifyGrant for a key known only by its SHA-256 (as
@@ -170,7 +172,8 @@ func (v *Verifier) VerifyHash(ctx context.Context, hash []byte, client netip.Add
 	if err != nil {
 		return nil, fmt.Errorf("verify key: %w", err)
 	}
-	return v.check(k, h, client, grant)
+	id, err := v.check(k, h, client, grant)
+	return v.activeSubaccount(ctx, id, err)
 }
 
 // check decides on a looked-up key k (nil: none has hash h). Every check is

@@ -104,7 +104,11 @@
 //
 // # Maintenance
 //
-// A maintenance loop runs at start and every minute. It deletes finished
+// A maintenance loop runs at start and every minute. It holds the queued
+// mail of suspended subaccounts, releases that of reactivated ones and
+// drops that of terminated ones ([store.Store.ApplySubaccountStatus]; the
+// change of status does it at once, this pass catches mail accepted just
+// after). It deletes finished
 // messages (every recipient delivered, bounced or expired) whose last
 // recipient finished more than Config.FinishedRetention ago, in chunks of
 // 1000 until a chunk comes back short, and, hourly, events older than
@@ -645,6 +649,7 @@ func (r *Relay) maintainLoop(ctx context.Context) {
 	var eventsPruned time.Time
 	for {
 		r.pruneMessages(ctx)
+		r.applySubaccountStatus(ctx)
 		if r.conf().EventRetention > 0 && (eventsPruned.IsZero() || time.Since(eventsPruned) >= pruneEventsInterval) {
 			r.pruneEvents(ctx)
 			eventsPruned = time.Now()
@@ -680,6 +685,21 @@ func (r *Relay) pruneMessages(ctx context.Context) {
 	}
 	if total > 0 {
 		r.log.Debug("pruned finished messages", "count", total, "retention", r.conf().FinishedRetention.String())
+	}
+}
+
+// applySubaccountStatus holds the queued mail of suspended subaccounts and
+// drops that of terminated ones ([store.Store.ApplySubaccountStatus]):
+// mail accepted by a session that authenticated just before the change.
+func (r *Relay) applySubaccountStatus(ctx context.Context) {
+	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	n, err := r.st.ApplySubaccountStatus(sctx)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		r.log.Warn("apply subaccount status to queued mail", "err", err)
+	case n > 0:
+		r.log.Info("applied subaccount status to queued mail", "recipients", n)
 	}
 }
 

@@ -124,11 +124,30 @@ func setup(t testing.TB, backend string, mod func(*Config)) *testEnv {
 // newKey creates an API key and returns it with its id.
 func (e *testEnv) newKey(p auth.CreateParams) (string, string) {
 	e.t.Helper()
+	e.subaccount(p.Subaccount, store.SubaccountActive)
 	key, k, err := e.mgr.Create(context.Background(), p)
 	if err != nil {
 		e.t.Fatalf("create key: %v", err)
 	}
 	return key, k.ID
+}
+
+// subaccount creates subaccount id with status unless it is 0 or exists;
+// an existing one gets status.
+func (e *testEnv) subaccount(id int64, status string) {
+	e.t.Helper()
+	if id == 0 {
+		return
+	}
+	ctx := context.Background()
+	sa := &store.Subaccount{ID: id, Name: fmt.Sprintf("tenant %d", id), Status: status}
+	err := e.st.CreateSubaccount(ctx, sa)
+	if errors.Is(err, store.ErrExists) {
+		_, err = e.st.UpdateSubaccount(ctx, sa)
+	}
+	if err != nil {
+		e.t.Fatalf("subaccount %d: %v", id, err)
+	}
 }
 
 // dial connects to the STARTTLS listener with net/smtp and says EHLO.

@@ -164,6 +164,19 @@ func (s *session) checkCredentials(username, password string) error {
 				id.KeyID, id.ShortKey, id.Subaccount, sub))
 		}
 		subaccount = sub
+		// A master key acts only for an existing, active subaccount (a
+		// subaccount's own key was checked by Verify).
+		if id.Subaccount == 0 {
+			err := s.srv.verifier.CheckSubaccount(ctx, sub)
+			switch {
+			case errors.As(err, &ae):
+				return s.authFailed("bad_subaccount", fmt.Errorf("key %s (short key %s): %w", id.KeyID, id.ShortKey, err))
+			case err != nil:
+				s.srv.metrics.auth.WithLabelValues("temporary_failure").Inc()
+				s.log.Warn("authentication: key store unavailable", "err", err)
+				return ErrAuthTemporary
+			}
+		}
 	}
 	s.id, s.subaccount = id, subaccount
 	s.srv.metrics.auth.WithLabelValues("success").Inc()
@@ -195,6 +208,8 @@ func authOutcome(e *auth.Error) string {
 		return "missing_grant"
 	case errors.Is(e, auth.ErrIPNotAllowed):
 		return "ip_not_allowed"
+	case errors.Is(e, auth.ErrSubaccountInactive), errors.Is(e, auth.ErrUnknownSubaccount):
+		return "bad_subaccount"
 	}
 	return "unknown_key"
 }

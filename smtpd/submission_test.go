@@ -579,6 +579,11 @@ func testSendingDomains(t *testing.T, e *testEnv) {
 // testSubaccounts: SMTP_Injection:X-MSYS-SUBACCOUNT=N.
 func testSubaccounts(t *testing.T, e *testEnv) {
 	subKey, _ := e.newKey(auth.CreateParams{Label: "sub7", Grants: []string{"smtp/inject"}, Subaccount: 7})
+	e.subaccount(5, store.SubaccountActive)
+	e.subaccount(9, store.SubaccountSuspended)
+	e.subaccount(10, store.SubaccountTerminated)
+	suspendedKey, _ := e.newKey(auth.CreateParams{Label: "sub11", Grants: []string{"smtp/inject"}, Subaccount: 11})
+	e.subaccount(11, store.SubaccountSuspended)
 	cases := []struct {
 		user, key string
 		want      int64 // -1: 535
@@ -590,6 +595,12 @@ func testSubaccounts(t *testing.T, e *testEnv) {
 		{"SMTP_Injection:X-MSYS-SUBACCOUNT=8", subKey, -1},
 		{"SMTP_Injection:X-MSYS-SUBACCOUNT=x", e.key, -1},
 		{"Other:X-MSYS-SUBACCOUNT=5", e.key, -1},
+		// A master key may act only for an existing, active subaccount.
+		{"SMTP_Injection:X-MSYS-SUBACCOUNT=6", e.key, -1},
+		{"SMTP_Injection:X-MSYS-SUBACCOUNT=9", e.key, -1},
+		{"SMTP_Injection:X-MSYS-SUBACCOUNT=10", e.key, -1},
+		// A suspended subaccount's own key is refused.
+		{"SMTP_Injection", suspendedKey, -1},
 	}
 	for i, tc := range cases {
 		c := e.dialTLS()

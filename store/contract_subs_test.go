@@ -24,6 +24,17 @@ func TestSubaccounts(t *testing.T) {
 		if a.ID <= 0 || b.ID <= a.ID || a.Status != SubaccountActive || a.CreatedAt.IsZero() {
 			t.Fatalf("created %+v and %+v", a, b)
 		}
+		c := &Subaccount{ID: 40, Name: "kept id from SparkPost"}
+		if err := e.s.CreateSubaccount(ctx, c); err != nil || c.ID != 40 {
+			t.Fatalf("create with id 40: %v (id %d)", err, c.ID)
+		}
+		if err := e.s.CreateSubaccount(ctx, &Subaccount{ID: 40, Name: "again"}); !errors.Is(err, ErrExists) {
+			t.Errorf("create with a taken id: %v", err)
+		}
+		d := &Subaccount{Name: "after an explicit id"}
+		if err := e.s.CreateSubaccount(ctx, d); err != nil || d.ID != 41 {
+			t.Errorf("next id after 40 = %d, %v; want 41", d.ID, err)
+		}
 		got, err := e.s.GetSubaccount(ctx, a.ID)
 		if err != nil || !reflect.DeepEqual(got, a) {
 			t.Errorf("GetSubaccount = %+v, %v; want %+v", got, err, a)
@@ -32,7 +43,7 @@ func TestSubaccounts(t *testing.T) {
 			t.Errorf("GetSubaccount(999): %v", err)
 		}
 		list, err := e.s.ListSubaccounts(ctx)
-		if err != nil || len(list) != 2 || list[0].ID != a.ID || list[1].Status != SubaccountSuspended {
+		if err != nil || len(list) != 4 || list[0].ID != a.ID || list[1].Status != SubaccountSuspended {
 			t.Errorf("ListSubaccounts = %v, %v", list, err)
 		}
 		a.Name, a.Status = "Tenant A2", SubaccountTerminated

@@ -23,14 +23,29 @@ func scanPGSub(row pgx.Row) (*Subaccount, error) {
 
 // CreateSubaccount implements Store.
 func (s *pgStore) CreateSubaccount(ctx context.Context, sa *Subaccount) error {
+	if sa.ID < 0 {
+		return fmt.Errorf("create subaccount: negative id %d", sa.ID)
+	}
 	if sa.Status == "" {
 		sa.Status = SubaccountActive
 	}
 	now := utc(time.Now())
 	sa.CreatedAt, sa.UpdatedAt = now, now
-	err := s.pool.QueryRow(ctx, `INSERT INTO subaccounts (name, status, created_at, updated_at)
-		VALUES ($1, $2, $3, $3) RETURNING id`, sa.Name, sa.Status, now).Scan(&sa.ID)
-	return pgErr("create subaccount", err)
+	if sa.ID == 0 {
+		err := s.pool.QueryRow(ctx, `INSERT INTO subaccounts (name, status, created_at, updated_at)
+			VALUES ($1, $2, $3, $3) RETURNING id`, sa.Name, sa.Status, now).Scan(&sa.ID)
+		return pgErr("create subaccount", err)
+	}
+	// An explicit id moves the identity past it, so later ids do not
+	// collide with it.
+	return s.inTx(ctx, "create subaccount", func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO subaccounts (id, name, status, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $4)`, sa.ID, sa.Name, sa.Status, now); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `SELECT setval(pg_get_serial_sequence('subaccounts', 'id'), max(id)) FROM subaccounts`)
+		return err
+	})
 }
 
 // GetSubaccount implements Store.

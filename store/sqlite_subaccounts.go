@@ -24,14 +24,21 @@ func scanSQLiteSub(sc scanner) (*Subaccount, error) {
 
 // CreateSubaccount implements Store.
 func (s *sqliteStore) CreateSubaccount(ctx context.Context, sa *Subaccount) error {
+	if sa.ID < 0 {
+		return fmt.Errorf("create subaccount: negative id %d", sa.ID)
+	}
 	if sa.Status == "" {
 		sa.Status = SubaccountActive
 	}
 	now := utc(time.Now())
 	sa.CreatedAt, sa.UpdatedAt = now, now
 	return s.inTx(ctx, "create subaccount", func(tx *sql.Tx) error {
-		return tx.QueryRowContext(ctx, `INSERT INTO subaccounts (name, status, created_at, updated_at)
-			VALUES (?, ?, ?, ?) RETURNING id`, sa.Name, sa.Status, us(now), us(now)).Scan(&sa.ID)
+		var id any // NULL: the next id
+		if sa.ID > 0 {
+			id = sa.ID
+		}
+		return tx.QueryRowContext(ctx, `INSERT INTO subaccounts (id, name, status, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?) RETURNING id`, id, sa.Name, sa.Status, us(now), us(now)).Scan(&sa.ID)
 	})
 }
 

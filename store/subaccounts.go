@@ -39,8 +39,10 @@ type Subaccount struct {
 
 // SubaccountStore is the subaccount part of [Store].
 type SubaccountStore interface {
-	// CreateSubaccount stores s with a new id (set in s.ID) and its
-	// times; an empty Status is stored as active.
+	// CreateSubaccount stores s with its times. A zero s.ID gets the next
+	// free id; a positive one is kept (ErrExists if taken), so that an
+	// account moving from SparkPost keeps its subaccount ids. An empty
+	// Status is stored as active.
 	CreateSubaccount(ctx context.Context, s *Subaccount) error
 	// GetSubaccount returns the subaccount; ErrNotFound if there is none.
 	GetSubaccount(ctx context.Context, id int64) (*Subaccount, error)

@@ -50,6 +50,7 @@ commands:
   migrate   apply database migrations
   keys      create, list, show, update and delete API keys
   domains   add, list, show and delete sending domains (DKIM)
+  subaccounts  create, list, show and update subaccounts
   queue     list, show, retry and delete queued messages; stats
   events    list message events
   audit     list the audit log of admin changes
@@ -85,6 +86,8 @@ func run(ctx context.Context, args []string, e env) int {
 		err = cmdKeys(ctx, rest, e)
 	case "domains":
 		err = cmdDomains(ctx, rest, e)
+	case "subaccounts":
+		err = cmdSubaccounts(ctx, rest, e)
 	case "queue":
 		err = cmdQueue(ctx, rest, e)
 	case "events":
