@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -49,6 +50,12 @@ func (e *env) key(p auth.CreateParams) (string, string) {
 	e.t.Helper()
 	if p.Label == "" {
 		p.Label = "admin"
+	}
+	if p.Subaccount != 0 { // keys belong to existing subaccounts
+		err := e.st.CreateSubaccount(context.Background(), &store.Subaccount{ID: p.Subaccount, Name: "tenant"})
+		if err != nil && !errors.Is(err, store.ErrExists) {
+			e.t.Fatal(err)
+		}
 	}
 	key, k, err := e.m.Create(context.Background(), p)
 	if err != nil {

@@ -37,6 +37,7 @@ func TestKeysListPaging(t *testing.T) {
 			if l := decodeList(t, c.must("keys", "list", "--json")); len(l.Results) != 0 || l.NextCursor != "" {
 				t.Errorf("empty store: %+v", l)
 			}
+			c.must("subaccounts", "create", "--name", "tenant 1") // keys belong to existing subaccounts
 			for i := range 5 {
 				c.must("keys", "create", "--label", fmt.Sprintf("app-%d", i), "--grant", "smtp/inject",
 					"--subaccount", fmt.Sprint(i%2))
