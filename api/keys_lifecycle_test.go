@@ -25,6 +25,7 @@ func TestListKeysPaged(t *testing.T) {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
 			f := setup(t, backend, Config{})
+			f.subaccount(1)
 			for i := range 7 {
 				f.must(req{method: "POST", path: "/api/v1/api-keys", key: f.admin,
 					body: fmt.Sprintf(`{"label": "Shop %d", "grants": ["smtp/inject"], "subaccount_id": %d}`, i, i%2)}, http.StatusOK, nil)
