@@ -102,6 +102,10 @@ type Config struct {
 	// DataDir holds the SQLite file, the generated TLS certificate and DKIM
 	// keys; default "./data".
 	DataDir string `toml:"data_dir"`
+	// LogLevel is the level of serve's log: "debug", "info" (default),
+	// "warn" or "error"; serve --log-level overrides it. A reload
+	// (SIGHUP) applies a change.
+	LogLevel string `toml:"log_level"`
 	// Database selects the store.
 	Database Database `toml:"database"`
 	// SMTP configures the submission listeners.
@@ -284,6 +288,7 @@ func Default() *Config {
 	return &Config{
 		Hostname: host,
 		DataDir:  "./data",
+		LogLevel: "info",
 		SMTP: SMTP{
 			SubmissionAddr:        "127.0.0.1:2525",
 			AuthUsernames:         []string{"SMTP_Injection"},
@@ -656,6 +661,11 @@ func (c *Config) Validate() error {
 		s.ProxyProtocolPrefixes = append(s.ProxyProtocolPrefixes, prefix)
 	}
 
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", "%q is not a log level (write \"debug\", \"info\", \"warn\" or \"error\")", c.LogLevel)
+	}
 	checkDuration(bad, "auth.cache_ttl", c.Auth.CacheTTL)
 
 	r := &c.Relay

@@ -15,6 +15,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -28,11 +30,14 @@ const (
 // LoadOrCreateCert returns the certificate the listeners present.
 //
 // With certFile and keyFile set it loads that PEM pair. With both empty it
-// uses a self-signed ECDSA P-256 certificate for hostname kept in
-// dataDir/tls/cert.pem and key.pem (mode 0600): reused across restarts, and
-// generated when missing, unreadable or about to expire. A self-signed
-// certificate is logged at WARN, since clients that verify certificates
-// will refuse it.
+// uses a self-signed ECDSA P-256 certificate kept in dataDir/tls/cert.pem
+// and key.pem (mode 0600) for the names clients use to reach this host
+// ([SelfSignedNames]: hostname, localhost, and the addresses of the host's
+// interfaces, loopback included, as IP SANs): reused across restarts, and
+// generated when missing, unreadable, about to expire, or made for other
+// names (hostname changed). A self-signed certificate is logged at WARN;
+// clients verify it once given dataDir/tls/cert.pem as a trusted
+// certificate.
 func LoadOrCreateCert(certFile, keyFile, dataDir, hostname string, log *slog.Logger) (tls.Certificate, error) {
 	if log == nil {
 		log = slog.Default()
@@ -57,8 +62,10 @@ func LoadOrCreateCert(certFile, keyFile, dataDir, hostname string, log *slog.Log
 			"Set smtp.tls_cert and smtp.tls_key to a certificate for this host name (e.g. from Let's Encrypt)",
 			"certificate", certFile, "hostname", hostname, "state", what)
 	}
+	dnsNames, ips := SelfSignedNames(hostname)
 	if cert, err := tls.LoadX509KeyPair(certFile, keyFile); err == nil {
-		if leaf, err := x509.ParseCertificate(cert.Certificate[0]); err == nil && time.Until(leaf.NotAfter) > selfSignedRenew {
+		if leaf, err := x509.ParseCertificate(cert.Certificate[0]); err == nil && time.Until(leaf.NotAfter) > selfSignedRenew &&
+			sameNames(leaf, dnsNames, ips) {
 			warn("reused")
 			return cert, nil
 		}
@@ -71,7 +78,56 @@ func LoadOrCreateCert(certFile, keyFile, dataDir, hostname string, log *slog.Log
 	return cert, nil
 }
 
+// SelfSignedNames are the names the self-signed certificate covers: the
+// DNS names hostname and localhost, and as IP addresses 127.0.0.1, ::1 and
+// every address of the host's network interfaces (so any address a
+// listener binds to, or a client dials, is covered). A hostname that is an
+// IP address goes with the addresses.
+func SelfSignedNames(hostname string) (dnsNames []string, ips []net.IP) {
+	seenIP := map[string]bool{}
+	addIP := func(ip net.IP) {
+		if ip == nil || ip.IsUnspecified() || seenIP[ip.String()] {
+			return
+		}
+		seenIP[ip.String()] = true
+		ips = append(ips, ip)
+	}
+	if ip := net.ParseIP(hostname); ip != nil {
+		addIP(ip)
+	} else if hostname != "" && hostname != "localhost" {
+		dnsNames = append(dnsNames, hostname)
+	}
+	dnsNames = append(dnsNames, "localhost")
+	addIP(net.IPv4(127, 0, 0, 1))
+	addIP(net.IPv6loopback)
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && !n.IP.IsLinkLocalUnicast() {
+				addIP(n.IP)
+			}
+		}
+	}
+	return dnsNames, ips
+}
+
+// sameNames reports whether leaf was made for exactly these names.
+func sameNames(leaf *x509.Certificate, dnsNames []string, ips []net.IP) bool {
+	key := func(dns []string, ips []net.IP) string {
+		var all []string
+		for _, d := range dns {
+			all = append(all, "dns:"+strings.ToLower(d))
+		}
+		for _, ip := range ips {
+			all = append(all, "ip:"+ip.String())
+		}
+		slices.Sort(all)
+		return strings.Join(slices.Compact(all), ",")
+	}
+	return key(leaf.DNSNames, leaf.IPAddresses) == key(dnsNames, ips)
+}
+
 func writeSelfSigned(dir, certFile, keyFile, hostname string) (tls.Certificate, error) {
+	dnsNames, ips := SelfSignedNames(hostname)
 	if hostname == "" {
 		hostname = "localhost"
 	}
@@ -93,11 +149,7 @@ func writeSelfSigned(dir, certFile, keyFile, hostname string) (tls.Certificate, 
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
 	}
-	if ip := net.ParseIP(hostname); ip != nil {
-		tmpl.IPAddresses = []net.IP{ip}
-	} else {
-		tmpl.DNSNames = []string{hostname}
-	}
+	tmpl.DNSNames, tmpl.IPAddresses = dnsNames, ips
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("create self-signed certificate: %w", err)

@@ -133,6 +133,9 @@ type Config struct {
 	// this node). Nil: New makes one over the store with the default
 	// cache TTL, closed by Shutdown.
 	Limits *limits.Checker
+	// CertCheckInterval is how often TLSCert and TLSKey are checked for a
+	// change (then loaded again); 0 means DefaultCertCheckInterval.
+	CertCheckInterval time.Duration
 	// Logger receives the session logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -140,19 +143,25 @@ type Config struct {
 // Server is the SMTP submission server. Create it with New, then Start it
 // and finally Shutdown.
 type Server struct {
-	cfg       Config               // with defaults applied
-	st        store.Store          // where messages, events and domains live
-	verifier  *auth.Verifier       // checks the API key given as AUTH password
-	limiter   *auth.FailureLimiter // failed AUTH per client address
-	log       *slog.Logger         // server-wide; sessions add conn_id and remote
-	metrics   *metrics             // see metrics.go
-	tlsConfig *tls.Config          // STARTTLS and implicit TLS, TLS 1.2+
-	smtp      *smtp.Server         // go-smtp, serving every listener
-	domains   domainCache          // sending domains, refreshed every 5 s
-	rates     *keyLimiter          // nil: no per-key limit
-	quota     *limits.Checker      // cluster-wide sending limits
-	ownQuota  bool                 // quota was made by New: Shutdown closes it
-	usernames []string             // accepted AUTH usernames, lowercased; nil: any
+	cfg       Config                     // with defaults applied
+	st        store.Store                // where messages, events and domains live
+	verifier  *auth.Verifier             // checks the API key given as AUTH password
+	limiter   *auth.FailureLimiter       // failed AUTH per client address
+	log       *slog.Logger               // server-wide; sessions add conn_id and remote
+	metrics   *metrics                   // see metrics.go
+	tlsConfig *tls.Config                // STARTTLS and implicit TLS, TLS 1.2+; its certificate from certs
+	certs     *CertHolder                // the current certificate (see Reload)
+	smtp      *smtp.Server               // go-smtp, serving every listener
+	domains   domainCache                // sending domains, refreshed every 5 s
+	rates     atomic.Pointer[keyLimiter] // nil: no per-key limit; replaced by Reload
+	maxConns  atomic.Int64               // MaxConnections; replaced by Reload
+	limitsMu  sync.Mutex                 // serializes Reload
+	rateLimit float64                    // KeyRateLimit and KeyRateBurst of rates
+	rateBurst int
+	stopCerts chan struct{}   // closed by Shutdown: ends the certificate check
+	quota     *limits.Checker // cluster-wide sending limits
+	ownQuota  bool            // quota was made by New: Shutdown closes it
+	usernames []string        // accepted AUTH usernames, lowercased; nil: any
 
 	// baseCtx is the parent of every session's context; cancelled when
 	// Shutdown gives up waiting.
@@ -222,7 +231,9 @@ func New(cfg Config, st store.Store, v *auth.Verifier, reg prometheus.Registerer
 		conns:        make(map[*conn]struct{}),
 		shutdownDone: make(chan struct{}),
 		domains:      domainCache{st: st, ttl: domainCacheTTL},
-		rates:        newKeyLimiter(cfg.KeyRateLimit, cfg.KeyRateBurst),
+		rateLimit:    cfg.KeyRateLimit,
+		rateBurst:    cfg.KeyRateBurst,
+		stopCerts:    make(chan struct{}),
 		quota:        cfg.Limits,
 	}
 	if s.quota == nil {
@@ -238,11 +249,17 @@ func New(cfg Config, st store.Store, v *auth.Verifier, reg prometheus.Registerer
 		}
 		s.usernames = append(s.usernames, strings.ToLower(u))
 	}
-	cert, err := LoadOrCreateCert(cfg.TLSCert, cfg.TLSKey, cfg.DataDir, cfg.Hostname, s.log)
-	if err != nil {
+	s.rates.Store(newKeyLimiter(cfg.KeyRateLimit, cfg.KeyRateBurst))
+	s.maxConns.Store(int64(cfg.MaxConnections))
+	if cfg.CertCheckInterval <= 0 {
+		cfg.CertCheckInterval = DefaultCertCheckInterval
+		s.cfg.CertCheckInterval = cfg.CertCheckInterval
+	}
+	var err error
+	if s.certs, err = NewCertHolder(cfg.TLSCert, cfg.TLSKey, cfg.DataDir, cfg.Hostname, s.log); err != nil {
 		return nil, fmt.Errorf("new smtp server: %w", err)
 	}
-	s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	s.tlsConfig = &tls.Config{GetCertificate: s.certs.GetCertificate, MinVersion: tls.VersionTLS12}
 	if s.metrics, err = newMetrics(reg); err != nil {
 		return nil, fmt.Errorf("new smtp server: %w", err)
 	}
@@ -297,6 +314,7 @@ func (s *Server) Start() error {
 		*sp.dst = raw.Addr()
 	}
 	s.started = true
+	go s.certs.Watch(s.cfg.CertCheckInterval, s.stopCerts)
 	if s.cfg.AllowInsecureAuth {
 		s.log.Warn("SMTP AUTH IS ALLOWED WITHOUT TLS (smtp.allow_insecure_auth = true): API keys can be read off the network. Use this for development only")
 	}
@@ -342,6 +360,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return s.shutdownErr
 	}
 	defer close(s.shutdownDone)
+	close(s.stopCerts)
 	s.mu.Lock()
 	for _, l := range s.listeners {
 		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
@@ -488,7 +507,7 @@ func replyLine(e *smtp.SMTPError) string {
 func (s *Server) track(nc net.Conn, listenerName string) (*conn, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.draining.Load() || (s.cfg.MaxConnections > 0 && len(s.conns) >= s.cfg.MaxConnections) {
+	if max := s.maxConns.Load(); s.draining.Load() || (max > 0 && int64(len(s.conns)) >= max) {
 		s.metrics.rejectedConns.Inc()
 		return nil, false
 	}

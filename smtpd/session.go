@@ -228,7 +228,7 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	if s.id == nil {
 		return ErrAuthRequired
 	}
-	if !s.srv.rates.allow(s.id.KeyID) {
+	if !s.srv.rates.Load().allow(s.id.KeyID) {
 		s.srv.metrics.limited.WithLabelValues("node", "second").Inc()
 		s.log.Info("message refused: key over its rate limit")
 		return ErrRateLimited

@@ -35,7 +35,7 @@ const serveUsage = `usage: smtpgw serve [--config FILE] [--log-level debug|info|
 // attempts, the HTTP listener closes, and the store closes last.
 func cmdServe(ctx context.Context, args []string, e env) (err error) {
 	fs, cfgPath := newFlags("serve")
-	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	level := fs.String("log-level", "", "log level: debug, info, warn or error (default: log_level of the configuration, info)")
 	format := fs.String("log-format", "text", "log format: text or json")
 	pos, err := parse(fs, serveUsage, args, e)
 	if err != nil {
@@ -44,11 +44,19 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 	if len(pos) > 0 {
 		return usagef("serve: unexpected argument %q\n%s", pos[0], serveUsage)
 	}
-	log, err := newLogger(*level, *format, e)
+	// SIGHUP reloads; from now on it no longer kills the process.
+	hup, stopHUP := notifyHUP()
+	defer stopHUP()
+	cfg, err := loadConfig(*cfgPath, e)
 	if err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*cfgPath, e)
+	levelSet := *level != ""
+	if !levelSet {
+		*level = cfg.LogLevel
+	}
+	levelVar := new(slog.LevelVar)
+	log, err := newLogger(*level, *format, levelVar, e)
 	if err != nil {
 		return err
 	}
@@ -94,6 +102,7 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 
 	var shuttingDown atomic.Bool
 	var httpSrv *http.Server
+	var httpCert *smtpd.CertHolder // nil: plain HTTP
 	if cfg.HTTP.Addr != "" {
 		l, err := net.Listen("tcp", cfg.HTTP.Addr)
 		if err != nil {
@@ -101,12 +110,17 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 		}
 		scheme := "http"
 		if cfg.HTTP.TLS || cfg.HTTP.TLSCert != "" {
-			cert, err := smtpd.LoadOrCreateCert(cfg.HTTP.TLSCert, cfg.HTTP.TLSKey, cfg.DataDir, cfg.Hostname, log)
+			// Reloaded like the SMTP certificate: when its files change,
+			// and on SIGHUP.
+			httpCert, err = smtpd.NewCertHolder(cfg.HTTP.TLSCert, cfg.HTTP.TLSKey, cfg.DataDir, cfg.Hostname, log)
 			if err != nil {
 				_ = l.Close()
 				return fmt.Errorf("serve: http TLS: %w", err)
 			}
-			l = tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+			stopWatch := make(chan struct{})
+			defer close(stopWatch)
+			go httpCert.Watch(smtpd.DefaultCertCheckInterval, stopWatch)
+			l = tls.NewListener(l, &tls.Config{GetCertificate: httpCert.GetCertificate, MinVersion: tls.VersionTLS12})
 			scheme = "https"
 		}
 		apiH := apiHandler(cfg, st, verifier, quota, log)
@@ -147,7 +161,15 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 	}
 	log.Info("smtpgw ready", attrs...)
 
-	<-ctx.Done()
+	rel := &reloader{path: *cfgPath, e: e, log: log, level: levelVar, levelSet: levelSet, cur: cfg, srv: srv, rl: rl, httpCert: httpCert}
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-hup:
+			log.Info("SIGHUP: reloading the configuration and certificates")
+			rel.reload()
+		}
+	}
 	shuttingDown.Store(true)
 	log.Info("shutting down", "grace", cfg.SMTP.ShutdownGrace.Duration.String())
 	grace, cancel := context.WithTimeout(context.Background(), cfg.SMTP.ShutdownGrace.Duration)
@@ -166,11 +188,13 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 }
 
 // newLogger builds the process logger on stderr.
-func newLogger(level, format string, e env) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
+// Its level is lv (set to level here; a reload may change it).
+func newLogger(level, format string, lv *slog.LevelVar, e env) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, usagef("serve: --log-level must be debug, info, warn or error, not %q", level)
 	}
+	lv.Set(l)
 	opts := &slog.HandlerOptions{Level: lv}
 	switch format {
 	case "text":
