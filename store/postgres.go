@@ -734,6 +734,11 @@ func (s *pgStore) writeFinishes(ctx context.Context, ops []*finishOp) error {
 				return err
 			}
 		}
+		if ids := finalRecipientIDs(ops); len(ids) > 0 {
+			if _, err := tx.Exec(ctx, pgDropBodies, ids); err != nil {
+				return fmt.Errorf("drop delivered bodies: %w", err)
+			}
+		}
 		return insertPGMessages(ctx, tx, msgs, true)
 	})
 }
@@ -921,7 +926,7 @@ func (s *pgStore) DeleteMessage(ctx context.Context, id string) error {
 func (s *pgStore) Stats(ctx context.Context) (QueueStats, error) {
 	st := QueueStats{ByState: map[string]int64{}}
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT state, count(*) FROM recipients GROUP BY state`)
+		rows, err := tx.Query(ctx, `SELECT state, sum(n)::bigint FROM queue_counts GROUP BY state HAVING sum(n) <> 0`)
 		if err != nil {
 			return err
 		}
@@ -936,8 +941,7 @@ func (s *pgStore) Stats(ctx context.Context) (QueueStats, error) {
 			return err
 		}
 		var oldest *time.Time
-		if err := tx.QueryRow(ctx, `SELECT min(created_at) FROM messages WHERE id IN
-			(SELECT message_id FROM recipients WHERE state IN ('queued', 'deferred'))`).Scan(&oldest); err != nil {
+		if err := tx.QueryRow(ctx, pgOldestWaiting).Scan(&oldest); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
 		st.OldestQueued = fromNullTime(oldest)

@@ -68,7 +68,7 @@ func (s *sqliteStore) PruneMessages(ctx context.Context, finishedBefore time.Tim
 	if err != nil {
 		return 0, err
 	}
-	return n, nil
+	return n, s.sqliteVacuum(ctx)
 }
 
 // ReleaseLeases implements Store.
@@ -94,7 +94,7 @@ func (s *pgStore) PruneMessages(ctx context.Context, finishedBefore time.Time, l
 	if err != nil {
 		return 0, pgErr("prune messages", err)
 	}
-	return tag.RowsAffected(), nil
+	return tag.RowsAffected(), s.compactQueueCounts(ctx)
 }
 
 // ReleaseLeases implements Store. Other nodes are woken by NOTIFY, as

@@ -57,7 +57,7 @@ func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
 	}
 	common := fmt.Sprintf("_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)", sqliteBusyTimeout.Milliseconds())
 	w, err := sql.Open("sqlite", path+"?"+common+
-		"&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_txlock=immediate")
+		"&_pragma=auto_vacuum(INCREMENTAL)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %q: %w", path, err)
 	}
@@ -648,6 +648,9 @@ func (s *sqliteStore) writeFinishes(ctx context.Context, ops []*finishOp) error 
 				op.wrote = true
 			}
 		}
+		if err := dropBodiesSQLite(ctx, tx, finalRecipientIDs(ops)); err != nil {
+			return err
+		}
 		if err := insertSQLiteEvents(ctx, tx, evs); err != nil {
 			return err
 		}
@@ -843,7 +846,7 @@ func (s *sqliteStore) Stats(ctx context.Context) (QueueStats, error) {
 		return st, sqliteErr("queue stats", err)
 	}
 	defer func() { _ = tx.Rollback() }() // read-only: nothing to keep
-	rows, err := tx.QueryContext(ctx, `SELECT state, count(*) FROM recipients GROUP BY state`)
+	rows, err := tx.QueryContext(ctx, `SELECT state, n FROM queue_counts WHERE n <> 0`)
 	if err != nil {
 		return st, sqliteErr("queue stats", err)
 	}
@@ -861,8 +864,7 @@ func (s *sqliteStore) Stats(ctx context.Context) (QueueStats, error) {
 		return st, sqliteErr("queue stats", err)
 	}
 	var oldest sql.NullInt64
-	if err := tx.QueryRowContext(ctx, `SELECT min(created_at) FROM messages WHERE id IN
-		(SELECT message_id FROM recipients WHERE state IN ('queued', 'deferred'))`).Scan(&oldest); err != nil {
+	if err := tx.QueryRowContext(ctx, sqliteOldestWaiting).Scan(&oldest); err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return st, sqliteErr("queue stats", err)
 	}
 	st.OldestQueued = fromNullUS(oldest)
