@@ -7,7 +7,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -85,11 +89,55 @@ func openStore(ctx context.Context, cfgPath string, e env) (*config.Config, stor
 	if err != nil {
 		return nil, nil, err
 	}
+	where, created := describeStore(cfg, cfgPath)
 	st, err := openConfigured(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
+	if created {
+		fmt.Fprintf(e.stderr, "smtpgw: CREATED A NEW, EMPTY STORE: %s. If you meant an existing gateway's store, "+
+			"run this command where that gateway runs or give its --config (or SMTPGW_DATA_DIR).\n", where)
+	} else {
+		fmt.Fprintf(e.stderr, "smtpgw: store: %s\n", where)
+	}
 	return cfg, audit.Wrap(st, slog.New(slog.NewTextHandler(e.stderr, nil))), nil
+}
+
+// describeStore says which store cfg names and where the configuration
+// came from, for the one line admin commands print on stderr, and whether
+// opening it will create a new SQLite database.
+func describeStore(cfg *config.Config, cfgPath string) (string, bool) {
+	src := "no configuration file: defaults and SMTPGW_* variables"
+	switch {
+	case cfgPath != "":
+		src = "configuration " + cfgPath
+	default:
+		if _, err := os.Stat(config.DefaultPath); err == nil {
+			src = "configuration ./" + config.DefaultPath
+		}
+	}
+	if cfg.Database.URL != "" {
+		return fmt.Sprintf("PostgreSQL %s (%s)", pgDisplay(cfg.Database.URL), src), false
+	}
+	path := filepath.Join(cfg.DataDir, store.DBFileName)
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
+	_, err := os.Stat(path)
+	return fmt.Sprintf("SQLite %s (%s)", path, src), errors.Is(err, fs.ErrNotExist)
+}
+
+// pgDisplay shows a PostgreSQL url without its password or parameters.
+func pgDisplay(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable url)"
+	}
+	out := u.Scheme + "://"
+	if u.User != nil {
+		out += u.User.Username() + "@"
+	}
+	return out + u.Host + u.Path
 }
 
 // openConfigured opens and migrates the store cfg names.

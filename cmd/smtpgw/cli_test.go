@@ -1,9 +1,13 @@
 package main
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 )
+
+// storeLine is the line admin commands print on stderr naming the store.
+var storeLine = regexp.MustCompile(`(?m)^smtpgw: (store|CREATED A NEW, EMPTY STORE): .*\n`)
 
 // TestHelpAndUsageErrors: each subcommand's -h shows its own flags, no
 // "(default -1)" sentinel, and a usage error is one line.
@@ -37,5 +41,22 @@ func TestHelpAndUsageErrors(t *testing.T) {
 	}
 	if out := c.must("queue", "stats"); !strings.Contains(out, `HELD: relay.mode is "hold"`) {
 		t.Errorf("queue stats on hold does not say so:\n%s", out)
+	}
+}
+
+// TestAdminSaysWhichStore: an admin command names the store it opened on
+// stderr, and says loudly when it created a new one.
+func TestAdminSaysWhichStore(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	c := cli{t: t, environ: []string{"SMTPGW_DATA_DIR=" + dir}}
+	db := dir + "/smtpgw.db"
+	code, _, errs := c.run("keys", "list")
+	if code != 0 || !strings.Contains(errs, "CREATED A NEW, EMPTY STORE: SQLite "+db) || strings.Count(errs, "\n") != 1 {
+		t.Errorf("first keys list: exit %d, stderr %q; want one line saying it created %s", code, errs, db)
+	}
+	code, _, errs = c.run("queue", "stats")
+	if code != 0 || errs != "smtpgw: store: SQLite "+db+" (no configuration file: defaults and SMTPGW_* variables)\n" {
+		t.Errorf("second command: exit %d, stderr %q; want the store it opened", code, errs)
 	}
 }

@@ -188,6 +188,8 @@ func TestCLIErrors(t *testing.T) {
 			if code != tc.code || !strings.Contains(errs, tc.want) {
 				t.Fatalf("exit %d (want %d), stderr %q (want it to contain %q)", code, tc.code, errs, tc.want)
 			}
+			// The line naming the store opened is not part of the error.
+			errs = storeLine.ReplaceAllString(errs, "")
 			if lines := strings.Count(strings.TrimSpace(errs), "\n"); tc.code == 1 && lines != 0 {
 				t.Errorf("error is %d lines, want one:\n%s", lines+1, errs)
 			}
