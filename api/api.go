@@ -11,6 +11,10 @@
 //	GET/DELETE        /api/v1/sending-domains/{d}   sending_domains/manage
 //	GET/POST          /api/v1/subaccounts           subaccounts/manage (master keys only)
 //	GET/PUT           /api/v1/subaccounts/{id}      subaccounts/manage (master keys only)
+//	GET/POST          /api/v1/webhooks              webhooks/view, webhooks/modify
+//	GET/PUT/DELETE    /api/v1/webhooks/{id}         webhooks/view, webhooks/modify
+//	POST              /api/v1/webhooks/{id}/validate     webhooks/modify
+//	GET               /api/v1/webhooks/{id}/batch-status webhooks/view
 //
 // Every request walks the same steps:
 //
@@ -57,6 +61,7 @@ import (
 	"github.com/smtpgw/smtpgw/limits"
 	"github.com/smtpgw/smtpgw/store"
 	"github.com/smtpgw/smtpgw/subaccounts"
+	"github.com/smtpgw/smtpgw/webhooks"
 )
 
 // Defaults for Config fields left zero.
@@ -98,6 +103,9 @@ type Config struct {
 	// of limits changed through the API so they apply at once on this
 	// node; nil: they apply within its cache TTL.
 	Limits *limits.Checker
+	// Webhooks performs the webhook operations; nil: a Manager with the
+	// defaults of package webhooks (private targets refused).
+	Webhooks *webhooks.Manager
 }
 
 // server holds what the handlers share.
@@ -110,6 +118,7 @@ type server struct {
 	fails    *auth.FailureLimiter
 	quota    *limits.Checker // nil: none on this node
 	subs     *subaccounts.Service
+	hooks    *webhooks.Manager
 }
 
 // Handler serves the /api/ paths (see [New]).
@@ -145,6 +154,10 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler
 		log:      cfg.Logger,
 		quota:    cfg.Limits,
 		subs:     subaccounts.New(st, m, v),
+		hooks:    cfg.Webhooks,
+	}
+	if s.hooks == nil {
+		s.hooks = webhooks.NewManager(webhooks.Config{}, st)
 	}
 	if s.selector == "" {
 		s.selector = DefaultDKIMSelector
@@ -199,6 +212,7 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler
 		http.MethodGet: s.getSubaccount,
 		http.MethodPut: s.updateSubaccount,
 	})
+	s.routeWebhooks(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusNotFound, Message: "Resource not found",
 			Description: fmt.Sprintf("no API at %s: see docs/api.md for the endpoints", r.URL.Path)})

@@ -26,6 +26,11 @@ const (
 	GrantSubaccountsManage = "subaccounts/manage"
 	// GrantSuppressionsManage allows the suppression list HTTP API.
 	GrantSuppressionsManage = "suppression_lists/manage"
+	// GrantWebhooksView allows listing webhooks and their batch status.
+	GrantWebhooksView = "webhooks/view"
+	// GrantWebhooksModify allows creating, changing, validating and
+	// deleting webhooks.
+	GrantWebhooksModify = "webhooks/modify"
 )
 
 // EnforcedGrants are the grants that have an effect in smtpgw.
@@ -37,6 +42,8 @@ var EnforcedGrants = []string{
 	GrantMetricsView,
 	GrantSubaccountsManage,
 	GrantSuppressionsManage,
+	GrantWebhooksView,
+	GrantWebhooksModify,
 }
 
 // inertGrants are SparkPost grant names accepted and stored with no effect
@@ -54,8 +61,6 @@ var inertGrants = []string{
 	"snippets/view",
 	"recipient_lists/manage",
 	"recipient_lists/view",
-	"webhooks/modify",
-	"webhooks/view",
 	"relay_webhooks/manage",
 	"relay_webhooks/modify",
 	"relay_webhooks/view",

@@ -53,6 +53,7 @@ commands:
   subaccounts  create, list, show and update subaccounts
   queue     list, show, retry and delete queued messages; stats
   events    list message events
+  webhooks  list, show and delete event webhooks
   audit     list the audit log of admin changes
   bench     measure injection throughput against a running gateway
   version   print the version
@@ -92,6 +93,8 @@ func run(ctx context.Context, args []string, e env) int {
 		err = cmdQueue(ctx, rest, e)
 	case "events":
 		err = cmdEvents(ctx, rest, e)
+	case "webhooks":
+		err = cmdWebhooks(ctx, rest, e)
 	case "audit":
 		err = cmdAudit(ctx, rest, e)
 	case "bench":

@@ -25,6 +25,7 @@ import (
 	"github.com/smtpgw/smtpgw/relay"
 	"github.com/smtpgw/smtpgw/smtpd"
 	"github.com/smtpgw/smtpgw/store"
+	"github.com/smtpgw/smtpgw/webhooks"
 )
 
 const serveUsage = `usage: smtpgw serve [--config FILE] [--log-level debug|info|warn|error] [--log-format text|json]`
@@ -152,6 +153,15 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 		_ = srv.Shutdown(context.Background())
 		return fmt.Errorf("serve: start relay: %w", err)
 	}
+	if cfg.Webhooks.AllowPrivateTargets {
+		log.Warn("webhooks.allow_private_targets is on: webhooks may reach loopback, private and metadata addresses")
+	}
+	hooks := webhooks.NewService(webhooksConfig(cfg, log), st)
+	if err := hooks.Start(ctx); err != nil {
+		_ = srv.Shutdown(context.Background())
+		rl.Stop()
+		return fmt.Errorf("serve: start webhooks: %w", err)
+	}
 	attrs := []any{"relay_mode", cfg.Relay.Mode}
 	if a := srv.SubmissionAddr(); a != nil {
 		attrs = append(attrs, "submission", a.String())
@@ -178,6 +188,7 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 		log.Warn("smtp shutdown", "err", err)
 	}
 	rl.Stop()
+	hooks.Stop()
 	if httpSrv != nil {
 		if err := httpSrv.Shutdown(grace); err != nil {
 			log.Warn("http shutdown", "err", err)
@@ -285,7 +296,25 @@ func apiHandler(cfg *config.Config, st store.Store, v *auth.Verifier, quota *lim
 		AuthFailureWindow: cfg.SMTP.AuthFailureWindow.Duration,
 		Logger:            log.With("component", "api"),
 		Limits:            quota,
+		Webhooks:          webhooks.NewManager(webhooksConfig(cfg, log), st),
 	}, st, v, auth.NewManager(st, v))
+}
+
+// webhooksConfig copies the [webhooks] section into webhooks' Config.
+func webhooksConfig(cfg *config.Config, log *slog.Logger) webhooks.Config {
+	w := cfg.Webhooks
+	return webhooks.Config{
+		AllowPrivateTargets: w.AllowPrivateTargets,
+		RetryInitial:        w.RetryInitial.Duration,
+		RetryMax:            w.RetryMax.Duration,
+		MaxAge:              w.MaxAge.Duration,
+		Timeout:             w.Timeout.Duration,
+		BatchSize:           w.BatchSize,
+		BatchInterval:       w.BatchInterval.Duration,
+		Workers:             w.Workers,
+		Node:                cfg.Hostname,
+		Logger:              log.With("component", "webhooks"),
+	}
 }
 
 // consoleHandler builds the web console (package console) over the same
