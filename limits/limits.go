@@ -224,6 +224,9 @@ const (
 	pruneAfter = 24 * time.Hour
 	// storeTimeout bounds a background prune.
 	storeTimeout = 30 * time.Second
+	// maxCachedScopes caps the cache of scopes' limits (one entry per key
+	// or subaccount that sent within the cache TTL).
+	maxCachedScopes = 100_000
 )
 
 // Config configures a Checker.
@@ -322,9 +325,30 @@ func (c *Checker) limitsOf(ctx context.Context, scope store.LimitScope) (store.L
 		return store.Limits{}, err
 	}
 	c.mu.Lock()
+	if len(c.limits) >= maxCachedScopes {
+		c.sweep(now)
+	}
 	c.limits[scope] = cachedLimits{l: l, expires: now.Add(c.ttl)}
 	c.mu.Unlock()
 	return l, nil
+}
+
+// sweep drops expired cache entries, or an arbitrary one if none had
+// expired, so the cache stays under maxCachedScopes. c.mu is held.
+func (c *Checker) sweep(now time.Time) {
+	n := len(c.limits)
+	for sc, e := range c.limits {
+		if !now.Before(e.expires) {
+			delete(c.limits, sc)
+		}
+	}
+	if len(c.limits) < n {
+		return
+	}
+	for sc := range c.limits {
+		delete(c.limits, sc)
+		return
+	}
 }
 
 // Reservation is the quota taken for one message. Release it if the
