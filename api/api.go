@@ -20,7 +20,9 @@
 //
 //  1. The method must be one the path serves (405 otherwise).
 //  2. A client address (the TCP peer) that failed authentication too often
-//     gets 429 without its key being looked at ([auth.FailureLimiter]).
+//     gets 429 with Retry-After, without its key being looked at. The
+//     budget is the [auth.Verifier]'s, shared with SMTP AUTH, the console
+//     and /metrics (smtp.max_auth_failures per smtp.auth_failure_window).
 //  3. The API key is read from the Authorization header: the bare key, as
 //     SparkPost sends it, "Bearer <key>", or HTTP Basic with the key as the
 //     user name. It is verified with [auth.Verifier.VerifyGrant] for the
@@ -68,10 +70,6 @@ import (
 const (
 	// DefaultDKIMSelector is the DKIM selector when Config.DKIMSelector is "".
 	DefaultDKIMSelector = "smtpgw"
-	// DefaultMaxAuthFailures is Config.MaxAuthFailures when zero.
-	DefaultMaxAuthFailures = 5
-	// DefaultAuthFailureWindow is Config.AuthFailureWindow when zero.
-	DefaultAuthFailureWindow = 5 * time.Minute
 )
 
 const (
@@ -89,13 +87,6 @@ type Config struct {
 	// /api/v1/sending-domains generates when the request names none
 	// (relay.dkim_selector); "" means DefaultDKIMSelector.
 	DKIMSelector string
-	// MaxAuthFailures is how many failed authentications a client address
-	// may make per AuthFailureWindow before it is answered 429. 0 means
-	// DefaultMaxAuthFailures; a negative value disables the limit.
-	MaxAuthFailures int
-	// AuthFailureWindow is the period MaxAuthFailures counts over; 0
-	// means DefaultAuthFailureWindow.
-	AuthFailureWindow time.Duration
 	// Logger receives refused requests (at INFO, without the key), changes
 	// (at INFO) and server faults (at ERROR). Nil discards.
 	Logger *slog.Logger
@@ -115,7 +106,6 @@ type server struct {
 	v        *auth.Verifier
 	m        *auth.Manager
 	log      *slog.Logger
-	fails    *auth.FailureLimiter
 	quota    *limits.Checker // nil: none on this node
 	subs     *subaccounts.Service
 	hooks    *webhooks.Manager
@@ -165,14 +155,6 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	max, window := cfg.MaxAuthFailures, cfg.AuthFailureWindow
-	if max == 0 {
-		max = DefaultMaxAuthFailures
-	}
-	if window <= 0 {
-		window = DefaultAuthFailureWindow
-	}
-	s.fails = auth.NewFailureLimiter(max, window) // max < 0 disables it
 
 	mux := http.NewServeMux()
 	s.route(mux, "/api/v1/api-keys", auth.GrantAPIKeysManage, methods{
@@ -329,9 +311,22 @@ var (
 		Description: "send an API key in the Authorization header"}
 	errBadKey = &Error{Status: http.StatusUnauthorized, Message: "Unauthorized.",
 		Description: "the API key is unknown, deleted, expired, or not allowed from this address"}
-	errThrottled = &Error{Status: http.StatusTooManyRequests, Message: "Too many failed authentications",
-		Description: "too many requests with a wrong API key came from this address: try again later"}
 )
+
+// throttled is the answer to a client address that used up its
+// failed-authentication budget (shared with SMTP AUTH and /metrics): 429
+// with Retry-After.
+func throttled(retryAfter time.Duration) *Error {
+	return &Error{Status: http.StatusTooManyRequests, Message: "Too many failed authentications",
+		Description: "too many requests with a wrong API key came from this address: try again later",
+		RetryAfter:  retryAfter}
+}
+
+// RetryAfterSeconds is d in whole seconds, rounded up, at least 1: the
+// value of a Retry-After header.
+func RetryAfterSeconds(d time.Duration) string {
+	return strconv.FormatInt(max(1, int64((d+time.Second-1)/time.Second)), 10)
+}
 
 // authenticate verifies the request's key for grant and works out its
 // scope.
@@ -367,21 +362,26 @@ func (s *server) authenticate(r *http.Request, grant string) (*caller, error) {
 // grant, a refusal counted against the client address.
 func (s *server) checkKey(r *http.Request, key, grant string) (*auth.Identity, error) {
 	client := clientAddr(r)
-	if s.fails.Blocked(client) {
-		return nil, errThrottled
+	if d, blocked := s.v.Blocked(client); blocked {
+		return nil, throttled(d)
 	}
 	if key == "" {
 		return nil, errNoKey
 	}
 	id, err := s.v.VerifyGrant(r.Context(), key, client, grant)
-	var refused *auth.Error
+	var (
+		refused *auth.Error
+		thr     *auth.ThrottledError
+	)
 	switch {
+	case errors.As(err, &thr):
+		return nil, throttled(thr.RetryAfter)
 	case errors.As(err, &refused) && errors.Is(err, auth.ErrMissingGrant):
 		s.log.Info("api: refused", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "reason", err)
 		return nil, &Error{Status: http.StatusForbidden, Message: "Forbidden.",
 			Description: fmt.Sprintf("this API key lacks the %s grant", grant)}
 	case refused != nil:
-		s.fails.Fail(client)
+		// VerifyGrant spent one failure of the client's budget.
 		s.log.Info("api: refused", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "reason", err)
 		return nil, errBadKey
 	case err != nil:
@@ -402,6 +402,8 @@ type Error struct {
 	// Field names the request field at fault, when one is ("domain"); the
 	// web console shows the error beside it.
 	Field string
+	// RetryAfter, when positive, is sent as a Retry-After header.
+	RetryAfter time.Duration
 }
 
 // Error returns the description.
@@ -465,6 +467,9 @@ type errorItem struct {
 }
 
 func writeError(w http.ResponseWriter, e *Error) {
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", RetryAfterSeconds(e.RetryAfter))
+	}
 	writeJSON(w, e.Status, errorBody{Errors: []errorItem{{Message: e.Message, Description: e.Description}}})
 }
 

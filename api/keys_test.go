@@ -7,7 +7,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/smtpgw/smtpgw/auth"
 	"github.com/smtpgw/smtpgw/internal/storetest"
 )
 
@@ -112,7 +114,7 @@ func TestKeysLifecycle(t *testing.T) {
 
 func TestAuthentication(t *testing.T) {
 	t.Parallel()
-	f := setup(t, "sqlite", Config{MaxAuthFailures: -1})
+	f := setupStore(t, storetest.Open(t, "sqlite"), auth.Config{CacheTTL: time.Hour, MaxFailures: -1}, Config{})
 	inject := f.storeKey(0, "smtp/inject")
 
 	// The three ways to send a key.
@@ -225,7 +227,7 @@ func TestKeysBadInput(t *testing.T) {
 
 func TestFailedAuthThrottled(t *testing.T) {
 	t.Parallel()
-	f := setup(t, "sqlite", Config{MaxAuthFailures: 3})
+	f := setupStore(t, storetest.Open(t, "sqlite"), auth.Config{CacheTTL: time.Hour, MaxFailures: 3}, Config{})
 	wrong := strings.Repeat("0", 40)
 	for i := 0; i < 3; i++ {
 		f.fails(req{method: "GET", path: "/api/v1/api-keys", key: wrong}, http.StatusUnauthorized)
@@ -234,7 +236,7 @@ func TestFailedAuthThrottled(t *testing.T) {
 	f.fails(req{method: "GET", path: "/api/v1/api-keys", key: f.admin}, http.StatusTooManyRequests, "try again later")
 
 	// A missing grant is not a failed authentication.
-	g := setup(t, "sqlite", Config{MaxAuthFailures: 2})
+	g := setupStore(t, storetest.Open(t, "sqlite"), auth.Config{CacheTTL: time.Hour, MaxFailures: 2}, Config{})
 	inject := g.storeKey(0, "smtp/inject")
 	for i := 0; i < 4; i++ {
 		g.fails(req{method: "GET", path: "/api/v1/api-keys", key: inject}, http.StatusForbidden)

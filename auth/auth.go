@@ -1,7 +1,9 @@
 // Package auth owns smtpgw's API keys (SPEC §3): their format, grants and
 // allowed client addresses, the admin operations on them ([Manager]), their
 // verification for SMTP AUTH and the HTTP API ([Verifier]), and the throttle
-// on failed AUTH attempts ([FailureLimiter]).
+// on failed authentications ([FailureLimiter]): one budget per client
+// address that the Verifier holds, so SMTP AUTH, the HTTP API, the console
+// and /metrics spend the same failures.
 //
 // A key is 40 lowercase hex characters from crypto/rand. The store keeps
 // only its SHA-256 and its first four characters; the key itself is shown
@@ -54,6 +56,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Reasons a key is refused. [Verifier] returns them inside an [*Error];
@@ -70,6 +73,27 @@ var (
 	// ErrIPNotAllowed: the client address is not in the key's allowed IPs.
 	ErrIPNotAllowed = errors.New("client address not allowed for key")
 )
+
+// ErrThrottled: the client address used up its failed-authentication
+// budget; [Verifier.VerifyGrant] returns it in a [*ThrottledError] without
+// looking the key up.
+var ErrThrottled = errors.New("too many failed authentications from this address")
+
+// ThrottledError is VerifyGrant's refusal of a client address that failed
+// too often. It matches ErrThrottled.
+type ThrottledError struct {
+	IP netip.Addr
+	// RetryAfter is how long until the address may try again.
+	RetryAfter time.Duration
+}
+
+// Error returns a log line.
+func (e *ThrottledError) Error() string {
+	return fmt.Sprintf("%s: %s (retry after %s)", ErrThrottled, e.IP, e.RetryAfter.Round(time.Second))
+}
+
+// Unwrap returns ErrThrottled.
+func (e *ThrottledError) Unwrap() error { return ErrThrottled }
 
 // Error describes a refused key for the log. It never contains the key.
 type Error struct {

@@ -82,6 +82,26 @@ func (l *FailureLimiter) Blocked(ip netip.Addr) bool {
 	return ok && lim.TokensAt(now) < 1
 }
 
+// RetryAfter returns how long until ip may try again: 0 if it is not
+// blocked, else the time until one failure's worth is refilled.
+func (l *FailureLimiter) RetryAfter(ip netip.Addr) time.Duration {
+	if l.max <= 0 {
+		return 0
+	}
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lim, ok := l.clients[clientKey(ip)]
+	if !ok {
+		return 0
+	}
+	missing := 1 - lim.TokensAt(now)
+	if missing <= 0 {
+		return 0
+	}
+	return time.Duration(missing / float64(l.every) * float64(time.Second))
+}
+
 // Fail records one failed attempt from ip and reports whether ip is now
 // blocked (this was its max-th failure within the window, or a later one).
 func (l *FailureLimiter) Fail(ip netip.Addr) (blocked bool) {

@@ -9,10 +9,12 @@ import (
 	"github.com/smtpgw/smtpgw/store"
 )
 
-// newTestVerifier returns a Verifier closed at the end of the test.
+// newTestVerifier returns a Verifier closed at the end of the test,
+// without a failed-authentication budget: the tests refuse many keys from
+// one address (TestVerifyFailureBudget tests the budget).
 func newTestVerifier(t testing.TB, st store.Store, ttl time.Duration) *Verifier {
 	t.Helper()
-	v := NewVerifier(st, Config{CacheTTL: ttl})
+	v := NewVerifier(st, Config{CacheTTL: ttl, MaxFailures: -1})
 	t.Cleanup(v.Close)
 	return v
 }

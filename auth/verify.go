@@ -44,7 +44,23 @@ type Config struct {
 	// Logger receives failures of the background last-used writer. Nil
 	// discards them.
 	Logger *slog.Logger
+	// MaxFailures is how many failed authentications one client address
+	// (IPv6: its /64) may make per FailureWindow, over SMTP AUTH, the HTTP
+	// API, the console and /metrics together, before it is refused
+	// without its key being looked at (SMTP 421 4.7.0, HTTP 429). 0 means
+	// DefaultMaxFailures; a negative value disables the limit.
+	MaxFailures int
+	// FailureWindow is the period MaxFailures counts over; 0 means
+	// DefaultFailureWindow.
+	FailureWindow time.Duration
 }
+
+// Defaults of the failed-authentication budget (SPEC §4
+// smtp.max_auth_failures, smtp.auth_failure_window).
+const (
+	DefaultMaxFailures   = 5
+	DefaultFailureWindow = 5 * time.Minute
+)
 
 // Verifier checks API keys presented over SMTP AUTH or the HTTP API. It is
 // safe for concurrent use. Call Close when done: it stops the background
@@ -53,7 +69,8 @@ type Verifier struct {
 	st    store.Store
 	ttl   time.Duration // <= 0: no cache
 	log   *slog.Logger
-	decoy *store.Key // checked instead of a key that does not exist
+	decoy *store.Key      // checked instead of a key that does not exist
+	fails *FailureLimiter // the failed-authentication budget per client address
 
 	mu      sync.RWMutex
 	gen     uint64                 // incremented by every eviction
@@ -97,7 +114,15 @@ func NewVerifier(st store.Store, cfg Config) *Verifier {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	maxFails, window := cfg.MaxFailures, cfg.FailureWindow
+	if maxFails == 0 {
+		maxFails = DefaultMaxFailures
+	}
+	if window <= 0 {
+		window = DefaultFailureWindow
+	}
 	v := &Verifier{
+		fails:      NewFailureLimiter(maxFails, window), // maxFails < 0 disables it
 		st:         st,
 		ttl:        ttl,
 		log:        log,
@@ -143,9 +168,19 @@ func (v *Verifier) Verify(ctx context.Context, key string, client netip.Addr) (*
 // in that order. A store failure
 // is returned wrapped (errors.Is(err, store.ErrUnavailable), deadline...),
 // never as [*Error]: the caller answers with a temporary failure.
+//
+// Every caller shares one failed-authentication budget per client address
+// (Config.MaxFailures): a client that used it up gets a [*ThrottledError]
+// before its key is looked at, and each refusal of the key itself
+// (unknown, revoked, expired, address not allowed — not a missing grant,
+// which a valid key can meet) spends one failure.
 func (v *Verifier) VerifyGrant(ctx context.Context, key string, client netip.Addr, grant string) (*Identity, error) {
+	if d, blocked := v.Blocked(client); blocked {
+		return nil, &ThrottledError{IP: client, RetryAfter: d}
+	}
 	if !WellFormed(key) {
 		// The format is public: nothing to hide by looking it up.
+		v.fails.Fail(client)
 		return nil, &Error{Reason: ErrUnknownKey, Grant: grant, IP: client}
 	}
 	h := sha256.Sum256([]byte(key))
@@ -154,7 +189,26 @@ func (v *Verifier) VerifyGrant(ctx context.Context, key string, client netip.Add
 		return nil, fmt.Errorf("verify key: %w", err)
 	}
 	id, err := v.check(k, h, client, grant)
+	if err != nil && !errors.Is(err, ErrMissingGrant) {
+		v.fails.Fail(client)
+	}
 	return v.activeSubaccount(ctx, id, err)
+}
+
+// Blocked reports whether client used up its failed-authentication budget,
+// and if so how long until it may try again.
+func (v *Verifier) Blocked(client netip.Addr) (retryAfter time.Duration, blocked bool) {
+	if !v.fails.Blocked(client) {
+		return 0, false
+	}
+	return v.fails.RetryAfter(client), true
+}
+
+// Fail spends one failure of client's budget for a failure the caller
+// found itself (an SMTP AUTH user name it refuses, say); VerifyGrant
+// counts its own refusals. It reports whether client is now blocked.
+func (v *Verifier) Fail(client netip.Addr) bool {
+	return v.fails.Fail(client)
 }
 
 // VerifyHash is VerifyGrant for a key known only by its SHA-256 (as

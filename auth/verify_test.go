@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -467,4 +468,52 @@ func TestVerifyHash(t *testing.T) {
 			t.Errorf("after delete: %v, want ErrRevokedKey", err)
 		}
 	})
+}
+
+// TestVerifyFailureBudget: refusals of the key spend one budget per client
+// address; past it the key is not looked at (even a valid one) and the
+// error says when to come back. A missing grant spends nothing.
+func TestVerifyFailureBudget(t *testing.T) {
+	t.Parallel()
+	st := storetest.Open(t, "sqlite")
+	v := NewVerifier(st, Config{MaxFailures: 3, FailureWindow: time.Minute})
+	t.Cleanup(v.Close)
+	m := NewManager(st, v)
+	good, _ := mustCreate(t, m, CreateParams{Grants: []string{GrantSMTPInject}})
+	ctx := context.Background()
+	ip := netip.MustParseAddr("203.0.113.5")
+	other := netip.MustParseAddr("203.0.113.6")
+
+	for range 5 {
+		if _, err := v.VerifyGrant(ctx, good, ip, GrantMetricsView); !errors.Is(err, ErrMissingGrant) {
+			t.Fatalf("missing grant: %v", err)
+		}
+	}
+	for i := range 3 {
+		if _, blocked := v.Blocked(ip); blocked {
+			t.Fatalf("blocked after %d failures", i)
+		}
+		bad := strings.Repeat("0", 39) + strconv.Itoa(i)
+		if _, err := v.VerifyGrant(ctx, bad, ip, GrantSMTPInject); !errors.Is(err, ErrUnknownKey) {
+			t.Fatalf("failure %d: %v", i, err)
+		}
+	}
+	d, blocked := v.Blocked(ip)
+	if !blocked || d <= 0 || d > 20*time.Second {
+		t.Fatalf("after 3 failures: blocked %v, retry after %s (want ~20s: a minute / 3)", blocked, d)
+	}
+	_, err := v.VerifyGrant(ctx, good, ip, GrantSMTPInject)
+	var thr *ThrottledError
+	if !errors.As(err, &thr) || !errors.Is(err, ErrThrottled) || thr.RetryAfter <= 0 {
+		t.Fatalf("valid key from a blocked address: %v, want a ThrottledError", err)
+	}
+	if _, err := v.VerifyGrant(ctx, good, other, GrantSMTPInject); err != nil {
+		t.Fatalf("another address is not blocked: %v", err)
+	}
+	// Failures a caller finds itself (an SMTP user name) count too.
+	v.Fail(other)
+	v.Fail(other)
+	if !v.Fail(other) {
+		t.Fatal("three failures reported with Fail did not block the address")
+	}
 }

@@ -151,8 +151,9 @@ type SMTP struct {
 	MaxRecipients int `toml:"max_recipients"`
 	// IdleTimeout closes a connection that sends nothing for this long.
 	IdleTimeout Duration `toml:"idle_timeout"`
-	// MaxAuthFailures is how many failed AUTHs a client IP may make per
-	// AuthFailureWindow before it gets 421; 0 means no limit.
+	// MaxAuthFailures is how many failed key checks a client IP may make
+	// per AuthFailureWindow, over SMTP AUTH, the HTTP API and /metrics
+	// together, before it gets 421 (SMTP) or 429 (HTTP); 0 means no limit.
 	MaxAuthFailures int `toml:"max_auth_failures"`
 	// AuthFailureWindow is the window MaxAuthFailures counts over.
 	AuthFailureWindow Duration `toml:"auth_failure_window"`

@@ -63,6 +63,9 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 			msg = "This API key does not have the api_keys/manage permission the console needs."
 		case http.StatusTooManyRequests:
 			msg = "Too many failed sign-ins came from this address. Wait a few minutes and try again."
+			if refused.RetryAfter > 0 {
+				w.Header().Set("Retry-After", api.RetryAfterSeconds(refused.RetryAfter))
+			}
 		case http.StatusServiceUnavailable:
 			msg = "The database does not answer. Try again in a moment."
 		}

@@ -31,12 +31,11 @@ func FuzzSession(f *testing.F) {
 	} {
 		f.Add(s)
 	}
-	e := setup(f, "sqlite", func(c *Config) {
+	e := setupBudget(f, "sqlite", func(c *Config) {
 		c.AllowInsecureAuth = true
 		c.SubmissionsAddr = ""
-		c.MaxAuthFailures = -1
 		c.IdleTimeout = 5 * time.Second
-	})
+	}, -1)
 	authResp := b64("\x00SMTP_Injection\x00" + e.key)
 	addr := e.srv.SubmissionAddr().String()
 	f.Fuzz(func(t *testing.T, in string) {

@@ -70,30 +70,35 @@ func (b *syncBuffer) String() string {
 // configuration first.
 func setup(t testing.TB, backend string, mod func(*Config)) *testEnv {
 	t.Helper()
+	return setupBudget(t, backend, mod, 100)
+}
+
+// setupBudget is setup with a failed-authentication budget of maxFails per
+// minute (negative: none) for the Verifier.
+func setupBudget(t testing.TB, backend string, mod func(*Config), maxFails int) *testEnv {
+	t.Helper()
 	e := &testEnv{t: t, backend: backend, dataDir: t.TempDir(), pair: tlstest.New(t), logs: &syncBuffer{}}
 	if backend == "postgres" {
 		e.url = pgtest.URL(t)
 	}
 	e.st = storetest.OpenURL(t, e.url, e.dataDir)
-	e.v = auth.NewVerifier(e.st, auth.Config{CacheTTL: -1})
+	e.v = auth.NewVerifier(e.st, auth.Config{CacheTTL: -1, MaxFailures: maxFails, FailureWindow: time.Minute})
 	t.Cleanup(func() { e.v.Close() })
 	e.mgr = auth.NewManager(e.st, e.v)
 	e.key, e.keyID = e.newKey(auth.CreateParams{Label: "test", Grants: []string{"smtp/inject"}})
 
 	certFile, keyFile, _ := e.pair.Files(t)
 	cfg := Config{
-		Hostname:          "gw.test",
-		SubmissionAddr:    "127.0.0.1:0",
-		SubmissionsAddr:   "127.0.0.1:0",
-		TLSCert:           certFile,
-		TLSKey:            keyFile,
-		DataDir:           e.dataDir,
-		MaxMessageBytes:   64 << 10,
-		MaxRecipients:     10,
-		IdleTimeout:       30 * time.Second,
-		MaxAuthFailures:   100,
-		AuthFailureWindow: time.Minute,
-		Logger:            slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Hostname:        "gw.test",
+		SubmissionAddr:  "127.0.0.1:0",
+		SubmissionsAddr: "127.0.0.1:0",
+		TLSCert:         certFile,
+		TLSKey:          keyFile,
+		DataDir:         e.dataDir,
+		MaxMessageBytes: 64 << 10,
+		MaxRecipients:   10,
+		IdleTimeout:     30 * time.Second,
+		Logger:          slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if mod != nil {
 		mod(&cfg)

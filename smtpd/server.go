@@ -11,9 +11,9 @@
 //     only under TLS unless AllowInsecureAuth. The password is an API key,
 //     checked by auth.Verifier (smtp/inject grant, allowed IPs). The
 //     username selects the subaccount (SMTP_Injection:X-MSYS-SUBACCOUNT=N).
-//     Failed attempts count against the client address in an
-//     auth.FailureLimiter; past the limit the client gets 421 and is
-//     disconnected.
+//     Failed attempts spend the client address's failed-authentication
+//     budget, which the Verifier holds and shares with the HTTP API and
+//     /metrics; past it the client gets 421 and is disconnected.
 //  3. At MAIL, the key's node-local burst guard (KeyRateLimit) and the
 //     cluster-wide sending limits of the key and its subaccount
 //     (limits.Checker) must let the message through, else 451 4.7.1
@@ -60,11 +60,9 @@ import (
 
 // Defaults for zero Config fields (SPEC §8).
 const (
-	DefaultMaxMessageBytes   = 20 << 20
-	DefaultMaxRecipients     = 1000
-	DefaultIdleTimeout       = 60 * time.Second
-	DefaultMaxAuthFailures   = 5
-	DefaultAuthFailureWindow = 5 * time.Minute
+	DefaultMaxMessageBytes = 20 << 20
+	DefaultMaxRecipients   = 1000
+	DefaultIdleTimeout     = 60 * time.Second
 	// DefaultAuthUsername is SparkPost's SMTP injection username.
 	DefaultAuthUsername = "SMTP_Injection"
 )
@@ -109,11 +107,6 @@ type Config struct {
 	MaxRecipients int
 	// IdleTimeout closes a session that sends nothing for this long.
 	IdleTimeout time.Duration
-	// MaxAuthFailures failed AUTH attempts from one client address within
-	// AuthFailureWindow block it (421 and disconnect); negative disables.
-	MaxAuthFailures int
-	// AuthFailureWindow is the window of MaxAuthFailures.
-	AuthFailureWindow time.Duration
 	// ProxyProtocolFrom are the load balancers trusted to send a PROXY
 	// protocol (v1 or v2) header, which they must send; PROXY headers from
 	// other peers are refused like any unknown command.
@@ -146,7 +139,6 @@ type Server struct {
 	cfg       Config                     // with defaults applied
 	st        store.Store                // where messages, events and domains live
 	verifier  *auth.Verifier             // checks the API key given as AUTH password
-	limiter   *auth.FailureLimiter       // failed AUTH per client address
 	log       *slog.Logger               // server-wide; sessions add conn_id and remote
 	metrics   *metrics                   // see metrics.go
 	tlsConfig *tls.Config                // STARTTLS and implicit TLS, TLS 1.2+; its certificate from certs
@@ -213,12 +205,6 @@ func New(cfg Config, st store.Store, v *auth.Verifier, reg prometheus.Registerer
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
-	if cfg.MaxAuthFailures == 0 {
-		cfg.MaxAuthFailures = DefaultMaxAuthFailures
-	}
-	if cfg.AuthFailureWindow <= 0 {
-		cfg.AuthFailureWindow = DefaultAuthFailureWindow
-	}
 	if len(cfg.AuthUsernames) == 0 {
 		cfg.AuthUsernames = []string{DefaultAuthUsername}
 	}
@@ -226,7 +212,6 @@ func New(cfg Config, st store.Store, v *auth.Verifier, reg prometheus.Registerer
 		cfg:          cfg,
 		st:           st,
 		verifier:     v,
-		limiter:      auth.NewFailureLimiter(cfg.MaxAuthFailures, cfg.AuthFailureWindow),
 		log:          cfg.Logger,
 		conns:        make(map[*conn]struct{}),
 		shutdownDone: make(chan struct{}),

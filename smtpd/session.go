@@ -109,7 +109,7 @@ func (s *session) AuthMechanisms() []string {
 
 // Auth starts an AUTH exchange.
 func (s *session) Auth(mech string) (sasl.Server, error) {
-	if s.srv.limiter.Blocked(s.ip) {
+	if _, blocked := s.srv.verifier.Blocked(s.ip); blocked {
 		s.srv.metrics.auth.WithLabelValues("throttled").Inc()
 		s.log.Info("authentication refused: too many failures from this address")
 		return nil, s.closeAfter(ErrAuthThrottled)
@@ -141,6 +141,7 @@ func (s *session) authenticate(username, password string) error {
 func (s *session) checkCredentials(username, password string) error {
 	sub, err := parseUsername(username, s.srv.usernames)
 	if err != nil {
+		s.srv.verifier.Fail(s.ip)
 		return s.authFailed("bad_username", err)
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, authTimeout)
@@ -148,7 +149,16 @@ func (s *session) checkCredentials(username, password string) error {
 	id, err := s.srv.verifier.Verify(ctx, password, s.ip)
 	var ae *auth.Error
 	switch {
+	case errors.Is(err, auth.ErrThrottled):
+		// Another session (or the HTTP API) used up the budget meanwhile.
+		s.srv.metrics.auth.WithLabelValues("throttled").Inc()
+		return s.closeAfter(ErrAuthThrottled)
 	case errors.As(err, &ae):
+		// The Verifier spent one failure of the budget, except for a
+		// missing grant, which SMTP counts too.
+		if errors.Is(err, auth.ErrMissingGrant) {
+			s.srv.verifier.Fail(s.ip)
+		}
 		return s.authFailed(authOutcome(ae), err)
 	case err != nil:
 		s.srv.metrics.auth.WithLabelValues("temporary_failure").Inc()
@@ -160,6 +170,7 @@ func (s *session) checkCredentials(username, password string) error {
 		// A subaccount's key always sends as its subaccount; only a
 		// master key may choose one.
 		if id.Subaccount != 0 && sub != id.Subaccount {
+			s.srv.verifier.Fail(s.ip)
 			return s.authFailed("bad_subaccount", fmt.Errorf("key %s (short key %s) of subaccount %d asked for subaccount %d",
 				id.KeyID, id.ShortKey, id.Subaccount, sub))
 		}
@@ -185,13 +196,13 @@ func (s *session) checkCredentials(username, password string) error {
 	return nil
 }
 
-// authFailed logs why AUTH failed, counts the failure against the client
-// address and answers 535, or 421 and disconnect once the address is
-// blocked.
+// authFailed logs why AUTH failed and answers 535, or 421 and disconnect
+// once the address is blocked (the failure was counted by the Verifier or
+// the caller).
 func (s *session) authFailed(outcome string, cause error) error {
 	s.srv.metrics.auth.WithLabelValues(outcome).Inc()
 	s.log.Info("authentication failed", "reason", cause.Error())
-	if s.srv.limiter.Fail(s.ip) {
+	if _, blocked := s.srv.verifier.Blocked(s.ip); blocked {
 		s.log.Warn("too many failed authentications from this address: disconnecting")
 		return s.closeAfter(ErrAuthThrottled)
 	}

@@ -22,7 +22,9 @@ import (
 type submissionCase struct {
 	name string
 	mod  func(*Config)
-	run  func(t *testing.T, e *testEnv)
+	// budget is the failed-authentication budget per minute; 0: 100.
+	budget int
+	run    func(t *testing.T, e *testEnv)
 }
 
 // TestSubmission runs the SPEC §4 reply table on SQLite and PostgreSQL.
@@ -34,7 +36,11 @@ func TestSubmission(t *testing.T) {
 			for _, tc := range submissionCases {
 				t.Run(tc.name, func(t *testing.T) {
 					t.Parallel()
-					tc.run(t, setup(t, backend, tc.mod))
+					budget := tc.budget
+					if budget == 0 {
+						budget = 100
+					}
+					tc.run(t, setupBudget(t, backend, tc.mod, budget))
 				})
 			}
 		})
@@ -279,7 +285,7 @@ var submissionCases = []submissionCase{
 		}
 	}},
 	{name: "unconfigured sending domain", run: testSendingDomains},
-	{name: "auth failures throttled", mod: func(c *Config) { c.MaxAuthFailures = 3 }, run: func(t *testing.T, e *testEnv) {
+	{name: "auth failures throttled", budget: 3, run: func(t *testing.T, e *testEnv) {
 		r := e.dialRaw(e.srv.SubmissionAddr().String(), false)
 		r.cmd(250, "EHLO client.test")
 		r.startTLS(e.pair.Client())

@@ -83,7 +83,9 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	verifier := auth.NewVerifier(st, auth.Config{CacheTTL: cfg.Auth.CacheTTL.Duration, Logger: log.With("component", "auth")})
+	// One failed-authentication budget per client address for SMTP AUTH,
+	// the HTTP API, the console and /metrics: the Verifier's.
+	verifier := auth.NewVerifier(st, verifierConfig(cfg, log))
 	defer verifier.Close()
 
 	// One checker of sending limits for SMTP and the API, so a limit
@@ -232,8 +234,6 @@ func smtpdConfig(cfg *config.Config, log *slog.Logger) smtpd.Config {
 		MaxMessageBytes:   c.MaxMessageBytes,
 		MaxRecipients:     c.MaxRecipients,
 		IdleTimeout:       c.IdleTimeout.Duration,
-		MaxAuthFailures:   authFailureLimit(c.MaxAuthFailures),
-		AuthFailureWindow: c.AuthFailureWindow.Duration,
 		ProxyProtocolFrom: c.ProxyProtocolPrefixes,
 		MaxConnections:    c.MaxConnections,
 		KeyRateLimit:      float64(c.KeyRateLimit),
@@ -242,8 +242,20 @@ func smtpdConfig(cfg *config.Config, log *slog.Logger) smtpd.Config {
 	}
 }
 
+// verifierConfig copies [auth] and the failed-authentication budget
+// (smtp.max_auth_failures, shared by SMTP AUTH, the API and /metrics) into
+// auth's Config.
+func verifierConfig(cfg *config.Config, log *slog.Logger) auth.Config {
+	return auth.Config{
+		CacheTTL:      cfg.Auth.CacheTTL.Duration,
+		MaxFailures:   authFailureLimit(cfg.SMTP.MaxAuthFailures),
+		FailureWindow: cfg.SMTP.AuthFailureWindow.Duration,
+		Logger:        log.With("component", "auth"),
+	}
+}
+
 // authFailureLimit maps smtp.max_auth_failures, where 0 means no limit, to
-// smtpd's and api's MaxAuthFailures, where 0 means the default and a
+// auth.Config.MaxFailures, where 0 means the default and a
 // negative value no limit.
 func authFailureLimit(n int) int {
 	if n == 0 {
@@ -291,12 +303,10 @@ func relayConfig(cfg *config.Config, log *slog.Logger) relay.Config {
 func apiHandler(cfg *config.Config, st store.Store, v *auth.Verifier, quota *limits.Checker, log *slog.Logger) *api.Handler {
 	st = audit.Wrap(st, log.With("component", "audit"))
 	return api.New(api.Config{
-		DKIMSelector:      cfg.Relay.DKIMSelector,
-		MaxAuthFailures:   authFailureLimit(cfg.SMTP.MaxAuthFailures),
-		AuthFailureWindow: cfg.SMTP.AuthFailureWindow.Duration,
-		Logger:            log.With("component", "api"),
-		Limits:            quota,
-		Webhooks:          webhooks.NewManager(webhooksConfig(cfg, log), st),
+		DKIMSelector: cfg.Relay.DKIMSelector,
+		Logger:       log.With("component", "api"),
+		Limits:       quota,
+		Webhooks:     webhooks.NewManager(webhooksConfig(cfg, log), st),
 	}, st, v, auth.NewManager(st, v))
 }
 
@@ -344,18 +354,8 @@ func adminHandler(st store.Store, v *auth.Verifier, reg *prometheus.Registry, do
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	open := isPrivateListener(addr)
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		if !open {
-			client, _ := netip.ParseAddrPort(r.RemoteAddr)
-			id, err := v.VerifyGrant(r.Context(), api.RequestKey(r), client.Addr().Unmap(), auth.GrantMetricsView)
-			if err == nil && id.Subaccount != 0 {
-				// Metrics cover every account: a subaccount's key may not read them.
-				err = fmt.Errorf("key %s belongs to subaccount %d", id.KeyID, id.Subaccount)
-			}
-			if err != nil {
-				log.Info("metrics: refused", "remote", r.RemoteAddr, "reason", err)
-				http.Error(w, `{"errors":[{"message":"Unauthorized."}]}`, http.StatusUnauthorized)
-				return
-			}
+		if !open && !metricsAllowed(w, r, v, log) {
+			return
 		}
 		metrics.ServeHTTP(w, r)
 	})
@@ -377,6 +377,59 @@ func adminHandler(st store.Store, v *auth.Verifier, reg *prometheus.Registry, do
 		fmt.Fprintln(w, "ready")
 	})
 	return mux
+}
+
+// metricsAllowed checks the key of a /metrics request on a public listener
+// (metrics/view, master account) and answers the refusals: 429 with
+// Retry-After once the client address used up its failed-authentication
+// budget (the Verifier's, shared with SMTP AUTH and the API), 401 for a
+// missing or refused key, 503 when the key store does not answer.
+func metricsAllowed(w http.ResponseWriter, r *http.Request, v *auth.Verifier, log *slog.Logger) bool {
+	const unauthorized = `{"errors":[{"message":"Unauthorized."}]}`
+	client, _ := netip.ParseAddrPort(r.RemoteAddr)
+	ip := client.Addr().Unmap()
+	if d, blocked := v.Blocked(ip); blocked {
+		return metricsThrottled(w, r, d, log)
+	}
+	key := api.RequestKey(r)
+	if key == "" {
+		http.Error(w, unauthorized, http.StatusUnauthorized)
+		return false
+	}
+	id, err := v.VerifyGrant(r.Context(), key, ip, auth.GrantMetricsView)
+	var (
+		refused *auth.Error
+		thr     *auth.ThrottledError
+	)
+	switch {
+	case errors.As(err, &thr):
+		return metricsThrottled(w, r, thr.RetryAfter, log)
+	case errors.As(err, &refused):
+		log.Info("metrics: refused", "remote", r.RemoteAddr, "reason", err)
+		http.Error(w, unauthorized, http.StatusUnauthorized)
+		return false
+	case err != nil:
+		log.Warn("metrics: key store unavailable", "remote", r.RemoteAddr, "err", err)
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, `{"errors":[{"message":"Service unavailable."}]}`, http.StatusServiceUnavailable)
+		return false
+	case id.Subaccount != 0:
+		// Metrics cover every account: a subaccount's key may not read them.
+		log.Info("metrics: refused", "remote", r.RemoteAddr,
+			"reason", fmt.Sprintf("key %s belongs to subaccount %d", id.KeyID, id.Subaccount))
+		http.Error(w, unauthorized, http.StatusUnauthorized)
+		return false
+	}
+	return true
+}
+
+// metricsThrottled answers 429 to a client address that failed too often.
+func metricsThrottled(w http.ResponseWriter, r *http.Request, retryAfter time.Duration, log *slog.Logger) bool {
+	log.Info("metrics: refused: too many failed authentications from this address", "remote", r.RemoteAddr)
+	w.Header().Set("Retry-After", api.RetryAfterSeconds(retryAfter))
+	http.Error(w, `{"errors":[{"message":"Too many failed authentications","description":"too many requests with a wrong API key came from this address: try again later"}]}`,
+		http.StatusTooManyRequests)
+	return false
 }
 
 // isPrivateListener reports whether addr is loopback or private.
