@@ -181,3 +181,133 @@ func TestSparkPostClientWebhooks(t *testing.T) {
 		})
 	}
 }
+
+// TestWebhooksSurviveCrash: the gateway is killed (SIGKILL) while batches
+// are being POSTed to a slow receiver and restarted: every event still
+// arrives; the only duplicates are events of batches that were in flight
+// at the kill (sent again when their lease ended), and they are counted.
+func TestWebhooksSurviveCrash(t *testing.T) {
+	t.Parallel()
+	for _, backend := range Backends {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			var (
+				mu       sync.Mutex
+				events   = map[string]int{}
+				inFlight = map[string]bool{} // events of POSTs started before the kill
+				killed   bool
+				started  = make(chan struct{}, 100)
+			)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				body, _ := io.ReadAll(r.Body)
+				var batch []struct {
+					Msys struct {
+						Event map[string]any `json:"message_event"`
+					} `json:"msys"`
+				}
+				if json.Unmarshal(body, &batch) != nil || len(batch) == 0 || batch[0].Msys.Event == nil {
+					return
+				}
+				mu.Lock()
+				before := !killed
+				if before {
+					for _, b := range batch {
+						inFlight[fmt.Sprint(b.Msys.Event["event_id"])] = true
+					}
+				}
+				mu.Unlock()
+				if before {
+					started <- struct{}{}
+					time.Sleep(1500 * time.Millisecond) // slow: the kill comes during this POST
+				}
+				mu.Lock()
+				for _, b := range batch {
+					events[fmt.Sprint(b.Msys.Event["event_id"])]++
+				}
+				mu.Unlock()
+			}))
+			defer srv.Close()
+			g := StartGateway(t, Options{Backend: backend, TOML: `
+[relay]
+mode = "smarthost"
+smarthost = "127.0.0.1:9"
+smarthost_tls = "none"
+retry_initial = "1h"
+[webhooks]
+allow_private_targets = true
+retry_initial = "300ms"
+retry_max = "1s"
+batch_interval = "100ms"
+batch_size = 5
+timeout = "2s"
+`})
+			logsOnFailure(t, g)
+			key := g.CreateKey("--grant", "smtp/inject", "--grant", "webhooks/modify")
+			req, _ := http.NewRequest("POST", "http://"+g.HTTP+"/api/v1/webhooks",
+				strings.NewReader(fmt.Sprintf(`{"name": "crash", "target": %q, "events": ["injection"]}`, srv.URL)))
+			req.Header.Set("Authorization", key)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("create webhook: HTTP %d", resp.StatusCode)
+			}
+			subjects := subjectList("crash-"+backend, 30)
+			var acked injected
+			if err := inject(g, key, subjects, 2, &acked); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-started:
+			case <-time.After(30 * time.Second):
+				t.Fatal("no batch POST started")
+			}
+			mu.Lock()
+			killed = true
+			mu.Unlock()
+			g.Kill()
+			g.Restart()
+
+			// The batches in flight at the kill were never recorded as
+			// delivered: once their lease (3 × timeout + 10 s) ends, the
+			// restarted gateway sends them again.
+			deadline := time.Now().Add(90 * time.Second)
+			for {
+				mu.Lock()
+				n, again := len(events), 0
+				for id := range inFlight {
+					if events[id] > 1 {
+						again++
+					}
+				}
+				done := n >= 30 && again == len(inFlight)
+				mu.Unlock()
+				if done || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			time.Sleep(time.Second)
+			mu.Lock()
+			defer mu.Unlock()
+			if len(events) != 30 {
+				t.Fatalf("%d of 30 injection events arrived after the crash", len(events))
+			}
+			dups := 0
+			for id, n := range events {
+				if n > 1 {
+					dups += n - 1
+					if !inFlight[id] {
+						t.Errorf("event %s arrived %d times but was not in a batch in flight at the kill", id, n)
+					}
+				}
+			}
+			t.Logf("duplicates across the crash: %d (events in flight at the kill: %d)", dups, len(inFlight))
+			if dups != len(inFlight) {
+				t.Errorf("%d duplicates, want one per event in flight at the kill (%d): at least once, and no more", dups, len(inFlight))
+			}
+		})
+	}
+}
