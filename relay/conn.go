@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"net/textproto"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -273,11 +274,55 @@ func (r *Relay) dialTLS(ctx context.Context, rt route, mode string) (_ *conn, er
 		if !c.has("AUTH") {
 			return nil, errors.New("smarthost does not offer AUTH (check relay.smarthost_tls: AUTH usually needs TLS)")
 		}
-		if err := client.Auth(sasl.NewPlainClient("", r.conf().SmarthostUsername, r.conf().SmarthostPassword)); err != nil {
-			return nil, fmt.Errorf("AUTH PLAIN: %w", err)
+		_, mechs := client.Extension("AUTH")
+		mech, sc := smarthostAuth(mechs, r.conf().SmarthostUsername, r.conf().SmarthostPassword)
+		if sc == nil {
+			return nil, fmt.Errorf("smarthost offers AUTH %s but neither PLAIN nor LOGIN", mechs)
+		}
+		if err := client.Auth(sc); err != nil {
+			return nil, fmt.Errorf("AUTH %s: %w", mech, err)
 		}
 	}
 	return c, nil
+}
+
+// smarthostAuth picks the SASL mechanism for the smarthost from those it
+// offers (the AUTH keyword's parameter): PLAIN, else LOGIN. A server that
+// lists none gets PLAIN. It returns nil if neither is offered.
+func smarthostAuth(offered, user, pass string) (string, sasl.Client) {
+	mechs := strings.Fields(strings.ToUpper(offered))
+	switch {
+	case len(mechs) == 0 || slices.Contains(mechs, sasl.Plain):
+		return sasl.Plain, sasl.NewPlainClient("", user, pass)
+	case slices.Contains(mechs, sasl.Login):
+		return sasl.Login, &loginClient{user: user, pass: pass}
+	}
+	return "", nil
+}
+
+// loginClient is the client side of AUTH LOGIN
+// (https://datatracker.ietf.org/doc/html/draft-murchison-sasl-login): the
+// username, then the password, each in answer to a prompt. go-sasl's
+// LOGIN client sends the username as an initial response and insists on
+// the prompt "Password:"; servers that want the classic exchange
+// (334 VXNlcm5hbWU6, "Username:") or word the prompt otherwise refuse it.
+type loginClient struct {
+	user, pass string
+	step       int
+}
+
+func (c *loginClient) Start() (string, []byte, error) { return sasl.Login, nil, nil }
+
+func (c *loginClient) Next(challenge []byte) ([]byte, error) {
+	c.step++
+	switch {
+	case c.step == 1 && !strings.Contains(strings.ToLower(string(challenge)), "pass"):
+		return []byte(c.user), nil
+	case c.step <= 2:
+		c.step = 2
+		return []byte(c.pass), nil
+	}
+	return nil, sasl.ErrUnexpectedServerChallenge
 }
 
 // tlsConfig returns the client TLS configuration for rt: verified for a

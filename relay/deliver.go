@@ -28,8 +28,10 @@ type job struct {
 	expired  bool      // its message was older than MaxQueueLifetime at claim
 }
 
-// groupJobs groups claimed recipients by (message, domain), keeping the
-// store's order.
+// groupJobs groups claimed recipients by (message, destination), keeping
+// the store's order: in MX mode the destination is the recipient domain;
+// in smarthost mode it is the smarthost, so a message goes there as one
+// job whatever its recipients' domains.
 func groupJobs(claimed []*store.Claimed, mode string, deadline time.Time) []*job {
 	var jobs []*job
 	idx := make(map[string]*job)
@@ -38,13 +40,14 @@ func groupJobs(claimed []*store.Claimed, mode string, deadline time.Time) []*job
 		if dom == "" {
 			dom = domainOf(c.Address)
 		}
-		k := c.MessageID + "\x00" + dom
+		dest := dom
+		if mode == ModeSmarthost {
+			dest = "smarthost"
+		}
+		k := c.MessageID + "\x00" + dest
 		j := idx[k]
 		if j == nil {
-			j = &job{domain: dom, dest: dom, deadline: deadline}
-			if mode == ModeSmarthost {
-				j.dest = "smarthost"
-			}
+			j = &job{domain: dom, dest: dest, deadline: deadline}
 			idx[k] = j
 			jobs = append(jobs, j)
 		}
@@ -256,45 +259,73 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 			opts.EnvelopeID = first.DSNEnvID
 		}
 	}
-	if err := c.client.Mail(first.MailFrom, opts); err != nil {
-		setAll(classify(err))
-		if closing(err) {
-			// A broken connection or 421 (the server closing an idle
-			// connection): nothing was sent, a fresh connection may do.
-			return txResult{retryFresh: ctx.Err() == nil}
-		}
-		return txResult{reusable: true}
+	// pending are the recipients still to send. A server that refuses a
+	// RCPT for its recipient limit (452 4.5.3, or 552 from older ones,
+	// https://tools.ietf.org/html/rfc5321#section-4.5.3.1.10) gets the
+	// accepted ones delivered and the rest in the next transaction on the
+	// same connection.
+	pending := make([]int, len(j.rcpts))
+	for i := range pending {
+		pending[i] = i
 	}
-	accepted := 0
-	for i, rc := range j.rcpts {
-		err := c.client.Rcpt(rc.Address, rcptOptions(rc))
-		if err == nil {
-			res[i] = result{state: "accepted", remoteMTA: c.host, dsnNotify: c.has("DSN")}
-			accepted++
-			continue
-		}
-		if closing(err) {
+	for len(pending) > 0 {
+		if err := c.client.Mail(first.MailFrom, opts); err != nil {
 			setAll(classify(err))
-			return txResult{}
+			if closing(err) {
+				// A broken connection or 421 (the server closing an idle
+				// connection): nothing was sent, a fresh connection may do.
+				return txResult{retryFresh: ctx.Err() == nil && len(pending) == len(j.rcpts)}
+			}
+			return txResult{reusable: true}
 		}
-		state, reply := classify(err)
-		res[i] = result{state: state, reply: reply, remoteMTA: c.host}
-	}
-	if accepted == 0 {
-		return txResult{reusable: c.client.Reset() == nil}
-	}
-	reply, err := r.data(c, body)
-	if err != nil {
-		setAll(classify(err))
-		return txResult{reusable: !closing(err)}
-	}
-	for i := range res {
-		if res[i].state == "accepted" {
-			res[i].state = store.StateDelivered
-			res[i].reply = reply
+		accepted := 0
+		var next []int
+		for k, i := range pending {
+			rc := j.rcpts[i]
+			err := c.client.Rcpt(rc.Address, rcptOptions(rc))
+			if err == nil {
+				res[i] = result{state: "accepted", remoteMTA: c.host, dsnNotify: c.has("DSN")}
+				accepted++
+				continue
+			}
+			if closing(err) {
+				setAll(classify(err))
+				return txResult{}
+			}
+			if accepted > 0 && tooManyRecipients(err) {
+				next = pending[k:]
+				break
+			}
+			state, reply := classify(err)
+			res[i] = result{state: state, reply: reply, remoteMTA: c.host}
 		}
+		if accepted == 0 {
+			return txResult{reusable: c.client.Reset() == nil}
+		}
+		reply, err := r.data(c, body)
+		if err != nil {
+			setAll(classify(err))
+			return txResult{reusable: !closing(err)}
+		}
+		for i := range res {
+			if res[i].state == "accepted" {
+				res[i].state = store.StateDelivered
+				res[i].reply = reply
+			}
+		}
+		pending = next
 	}
 	return txResult{reusable: true}
+}
+
+// tooManyRecipients reports whether a RCPT was refused for the server's
+// limit of recipients per transaction.
+func tooManyRecipients(err error) bool {
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) {
+		return false
+	}
+	return se.Code == 452 || se.EnhancedCode == smtp.EnhancedCode{4, 5, 3} || se.EnhancedCode == smtp.EnhancedCode{5, 5, 3}
 }
 
 // data sends DATA and the body, and returns the final reply.

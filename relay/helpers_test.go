@@ -34,8 +34,9 @@ type targetOpts struct {
 	listen      string      // address to listen on; "" is 127.0.0.1:0
 	tlsConfig   *tls.Config // offer STARTTLS (or implicit TLS) with it
 	implicitTLS bool
-	requireTLS  bool   // refuse MAIL without TLS
-	authUser    string // require AUTH PLAIN with these credentials
+	requireTLS  bool     // refuse MAIL without TLS
+	authUser    string   // require AUTH (PLAIN, or authMechs) with these credentials
+	authMechs   []string // mechanisms offered: PLAIN and/or LOGIN; nil: PLAIN
 	authPass    string
 	noDSN       bool // don't advertise DSN
 	// mail decides the MAIL reply; n counts earlier MAILs in the session.
@@ -47,6 +48,9 @@ type targetOpts struct {
 	// dropData closes the connection in the middle of the first dropData
 	// DATA transfers.
 	dropData int
+	// maxRcpts is the server's recipient limit per transaction (go-smtp
+	// answers 452 4.5.3 past it); 0: none.
+	maxRcpts int
 }
 
 // target is a go-smtp server standing in for a smarthost or an MX; it
@@ -76,6 +80,7 @@ func newTarget(t testing.TB, opts targetOpts) *target {
 	srv.AllowInsecureAuth = !opts.requireTLS
 	srv.EnableDSN = !opts.noDSN
 	srv.EnableSMTPUTF8 = true
+	srv.MaxRecipients = opts.maxRcpts
 	srv.TLSConfig = opts.tlsConfig
 	srv.ReadTimeout = 30 * time.Second
 	srv.WriteTimeout = 30 * time.Second
@@ -138,17 +143,49 @@ func (s *tsession) AuthMechanisms() []string {
 	if s.tg.opts.authUser == "" {
 		return nil
 	}
+	if s.tg.opts.authMechs != nil {
+		return s.tg.opts.authMechs
+	}
 	return []string{sasl.Plain}
 }
 
 func (s *tsession) Auth(mech string) (sasl.Server, error) {
-	return sasl.NewPlainServer(func(identity, user, pass string) error {
+	check := func(user, pass string) error {
 		if user == s.tg.opts.authUser && pass == s.tg.opts.authPass {
 			s.authed = true
 			return nil
 		}
 		return smtp.ErrAuthFailed
-	}), nil
+	}
+	if mech == sasl.Login {
+		return &loginServer{check: check}, nil
+	}
+	return sasl.NewPlainServer(func(identity, user, pass string) error { return check(user, pass) }), nil
+}
+
+// loginServer is the server side of AUTH LOGIN as classic servers run it:
+// prompts "Username:" and "Password:" (an initial response is the
+// username).
+type loginServer struct {
+	step  int
+	user  string
+	check func(user, pass string) error
+}
+
+func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
+	switch l.step {
+	case 0:
+		if len(resp) > 0 {
+			l.user, l.step = string(resp), 2
+			return []byte("Password:"), false, nil
+		}
+		l.step = 1
+		return []byte("Username:"), false, nil
+	case 1:
+		l.user, l.step = string(resp), 2
+		return []byte("Password:"), false, nil
+	}
+	return nil, true, l.check(l.user, string(resp))
 }
 
 func (s *tsession) Mail(from string, opts *smtp.MailOptions) error {

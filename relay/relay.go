@@ -11,9 +11,15 @@
 //     finished and the last claim was full, when a saturated destination has
 //     room again, and on a one-second poll for deferred mail coming due. A
 //     claim takes at most 2×Config.Workers recipients minus the jobs ready to
-//     run, and skips saturated destinations (see Fairness below).
-//  2. Group. Claimed recipients of the same message and destination domain
-//     form one job: one MAIL FROM, several RCPT TO, one DATA.
+//     run, and skips saturated destinations (see Fairness below). A full
+//     claim is followed by a claim of the rest of its last message for the
+//     same destination (ClaimOptions.MessageID), so the claim size never
+//     splits a message.
+//  2. Group. Claimed recipients of the same message and destination (the
+//     domain in MX mode, the smarthost in smarthost mode) form one job:
+//     one MAIL FROM, several RCPT TO, one DATA; recipients the server
+//     refuses for its per-transaction limit (452, x.5.3) go in the next
+//     transaction on the same connection.
 //  3. Expire. A job whose message is older than Config.MaxQueueLifetime is
 //     not attempted: its recipients expire (it needs a worker, not its
 //     destination).
@@ -36,7 +42,8 @@
 //     new one is dialled: greeting, EHLO Config.Hostname, STARTTLS (required
 //     for a "starttls" smarthost; opportunistic and unverified in MX mode, as
 //     Postfix's "may" level, falling back to plain text when the handshake
-//     fails), EHLO again, AUTH PLAIN for a smarthost with a username. A
+//     fails), EHLO again, AUTH (PLAIN, else LOGIN, as offered) for a
+//     smarthost with a username. A
 //     connection failure moves on to the next MX host.
 //  8. Transaction. MAIL FROM with SIZE, SMTPUTF8, RET and ENVID when the
 //     message had them and the server supports them (BODY=8BITMIME is added
@@ -181,6 +188,10 @@ const (
 const (
 	// maxBatch caps one ClaimDue.
 	maxBatch = 100
+	// maxMessageRecipients is the most recipients of one message a job
+	// takes (the submission limit, SPEC §4): a message cut by maxBatch is
+	// completed up to this many.
+	maxMessageRecipients = 1000
 	// pollInterval is how often the loop looks for deferred mail coming due.
 	pollInterval = time.Second
 	// maintainInterval is how often finished messages are pruned.
@@ -211,9 +222,10 @@ type Config struct {
 	Smarthost string
 	// SmarthostTLS is "starttls" (default; required), "implicit" or "none".
 	SmarthostTLS string
-	// SmarthostUsername enables AUTH PLAIN to the smarthost when not empty.
+	// SmarthostUsername enables AUTH to the smarthost when not empty (PLAIN,
+	// or LOGIN when the server offers only that).
 	SmarthostUsername string
-	// SmarthostPassword is the password for AUTH PLAIN.
+	// SmarthostPassword is the password for AUTH.
 	SmarthostPassword string
 	// SmarthostInsecureSkipVerify accepts any smarthost certificate.
 	SmarthostInsecureSkipVerify bool
@@ -611,6 +623,14 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 	if len(claimed) == 0 {
 		return 0, limit
 	}
+	n := len(claimed)
+	if n == limit {
+		// The limit may have cut the last message in two: claim the rest
+		// of it for the same destination, so it goes out in one
+		// transaction (or as few as the server's recipient limit allows)
+		// rather than in claim-sized pieces.
+		claimed = r.claimRest(ctx, claimed)
+	}
 	r.metrics.claimed.Add(float64(len(claimed)))
 	now := time.Now()
 	for _, j := range groupJobs(claimed, r.conf().Mode, deadline) {
@@ -638,7 +658,38 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 			r.runJob(ctx, base, j, t)
 		}()
 	}
-	return len(claimed), limit
+	return n, limit
+}
+
+// claimRest appends to claimed the due recipients of its last message that
+// go to the same destination (the same domain in MX mode; any domain in
+// smarthost mode), up to maxMessageRecipients in all.
+func (r *Relay) claimRest(ctx context.Context, claimed []*store.Claimed) []*store.Claimed {
+	last := claimed[len(claimed)-1]
+	o := store.ClaimOptions{Lease: r.conf().Lease, MessageID: last.MessageID}
+	have := 0
+	for _, c := range claimed {
+		if c.MessageID == last.MessageID && (r.conf().Mode == ModeSmarthost || c.Domain == last.Domain) {
+			have++
+		}
+	}
+	if r.conf().Mode != ModeSmarthost {
+		o.Domain = last.Domain
+	}
+	o.Limit = maxMessageRecipients - have
+	if o.Limit <= 0 {
+		return claimed
+	}
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	more, err := r.st.ClaimDue(cctx, r.conf().Owner, o)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			r.log.Warn("claim the rest of a message", "msg_id", last.MessageID, "err", err)
+		}
+		return claimed
+	}
+	return append(claimed, more...)
 }
 
 // maintainLoop prunes finished messages at start and every minute, and

@@ -27,8 +27,13 @@ func TestSmarthostTLSAndAuth(t *testing.T) {
 		pass      string
 		trustCA   bool
 		wantState string
-		wantReply string // substring of the last reply when deferred
+		wantReply string   // substring of the last reply when deferred
+		mechs     []string // offered AUTH mechanisms; nil: PLAIN
 	}{
+		{name: "login-only", mode: TLSStartTLS, pass: "secret", trustCA: true, wantState: store.StateDelivered, mechs: []string{"LOGIN"}},
+		{name: "plain-and-login", mode: TLSStartTLS, pass: "secret", trustCA: true, wantState: store.StateDelivered, mechs: []string{"LOGIN", "PLAIN"}},
+		{name: "login-wrong-password", mode: TLSStartTLS, pass: "nope", trustCA: true, wantState: store.StateDeferred, wantReply: "535", mechs: []string{"LOGIN"}},
+		{name: "neither", mode: TLSStartTLS, pass: "secret", trustCA: true, wantState: store.StateDeferred, wantReply: "neither PLAIN nor LOGIN", mechs: []string{"CRAM-MD5"}},
 		{name: "starttls", mode: TLSStartTLS, pass: "secret", trustCA: true, wantState: store.StateDelivered},
 		{name: "implicit", implicit: true, mode: TLSImplicit, pass: "secret", trustCA: true, wantState: store.StateDelivered},
 		{name: "wrong-password", mode: TLSStartTLS, pass: "nope", trustCA: true, wantState: store.StateDeferred, wantReply: "535"},
@@ -38,7 +43,7 @@ func TestSmarthostTLSAndAuth(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			tg := newTarget(t, targetOpts{tlsConfig: pair.Server(), implicitTLS: tc.implicit, requireTLS: true,
-				authUser: "relayuser", authPass: "secret"})
+				authUser: "relayuser", authPass: "secret", authMechs: tc.mechs})
 			st := storetest.Open(t, "sqlite")
 			cfg := smarthostConfig(t, tg)
 			cfg.SmarthostTLS = tc.mode

@@ -579,8 +579,19 @@ func (s *pgStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions) ([
 	}
 	now := utc(time.Now())
 	exclude := append([]string{}, o.ExcludeDomains...) // never nil (NULL)
-	rows, err := s.pool.Query(ctx, pgClaimDue,
-		owner, now.Add(o.Lease), now, o.Limit, exclude)
+	q, args := pgClaimDue, []any{owner, now.Add(o.Lease), now, o.Limit, exclude}
+	if o.MessageID != "" {
+		// The rest of one message: found through its recipients, not the
+		// due index.
+		cond := "AND message_id = $6"
+		args = append(args, o.MessageID)
+		if o.Domain != "" {
+			cond += " AND domain = $7"
+			args = append(args, o.Domain)
+		}
+		q = strings.Replace(q, "AND domain <> ALL($5::text[])", "AND domain <> ALL($5::text[]) "+cond, 1)
+	}
+	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, pgErr("claim due", err)
 	}

@@ -499,6 +499,14 @@ func (s *sqliteStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions
 			args = append(args, d)
 		}
 	}
+	if o.MessageID != "" {
+		exclude += " AND message_id = ?"
+		args = append(args, o.MessageID)
+		if o.Domain != "" {
+			exclude += " AND domain = ?"
+			args = append(args, o.Domain)
+		}
+	}
 	args = append(args, o.Limit)
 	var out []*Claimed
 	err := s.inTx(ctx, "claim due", func(tx *sql.Tx) error {

@@ -153,6 +153,12 @@ type ClaimOptions struct {
 	// the relay names destinations that already have all the work they can
 	// take, so one slow domain's backlog does not fill every claim.
 	ExcludeDomains []string
+	// MessageID, when set, claims only due recipients of that message (and
+	// of Domain, when set too): the relay completes a message whose
+	// recipients a claim's Limit cut in two, so it goes out in one
+	// transaction.
+	MessageID string
+	Domain    string
 }
 
 // Outcome is the result of one delivery attempt of a claimed recipient.
