@@ -469,9 +469,9 @@ func (s *server) whoami(w http.ResponseWriter, r *http.Request, c *caller) error
 	return nil
 }
 
-// subaccountID reads the {id} of /api/v1/subaccounts/{id}/limits: a
-// positive subaccount id in the caller's scope.
-func subaccountID(r *http.Request, c *caller) (int64, error) {
+// limitsSubaccount reads the {id} of /api/v1/subaccounts/{id}/limits: an
+// existing subaccount in the caller's scope.
+func (s *server) limitsSubaccount(r *http.Request, c *caller) (int64, error) {
 	v := r.PathValue("id")
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || n <= 0 {
@@ -479,6 +479,11 @@ func subaccountID(r *http.Request, c *caller) (int64, error) {
 	}
 	if !c.scope.has(n) {
 		return 0, notFound("no subaccount %d in this request's scope", n)
+	}
+	if _, err := s.st.GetSubaccount(r.Context(), n); errors.Is(err, store.ErrNotFound) {
+		return 0, notFound("no subaccount %d (list them with GET /api/v1/subaccounts)", n)
+	} else if err != nil {
+		return 0, err
 	}
 	return n, nil
 }
@@ -506,7 +511,7 @@ func (s *server) writeSubaccountLimits(w http.ResponseWriter, r *http.Request, n
 // getSubaccountLimits answers GET /api/v1/subaccounts/{id}/limits: the
 // subaccount's sending limits and their current windows.
 func (s *server) getSubaccountLimits(w http.ResponseWriter, r *http.Request, c *caller) error {
-	n, err := subaccountID(r, c)
+	n, err := s.limitsSubaccount(r, c)
 	if err != nil {
 		return err
 	}
@@ -518,7 +523,7 @@ func (s *server) getSubaccountLimits(w http.ResponseWriter, r *http.Request, c *
 // subaccount's ({} removes them). Only a master-account key may: a
 // subaccount must not raise its own limits.
 func (s *server) putSubaccountLimits(w http.ResponseWriter, r *http.Request, c *caller) error {
-	n, err := subaccountID(r, c)
+	n, err := s.limitsSubaccount(r, c)
 	if err != nil {
 		return err
 	}

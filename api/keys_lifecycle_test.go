@@ -237,6 +237,12 @@ func TestSubaccountLimitsAPI(t *testing.T) {
 				Limits     Limits           `json:"limits"`
 				Usage      map[string]Usage `json:"usage"`
 			}
+			for _, id := range []int64{8, 9} {
+				if err := f.st.CreateSubaccount(context.Background(), &store.Subaccount{ID: id, Name: fmt.Sprint("sub ", id), Status: store.SubaccountActive}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f.fails(req{method: "GET", path: "/api/v1/subaccounts/10/limits", key: f.admin}, http.StatusNotFound, "no subaccount 10")
 			var got subLimits
 			f.must(req{method: "PUT", path: "/api/v1/subaccounts/9/limits", key: f.admin,
 				body: `{"limits": {"per_day": 500, "per_month": 10000}}`}, http.StatusOK, &got)

@@ -26,7 +26,6 @@ const keysUsage = `usage:
   smtpgw keys update ID [--label L] [--grant G...] [--subaccount N] [--allowed-ip CIDR...] [--any-ip]
                      [--expires RFC3339|DURATION|never] [--limit N/m|h|d|mo ...] [--no-limits] [--json]
   smtpgw keys rotate ID [--overlap DURATION] [--json]
-  smtpgw keys limits --subaccount N [--limit N/m|h|d|mo ...] [--no-limits] [--json]
   smtpgw keys delete ID`
 
 // keyJSON is a key as `keys --json` prints it: the HTTP API's shape, so the
@@ -50,8 +49,6 @@ func cmdKeys(ctx context.Context, args []string, e env) error {
 		return keysDelete(ctx, rest, e)
 	case "rotate":
 		return keysRotate(ctx, rest, e)
-	case "limits":
-		return keysLimits(ctx, rest, e)
 	case "-h", "--help", "help":
 		fmt.Fprintln(e.stdout, keysUsage)
 		return nil
@@ -468,72 +465,6 @@ func keysRotate(ctx context.Context, args []string, e env) (err error) {
 	fmt.Fprintln(e.stdout, "Copy this key now: it is shown only this once and cannot be recovered.")
 	fmt.Fprintf(e.stdout, "The old key %s keeps working until %s: switch your applications to the new key before then.\n",
 		old.ID, old.ExpiresAt.Format(time.RFC3339))
-	return nil
-}
-
-// keysLimits shows or sets the sending limits of a subaccount (the limits
-// of a key are set with keys create/update).
-func keysLimits(ctx context.Context, args []string, e env) (err error) {
-	fs, cfgPath := newFlags("keys limits")
-	sub := fs.Int64("subaccount", 0, "the subaccount (a positive id)")
-	var lims stringList
-	fs.Var(&lims, "limit", "set a sending limit N/unit (units m, h, d, mo; 0/h removes the hourly one), repeatable")
-	noLimits := fs.Bool("no-limits", false, "remove every sending limit of the subaccount")
-	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := parse(fs, keysUsage, args, e)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("keys limits: unexpected argument %q (the limits of a key are set with keys update ID --limit ...)\n%s", pos[0], keysUsage)
-	}
-	if *sub <= 0 {
-		return usagef("keys limits: --subaccount N is required (a positive subaccount id)")
-	}
-	if *noLimits && len(lims) > 0 {
-		return usagef("keys limits: --no-limits and --limit contradict each other: give one")
-	}
-	if _, err := parseLimits("keys limits", store.Limits{}, lims); err != nil {
-		return err
-	}
-	_, st, err := openStore(ctx, *cfgPath, e)
-	if err != nil {
-		return err
-	}
-	defer closeStore(st, &err)
-	scope := limits.SubaccountScope(*sub)
-	if len(lims) > 0 || *noLimits {
-		cur, err := st.GetLimits(ctx, scope)
-		if err != nil {
-			return fmt.Errorf("keys limits: %w", err)
-		}
-		if *noLimits {
-			cur = store.Limits{}
-		}
-		if cur, err = parseLimits("keys limits", cur, lims); err != nil {
-			return err
-		}
-		if err := limits.Save(ctx, st, nil, scope, cur); err != nil {
-			return fmt.Errorf("keys limits: %w", err)
-		}
-	}
-	l, us, err := limits.Usages(ctx, st, scope, time.Now())
-	if err != nil {
-		return fmt.Errorf("keys limits: %w", err)
-	}
-	if *asJSON {
-		out := map[string]any{"subaccount_id": *sub, "limits": api.NewLimits(l), "usage": api.NewUsage(us)}
-		if l.IsZero() {
-			out["limits"] = map[string]any{}
-		}
-		return writeJSON(e.stdout, map[string]any{"results": out})
-	}
-	fmt.Fprintf(e.stdout, "Subaccount %d sending limits: %s\n", *sub, limits.String(l))
-	for _, u := range us {
-		fmt.Fprintf(e.stdout, "  this %s: %d of %d used, %d remaining (resets %s)\n", u.Unit.Name(), u.Used, u.Max,
-			u.Remaining(), u.Until.Format(time.RFC3339))
-	}
-	fmt.Fprintln(e.stdout, "Running gateways apply changes within auth.cache_ttl.")
 	return nil
 }
 

@@ -151,16 +151,31 @@ func TestKeysLifecycleCommands(t *testing.T) {
 				t.Errorf("old key after rotate:\n%s", show)
 			}
 
-			// Subaccount limits.
-			sub := c.must("keys", "limits", "--subaccount", "7", "--limit", "500/d")
-			if !strings.Contains(sub, "Subaccount 7 sending limits: 500/d") || !strings.Contains(sub, "0 of 500 used") {
-				t.Errorf("keys limits output:\n%s", sub)
+			// Subaccount limits, with subaccounts update.
+			created := c.must("subaccounts", "create", "--name", "Acme", "--id", "7")
+			if !strings.Contains(created, "7") {
+				t.Fatalf("subaccounts create:\n%s", created)
 			}
-			if out := c.must("keys", "limits", "--subaccount", "7", "--no-limits"); !strings.Contains(out, "limits: none") {
-				t.Errorf("keys limits --no-limits:\n%s", out)
+			sub := c.must("subaccounts", "update", "7", "--limit", "500/d")
+			if !strings.Contains(sub, "Limits:   500/d") || !strings.Contains(sub, "0 of 500 used") {
+				t.Errorf("subaccounts update --limit output:\n%s", sub)
 			}
-			if code, _, _ := c.run("keys", "limits"); code != 2 {
-				t.Errorf("keys limits without --subaccount: exit %d, want 2", code)
+			var sj struct {
+				Results struct {
+					ID     int64 `json:"id"`
+					Limits struct {
+						PerDay int64 `json:"per_day"`
+					} `json:"limits"`
+				} `json:"results"`
+			}
+			if err := json.Unmarshal([]byte(c.must("subaccounts", "show", "7", "--json")), &sj); err != nil || sj.Results.ID != 7 || sj.Results.Limits.PerDay != 500 {
+				t.Errorf("subaccounts show --json: %+v, %v", sj, err)
+			}
+			if out := c.must("subaccounts", "update", "7", "--no-limits"); !strings.Contains(out, "Limits:   none") {
+				t.Errorf("subaccounts update --no-limits:\n%s", out)
+			}
+			if code, _, _ := c.run("subaccounts", "update", "8", "--limit", "5/m"); code != 1 {
+				t.Errorf("limits of a missing subaccount: exit %d, want 1", code)
 			}
 		})
 	}

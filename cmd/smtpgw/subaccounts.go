@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"strconv"
 	"text/tabwriter"
+	"time"
 
 	"github.com/smtpgw/smtpgw/api"
 	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/limits"
 	"github.com/smtpgw/smtpgw/store"
 	"github.com/smtpgw/smtpgw/subaccounts"
 )
@@ -18,7 +20,8 @@ const subaccountsUsage = `usage:
   smtpgw subaccounts create --name NAME [--id N] [--key-label L --key-grant G... [--key-allowed-ip CIDR...]] [--json]
   smtpgw subaccounts list   [--json]
   smtpgw subaccounts show   ID [--json]
-  smtpgw subaccounts update ID [--name NAME] [--status active|suspended|terminated] [--json]`
+  smtpgw subaccounts update ID [--name NAME] [--status active|suspended|terminated]
+                            [--limit N/m|h|d|mo ...] [--no-limits] [--json]`
 
 func cmdSubaccounts(ctx context.Context, args []string, e env) error {
 	if len(args) == 0 {
@@ -179,15 +182,33 @@ func subaccountsShow(ctx context.Context, args []string, e env) (err error) {
 	if err != nil {
 		return subaccountNotFound(err, id)
 	}
-	return printSubaccount(sa, *asJSON, e)
+	return printSubaccount(ctx, st, sa, *asJSON, e)
 }
 
-func printSubaccount(sa *store.Subaccount, asJSON bool, e env) error {
+// subaccountJSON is a subaccount as subaccounts show/update --json print
+// it: the API's object with its sending limits and their current windows.
+type subaccountJSON struct {
+	api.Subaccount
+	Limits *api.Limits           `json:"limits,omitempty"`
+	Usage  map[string]api.Usage `json:"usage,omitempty"`
+}
+
+func printSubaccount(ctx context.Context, st store.Store, sa *store.Subaccount, asJSON bool, e env) error {
+	l, us, err := limits.Usages(ctx, st, limits.SubaccountScope(sa.ID), time.Now())
+	if err != nil {
+		return err
+	}
 	if asJSON {
-		return writeJSON(e.stdout, map[string]any{"results": api.NewSubaccount(sa)})
+		return writeJSON(e.stdout, map[string]any{"results": subaccountJSON{
+			Subaccount: api.NewSubaccount(sa), Limits: api.NewLimits(l), Usage: api.NewUsage(us)}})
 	}
 	fmt.Fprintf(e.stdout, "ID:       %d\nName:     %q\nStatus:   %s\nCreated:  %s\nUpdated:  %s\n", sa.ID, sa.Name, sa.Status,
 		sa.CreatedAt.Format("2006-01-02 15:04:05Z"), sa.UpdatedAt.Format("2006-01-02 15:04:05Z"))
+	fmt.Fprintf(e.stdout, "Limits:   %s\n", limits.String(l))
+	for _, u := range us {
+		fmt.Fprintf(e.stdout, "  this %s: %d of %d used, %d remaining (resets %s)\n", u.Unit.Name(), u.Used, u.Max,
+			u.Remaining(), u.Until.Format(time.RFC3339))
+	}
 	return nil
 }
 
@@ -195,6 +216,9 @@ func subaccountsUpdate(ctx context.Context, args []string, e env) (err error) {
 	fs, cfgPath := newFlags("subaccounts update")
 	name := fs.String("name", "", "new name")
 	status := fs.String("status", "", "new status: active, suspended (keys refused, queued mail held) or terminated (final; queued mail dropped)")
+	var lims stringList
+	fs.Var(&lims, "limit", "set a sending limit N/unit (units m, h, d, mo; 0/h removes the hourly one), repeatable, e.g. --limit 20000/d")
+	noLimits := fs.Bool("no-limits", false, "remove every sending limit of the subaccount")
 	asJSON := fs.Bool("json", false, "print JSON")
 	pos, err := parse(fs, subaccountsUsage, args, e)
 	if err != nil {
@@ -204,6 +228,13 @@ func subaccountsUpdate(ctx context.Context, args []string, e env) (err error) {
 	if err != nil {
 		return err
 	}
+	if *noLimits && len(lims) > 0 {
+		return usagef("subaccounts update: --no-limits and --limit contradict each other: give one")
+	}
+	if _, err := parseLimits("subaccounts update", store.Limits{}, lims); err != nil {
+		return err
+	}
+	limitChange := len(lims) > 0 || *noLimits
 	var p subaccounts.UpdateParams
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
@@ -213,22 +244,53 @@ func subaccountsUpdate(ctx context.Context, args []string, e env) (err error) {
 			p.Status = status
 		}
 	})
-	if p.Name == nil && p.Status == nil {
-		return usagef("subaccounts update: nothing to change: give --name or --status\n%s", subaccountsUsage)
+	if p.Name == nil && p.Status == nil && !limitChange {
+		return usagef("subaccounts update: nothing to change: give --name, --status, --limit or --no-limits\n%s", subaccountsUsage)
 	}
 	svc, st, err := subaccountService(ctx, *cfgPath, e)
 	if err != nil {
 		return err
 	}
 	defer closeStore(st, &err)
-	sa, n, err := svc.Update(ctx, id, p)
+	var (
+		sa *store.Subaccount
+		n  int64
+	)
+	if p.Name != nil || p.Status != nil {
+		sa, n, err = svc.Update(ctx, id, p)
+	} else {
+		sa, err = svc.Get(ctx, id)
+	}
 	if err != nil {
 		return subaccountNotFound(err, id)
+	}
+	if limitChange {
+		if err := setSubaccountLimits(ctx, st, id, lims, *noLimits); err != nil {
+			return fmt.Errorf("subaccounts update: %w", err)
+		}
 	}
 	if !*asJSON && n > 0 {
 		fmt.Fprintf(e.stdout, "%d queued recipient(s) %s.\n", n, map[string]string{
 			store.SubaccountActive: "released for delivery", store.SubaccountSuspended: "held",
 			store.SubaccountTerminated: "dropped"}[sa.Status])
 	}
-	return printSubaccount(sa, *asJSON, e)
+	return printSubaccount(ctx, st, sa, *asJSON, e)
+}
+
+// setSubaccountLimits applies --limit values (or --no-limits) to the
+// subaccount's sending limits; running gateways apply them within
+// auth.cache_ttl.
+func setSubaccountLimits(ctx context.Context, st store.Store, id int64, lims []string, clear bool) error {
+	scope := limits.SubaccountScope(id)
+	cur, err := st.GetLimits(ctx, scope)
+	if err != nil {
+		return err
+	}
+	if clear {
+		cur = store.Limits{}
+	}
+	if cur, err = parseLimits("subaccounts update", cur, lims); err != nil {
+		return err
+	}
+	return limits.Save(ctx, st, nil, scope, cur)
 }
