@@ -189,7 +189,7 @@ func subaccountsShow(ctx context.Context, args []string, e env) (err error) {
 // it: the API's object with its sending limits and their current windows.
 type subaccountJSON struct {
 	api.Subaccount
-	Limits *api.Limits           `json:"limits,omitempty"`
+	Limits *api.Limits          `json:"limits,omitempty"`
 	Usage  map[string]api.Usage `json:"usage,omitempty"`
 }
 
