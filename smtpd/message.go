@@ -137,12 +137,6 @@ func sanitizeTrace(s string) string {
 	}, s)
 }
 
-// fromDomain returns the lowercased domain of the first address of a
-// From: field value, or "" if it has none that parses.
-func fromDomain(v string) string {
-	return domainOfFrom(fromAddress(v))
-}
-
 // fromAddress returns the first address of a From: header value, "" if
 // it has none that parses.
 func fromAddress(v string) string {

@@ -177,8 +177,6 @@ func (s *pgStore) DispatchWebhook(ctx context.Context, id string, limit int, ren
 	return n, err
 }
 
-const pgBatchCols = `id, webhook_id, body, events, state, attempts, next_attempt, created_at`
-
 func scanPGBatch(row pgx.Row) (*WebhookBatch, error) {
 	var b WebhookBatch
 	if err := row.Scan(&b.ID, &b.WebhookID, &b.Body, &b.Events, &b.State, &b.Attempts, &b.NextAttempt, &b.CreatedAt); err != nil {
