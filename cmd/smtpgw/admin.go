@@ -140,8 +140,8 @@ func cmdDomains(ctx context.Context, args []string, e env) error {
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "DOMAIN\tSUBACCOUNT\tSHARED\tSELECTOR\tALGORITHM\tCREATED")
 		for _, d := range ds {
-			fmt.Fprintf(tw, "%s\t%s\t%t\t%s\t%s\t%s\n", d.Name, subaccountText(d.Subaccount), d.Shared,
-				d.Selector, d.Algorithm, d.CreatedAt.UTC().Format(time.RFC3339))
+			fmt.Fprintf(tw, "%s\t%s\t%t\t%s\t%s\t%s\n", termSafe(d.Name), subaccountText(d.Subaccount), d.Shared,
+				termSafe(d.Selector), d.Algorithm, d.CreatedAt.UTC().Format(time.RFC3339))
 		}
 		return tw.Flush()
 	case "show":
@@ -154,8 +154,8 @@ func cmdDomains(ctx context.Context, args []string, e env) error {
 		}
 		rname, rvalue := relay.DKIMRecord(d)
 		fmt.Fprintf(e.stdout, "domain:      %s\nsubaccount:  %s\nshared:      %t\nselector:    %s\nalgorithm:   %s\ncreated:     %s\n\nDNS TXT record:\n%s. IN TXT %s\n",
-			d.Name, subaccountText(d.Subaccount), d.Shared, d.Selector, d.Algorithm,
-			d.CreatedAt.UTC().Format(time.RFC3339), rname, quoteTXT(rvalue))
+			termSafe(d.Name), subaccountText(d.Subaccount), d.Shared, termSafe(d.Selector), d.Algorithm,
+			d.CreatedAt.UTC().Format(time.RFC3339), termSafe(rname), quoteTXT(rvalue))
 		return nil
 	default: // delete
 		if err := st.DeleteDomain(ctx, strings.ToLower(pos[0])); err != nil {
@@ -273,7 +273,7 @@ func cmdQueue(ctx context.Context, args []string, e env) (err error) {
 		fmt.Fprintln(tw, "ID\tCREATED\tSIZE\tKEY\tSUBACCOUNT\tFROM\tRECIPIENTS")
 		for _, m := range ms {
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t<%s>\t%s\n", m.ID, m.CreatedAt.UTC().Format(time.RFC3339),
-				m.Size, dash(m.KeyID), subaccountText(m.Subaccount), m.MailFrom, recipientSummary(m.Recipients))
+				m.Size, dash(m.KeyID), subaccountText(m.Subaccount), termSafe(m.MailFrom), termSafe(recipientSummary(m.Recipients)))
 		}
 		return tw.Flush()
 	case "show":
@@ -285,8 +285,8 @@ func cmdQueue(ctx context.Context, args []string, e env) (err error) {
 			return writeJSON(e.stdout, map[string]any{"results": messagesJSON([]*store.Message{m})[0]})
 		}
 		fmt.Fprintf(e.stdout, "id:          %s\ncreated:     %s\nfrom:        <%s>\nkey:         %s\nsubaccount:  %s\ncampaign:    %s\nsize:        %d bytes\n\n",
-			m.ID, m.CreatedAt.UTC().Format(time.RFC3339), m.MailFrom, dash(m.KeyID), subaccountText(m.Subaccount),
-			dash(m.CampaignID), m.Size)
+			m.ID, m.CreatedAt.UTC().Format(time.RFC3339), termSafe(m.MailFrom), dash(m.KeyID), subaccountText(m.Subaccount),
+			termSafe(dash(m.CampaignID)), m.Size)
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "RECIPIENT\tSTATE\tATTEMPTS\tNEXT ATTEMPT\tLAST REPLY")
 		for _, r := range m.Recipients {
@@ -294,7 +294,7 @@ func cmdQueue(ctx context.Context, args []string, e env) (err error) {
 			if r.State == store.StateQueued || r.State == store.StateDeferred {
 				next = r.NextAttempt.UTC().Format(time.RFC3339)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", r.Address, r.State, r.Attempts, next, dash(r.LastReply))
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", termSafe(r.Address), r.State, r.Attempts, next, termSafe(dash(r.LastReply)))
 		}
 		return tw.Flush()
 	case "retry":

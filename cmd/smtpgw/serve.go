@@ -208,7 +208,9 @@ func newLogger(level, format string, lv *slog.LevelVar, e env) (*slog.Logger, er
 		return nil, usagef("serve: --log-level must be debug, info, warn or error, not %q", level)
 	}
 	lv.Set(l)
-	opts := &slog.HandlerOptions{Level: lv}
+	// Neither handler escapes everything a terminal acts on (JSON leaves
+	// DEL, C1 and bidi controls; text leaves DEL): see term.go.
+	opts := &slog.HandlerOptions{Level: lv, ReplaceAttr: escapeLogAttr}
 	switch format {
 	case "text":
 		return slog.New(slog.NewTextHandler(e.stderr, opts)), nil
