@@ -516,6 +516,19 @@ func testSuccess(t *testing.T, e *testEnv) {
 	if err != nil || len(evs) != 3 {
 		t.Fatalf("injection events: %d, %v", len(evs), err)
 	}
+	// SparkPost's fields: From:, Subject:, client address, rcpt_type.
+	types := map[string]string{}
+	for _, ev := range evs {
+		d := ev.Detail
+		if d.MsgFrom != "sender@example.com" || d.FriendlyFrom != "sender@example.com" || d.Subject != "test" ||
+			d.IPAddress != "127.0.0.1" || d.MsgSize != int64(len(m.Body)) {
+			t.Errorf("injection event detail %+v", d)
+		}
+		types[ev.Recipient] = d.RcptType
+	}
+	if types["Rcpt@Example.NET"] != "to" || types["cc@Example.ORG"] != "cc" || types["bcc@example.org"] != "bcc" {
+		t.Errorf("rcpt types %v", types)
+	}
 }
 
 // testSendingDomains: with sending domains configured, From: must use one
