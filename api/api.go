@@ -15,6 +15,8 @@
 //	GET/PUT/DELETE    /api/v1/webhooks/{id}         webhooks/view, webhooks/modify
 //	POST              /api/v1/webhooks/{id}/validate     webhooks/modify
 //	GET               /api/v1/webhooks/{id}/batch-status webhooks/view
+//	GET/PUT           /api/v1/suppression-list      suppression_lists/manage
+//	GET/PUT/DELETE    /api/v1/suppression-list/{r}  suppression_lists/manage
 //
 // Every request walks the same steps:
 //
@@ -63,6 +65,7 @@ import (
 	"github.com/smtpgw/smtpgw/limits"
 	"github.com/smtpgw/smtpgw/store"
 	"github.com/smtpgw/smtpgw/subaccounts"
+	"github.com/smtpgw/smtpgw/suppression"
 	"github.com/smtpgw/smtpgw/webhooks"
 )
 
@@ -97,6 +100,10 @@ type Config struct {
 	// Webhooks performs the webhook operations; nil: a Manager with the
 	// defaults of package webhooks (private targets refused).
 	Webhooks *webhooks.Manager
+	// Suppressions is the node's suppression list cache (the SMTP
+	// server's), evicted by changes made through the API so they apply at
+	// once on this node; nil: none.
+	Suppressions *suppression.Checker
 }
 
 // server holds what the handlers share.
@@ -109,6 +116,7 @@ type server struct {
 	quota    *limits.Checker // nil: none on this node
 	subs     *subaccounts.Service
 	hooks    *webhooks.Manager
+	supp     *suppression.Service
 }
 
 // Handler serves the /api/ paths (see [New]).
@@ -144,6 +152,7 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler
 		log:      cfg.Logger,
 		quota:    cfg.Limits,
 		subs:     subaccounts.New(st, m, v),
+		supp:     suppression.New(st, cfg.Suppressions),
 		hooks:    cfg.Webhooks,
 	}
 	if s.hooks == nil {
@@ -189,6 +198,15 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler
 	s.route(mux, "/api/v1/subaccounts", auth.GrantSubaccountsManage, methods{
 		http.MethodGet:  s.listSubaccounts,
 		http.MethodPost: s.createSubaccount,
+	})
+	s.route(mux, "/api/v1/suppression-list", auth.GrantSuppressionsManage, methods{
+		http.MethodGet: s.searchSuppressions,
+		http.MethodPut: s.upsertSuppressions,
+	})
+	s.route(mux, "/api/v1/suppression-list/{recipient}", auth.GrantSuppressionsManage, methods{
+		http.MethodGet:    s.getSuppression,
+		http.MethodPut:    s.upsertSuppression,
+		http.MethodDelete: s.deleteSuppression,
 	})
 	s.route(mux, "/api/v1/subaccounts/{id}", auth.GrantSubaccountsManage, methods{
 		http.MethodGet: s.getSubaccount,

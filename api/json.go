@@ -269,3 +269,26 @@ type SubaccountCreated struct {
 	Label    string `json:"label,omitempty"`
 	ShortKey string `json:"short_key,omitempty"`
 }
+
+// Suppression is a suppression list entry as the HTTP API and `smtpgw
+// suppressions --json` show it, with SparkPost's fields (transactional
+// and non_transactional are its older, boolean form of type).
+type Suppression struct {
+	Recipient        string `json:"recipient"`
+	Type             string `json:"type"`
+	Source           string `json:"source"`
+	Description      string `json:"description"`
+	Transactional    bool   `json:"transactional"`
+	NonTransactional bool   `json:"non_transactional"`
+	// Subaccount owns the entry; omitted for the master account's list.
+	Subaccount int64  `json:"subaccount_id,omitempty"`
+	Created    string `json:"created"`
+	Updated    string `json:"updated"`
+}
+
+// NewSuppression returns the JSON shape of a stored entry.
+func NewSuppression(e store.Suppression) Suppression {
+	return Suppression{Recipient: e.Recipient, Type: e.Type, Source: e.Source, Description: e.Description,
+		Transactional: e.Type == store.SuppressTransactional, NonTransactional: e.Type == store.SuppressNonTransactional,
+		Subaccount: e.Subaccount, Created: e.CreatedAt.UTC().Format(time.RFC3339), Updated: e.UpdatedAt.UTC().Format(time.RFC3339)}
+}

@@ -223,6 +223,10 @@ type Relay struct {
 	MXPort int `toml:"mx_port"`
 	// DKIMSelector is the DKIM selector messages are signed with.
 	DKIMSelector string `toml:"dkim_selector"`
+	// RequireVerifiedDomains refuses at DATA (550 5.7.1) a message whose
+	// From: domain is not a sending domain with a verified DKIM record
+	// (POST /api/v1/sending-domains/{d}/verify).
+	RequireVerifiedDomains bool `toml:"require_verified_domains"`
 	// Lease is how long a claimed batch is owned before another node may
 	// take it over.
 	Lease Duration `toml:"lease"`

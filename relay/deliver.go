@@ -603,6 +603,26 @@ func (r *Relay) finish(base context.Context, log *slog.Logger, j *job, res []res
 		}
 	}
 	r.writeFinish(base, log, j, f)
+	r.suppressHardBounces(base, log, f.Events)
+}
+
+// suppressHardBounces puts the recipients of hard bounces (bounce classes
+// 10, 30 and 90) on their account's suppression list for both types. A
+// failure is logged: the next bounce of the address tries again.
+func (r *Relay) suppressHardBounces(base context.Context, log *slog.Logger, evs []store.Event) {
+	for _, ev := range evs {
+		if ev.Type != store.EventBounce || !bounce.Class(ev.Detail.BounceClass).Hard() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(base, storeTimeout)
+		err := r.supp.AddHardBounce(ctx, ev.Subaccount, ev.Recipient, ev.Reply)
+		cancel()
+		if err != nil {
+			log.Warn("suppress hard-bounced recipient", "rcpt", ev.Recipient, "err", err)
+			continue
+		}
+		log.Info("recipient suppressed after a hard bounce", "rcpt", ev.Recipient, "bounce_class", ev.Detail.BounceClass)
+	}
 }
 
 // rawBody fetches a message body without signing it.

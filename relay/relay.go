@@ -58,7 +58,9 @@
 //     per recipient (delivery, delay, bounce, expiry) and, for bounced or
 //     expired recipients whose NOTIFY allows it, one DSN to the envelope sender
 //     (see dsn.go), in one transaction: a bounce sends exactly one DSN, and
-//     never for a null sender.
+//     never for a null sender. Then the recipients of hard bounces (bounce
+//     classes 10, 30, 90) go on their account's suppression list for both
+//     types (package suppression).
 //  11. Reuse. A connection left in a clean state goes back to the idle pool;
 //     idle connections are closed after 5 s.
 //
@@ -156,6 +158,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/smtpgw/smtpgw/store"
+	"github.com/smtpgw/smtpgw/suppression"
 )
 
 // Relay modes and smarthost TLS modes.
@@ -283,6 +286,7 @@ type Relay struct {
 	sems     *semaphores
 	domains  *domainCache
 	mx       *mxCache
+	supp     *suppression.Service // hard bounces go on the suppression list
 
 	slots    chan struct{} // one per running job; capacity cfg.Workers
 	ready    atomic.Int64  // jobs holding their destination's slot (or expiring), waiting for a worker or running
@@ -325,6 +329,7 @@ func New(cfg Config, st store.Store, reg prometheus.Registerer) (*Relay, error) 
 		sems:     newSemaphores(cfg.PerDomainConcurrency),
 		domains:  newDomainCache(st),
 		mx:       newMXCache(),
+		supp:     suppression.New(st, nil),
 		slots:    make(chan struct{}, cfg.Workers),
 		jobDone:  make(chan struct{}, 1),
 		stop:     make(chan struct{}),

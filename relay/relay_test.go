@@ -276,6 +276,25 @@ func TestBounceSendsDSN(t *testing.T) {
 			if ev := eventTypes(t, st, m.ID, "bad@dest.test"); strings.Join(ev, ",") != "injection,bounce" {
 				t.Errorf("events for bad: %v", ev)
 			}
+			// A hard bounce (5.1.1: class 10) puts the recipient on its
+			// account's suppression list for both types; the delivered one
+			// is not.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				rows, err := st.SuppressionsFor(context.Background(), []int64{m.Subaccount}, []string{"bad@dest.test", "good@dest.test"})
+				if err == nil && len(rows) == 2 {
+					for _, r := range rows {
+						if r.Recipient != "bad@dest.test" || r.Source != store.SourceBounce || !strings.Contains(r.Description, "5.1.1") {
+							t.Errorf("suppression entry %+v", r)
+						}
+					}
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("suppression list after the bounce: %+v, %v; want bad@dest.test for both types", rows, err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
 		})
 	}
 }

@@ -64,6 +64,12 @@ func unconfiguredDomain(domain string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Unconfigured Sending Domain " + domain}
 }
 
+// unverifiedDomain is the 550 5.7.1 reply for a From: domain whose DKIM
+// record was not verified, when relay.require_verified_domains is set.
+func unverifiedDomain(domain string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Unverified Sending Domain " + domain}
+}
+
 // queued is the reply given once a message is committed.
 func queued(id string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK queued as " + id}

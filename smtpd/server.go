@@ -56,6 +56,7 @@ import (
 	"github.com/smtpgw/smtpgw/auth"
 	"github.com/smtpgw/smtpgw/limits"
 	"github.com/smtpgw/smtpgw/store"
+	"github.com/smtpgw/smtpgw/suppression"
 )
 
 // Defaults for zero Config fields (SPEC §8).
@@ -129,6 +130,15 @@ type Config struct {
 	// CertCheckInterval is how often TLSCert and TLSKey are checked for a
 	// change (then loaded again); 0 means DefaultCertCheckInterval.
 	CertCheckInterval time.Duration
+	// Suppressions answers the suppression list checks at RCPT and DATA
+	// (share it with the API so that changes made there apply at once on
+	// this node). Nil: New makes one over the store with
+	// suppression.DefaultTTL.
+	Suppressions *suppression.Checker
+	// RequireVerifiedDomains refuses at DATA (550 5.7.1) a message whose
+	// From: domain is not a sending domain whose DKIM record was verified
+	// (relay.require_verified_domains).
+	RequireVerifiedDomains bool
 	// Logger receives the session logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -150,10 +160,11 @@ type Server struct {
 	limitsMu  sync.Mutex                 // serializes Reload
 	rateLimit float64                    // KeyRateLimit and KeyRateBurst of rates
 	rateBurst int
-	stopCerts chan struct{}   // closed by Shutdown: ends the certificate check
-	quota     *limits.Checker // cluster-wide sending limits
-	ownQuota  bool            // quota was made by New: Shutdown closes it
-	usernames []string        // accepted AUTH usernames, lowercased; nil: any
+	stopCerts chan struct{}        // closed by Shutdown: ends the certificate check
+	quota     *limits.Checker      // cluster-wide sending limits
+	ownQuota  bool                 // quota was made by New: Shutdown closes it
+	usernames []string             // accepted AUTH usernames, lowercased; nil: any
+	supp      *suppression.Checker // the suppression list, cached
 
 	// baseCtx is the parent of every session's context; cancelled when
 	// Shutdown gives up waiting.
@@ -223,6 +234,10 @@ func New(cfg Config, st store.Store, v *auth.Verifier, reg prometheus.Registerer
 	}
 	if s.quota == nil {
 		s.quota, s.ownQuota = limits.New(st, limits.Config{Logger: cfg.Logger}), true
+	}
+	s.supp = cfg.Suppressions
+	if s.supp == nil {
+		s.supp = suppression.NewChecker(st, suppression.DefaultTTL)
 	}
 	for _, u := range cfg.AuthUsernames {
 		if u == "*" {

@@ -22,6 +22,7 @@ import (
 	"github.com/smtpgw/smtpgw/bounce"
 	"github.com/smtpgw/smtpgw/limits"
 	"github.com/smtpgw/smtpgw/store"
+	"github.com/smtpgw/smtpgw/suppression"
 )
 
 // errClientRead marks a failure to read the message from the client
@@ -93,6 +94,10 @@ type transaction struct {
 	dsnRet   string
 	dsnEnvID string
 	rcpts    []*store.Recipient
+	// suppressed holds, per lowercased recipient, the suppression types
+	// found at RCPT (none of them both types: those were refused); DATA
+	// decides on them.
+	suppressed map[string]suppression.Types
 	// quota is the sending-limit quota taken at MAIL; released if the
 	// transaction ends without the message stored.
 	quota *limits.Reservation
@@ -318,6 +323,19 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	if opts.OriginalRecipient != "" {
 		r.DSNOrcpt = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
 	}
+	if s.id == nil {
+		return ErrAuthRequired
+	}
+	types, err := s.checkSuppressedRcpt(addr)
+	if err != nil {
+		return err
+	}
+	if types != 0 {
+		if s.tx.suppressed == nil {
+			s.tx.suppressed = make(map[string]suppression.Types)
+		}
+		s.tx.suppressed[strings.ToLower(addr)] = types
+	}
 	s.tx.rcpts = append(s.tx.rcpts, r)
 	return nil
 }
@@ -454,17 +472,16 @@ func (s *session) data(r io.Reader, id string) (*store.Message, error) {
 
 	ctx, cancel := context.WithTimeout(s.ctx, enqueueTimeout)
 	defer cancel()
-	ok, err := s.srv.domains.allowed(ctx, p.fromDomain, s.subaccount)
+	rep, err := s.srv.domains.check(ctx, p.fromDomain, s.subaccount, s.srv.cfg.RequireVerifiedDomains)
 	if err != nil {
 		return nil, err
 	}
-	if !ok {
-		rep := unconfiguredDomain(p.fromDomain)
-		if p.fromDomain == "" {
-			rep = unconfiguredDomain("(no From: address)")
-		}
+	if rep != nil {
 		s.policyRejection(ctx, m, p.msys, rep)
 		return nil, fmt.Errorf("from domain %q: %w", p.fromDomain, rep)
+	}
+	if err := s.dropSuppressed(ctx, m, p.msys, tx.suppressed); err != nil {
+		return nil, err
 	}
 
 	t0 := time.Now()

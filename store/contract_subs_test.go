@@ -167,6 +167,7 @@ func TestSuppressions(t *testing.T) {
 			want int64
 		}{
 			{"types", SuppressionFilter{Types: []string{SuppressTransactional}}, 2},
+			{"recipient", SuppressionFilter{Recipient: "A@example.COM"}, 2},
 			{"sources", SuppressionFilter{Sources: []string{SourceBounce}}, 1},
 			{"domain", SuppressionFilter{Domain: "example.com"}, 3},
 			{"domain with wildcard", SuppressionFilter{Domain: "example_com"}, 0},

@@ -48,6 +48,9 @@ func pgSuppWhere(f SuppressionFilter, args *pgArgs) []string {
 	if f.Subaccount != nil {
 		where = append(where, `subaccount = `+args.add(*f.Subaccount))
 	}
+	if f.Recipient != "" {
+		where = append(where, `recipient = `+args.add(strings.ToLower(f.Recipient)))
+	}
 	if len(f.Types) > 0 {
 		where = append(where, `type = ANY(`+args.add(f.Types)+`::text[])`)
 	}

@@ -60,6 +60,10 @@ func sqliteSuppWhere(f SuppressionFilter) ([]string, []any) {
 		where = append(where, `subaccount = ?`)
 		args = append(args, *f.Subaccount)
 	}
+	if f.Recipient != "" {
+		where = append(where, `recipient = ?`)
+		args = append(args, strings.ToLower(f.Recipient))
+	}
 	if len(f.Types) > 0 {
 		where = append(where, `type IN (`+placeholders(len(f.Types))+`)`)
 		for _, t := range f.Types {

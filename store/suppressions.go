@@ -33,6 +33,7 @@ type Suppression struct {
 // filter. Results come ordered by recipient, subaccount and type.
 type SuppressionFilter struct {
 	Subaccount  *int64
+	Recipient   string // this recipient only (lowercase)
 	Types       []string
 	Sources     []string
 	Domain      string    // recipients at this domain (lowercase)

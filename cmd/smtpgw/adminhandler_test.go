@@ -34,7 +34,7 @@ func TestAdminHandlerMountsAPI(t *testing.T) {
 	public := &net.TCPAddr{IP: net.ParseIP("192.0.2.10"), Port: 8025}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "test_total", Help: "a test counter"}))
-	srv := httptest.NewServer(adminHandler(st, v, reg, &down, public, log, apiHandler(cfg, st, v, nil, log), nil))
+	srv := httptest.NewServer(adminHandler(st, v, reg, &down, public, log, apiHandler(cfg, st, v, nil, nil, log), nil))
 	t.Cleanup(srv.Close)
 
 	m := auth.NewManager(st, nil)
@@ -100,7 +100,7 @@ func TestMetricsAndAPIShareFailureBudget(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	var down atomic.Bool
 	public := &net.TCPAddr{IP: net.ParseIP("192.0.2.10"), Port: 8025}
-	srv := httptest.NewServer(adminHandler(st, v, prometheus.NewRegistry(), &down, public, log, apiHandler(cfg, st, v, nil, log), nil))
+	srv := httptest.NewServer(adminHandler(st, v, prometheus.NewRegistry(), &down, public, log, apiHandler(cfg, st, v, nil, nil, log), nil))
 	t.Cleanup(srv.Close)
 	scrape, _, err := auth.NewManager(st, nil).Create(context.Background(),
 		auth.CreateParams{Label: "p", Grants: []string{auth.GrantMetricsView, auth.GrantAPIKeysManage}})

@@ -51,6 +51,7 @@ commands:
   keys      create, list, show, update and delete API keys
   domains   add, list, show and delete sending domains (DKIM)
   subaccounts  create, list, show and update subaccounts
+  suppressions add, list, show and delete suppression list entries
   queue     list, show, retry and delete queued messages; stats
   events    list message events
   webhooks  list, show and delete event webhooks
@@ -89,6 +90,8 @@ func run(ctx context.Context, args []string, e env) int {
 		err = cmdDomains(ctx, rest, e)
 	case "subaccounts":
 		err = cmdSubaccounts(ctx, rest, e)
+	case "suppressions":
+		err = cmdSuppressions(ctx, rest, e)
 	case "queue":
 		err = cmdQueue(ctx, rest, e)
 	case "events":

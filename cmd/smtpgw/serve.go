@@ -25,6 +25,7 @@ import (
 	"github.com/smtpgw/smtpgw/relay"
 	"github.com/smtpgw/smtpgw/smtpd"
 	"github.com/smtpgw/smtpgw/store"
+	"github.com/smtpgw/smtpgw/suppression"
 	"github.com/smtpgw/smtpgw/webhooks"
 )
 
@@ -92,8 +93,12 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 	// changed through the API applies to this node's next message.
 	quota := limits.New(st, limits.Config{CacheTTL: cfg.Auth.CacheTTL.Duration, Logger: log.With("component", "limits")})
 	defer quota.Close()
+	// One suppression list cache for SMTP and the API, so an entry
+	// changed through the API applies to this node's next RCPT.
+	supp := suppression.NewChecker(st, cfg.Auth.CacheTTL.Duration)
 	sc := smtpdConfig(cfg, log)
 	sc.Limits = quota
+	sc.Suppressions = supp
 	srv, err := smtpd.New(sc, st, verifier, reg)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -126,7 +131,7 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 			l = tls.NewListener(l, &tls.Config{GetCertificate: httpCert.GetCertificate, MinVersion: tls.VersionTLS12})
 			scheme = "https"
 		}
-		apiH := apiHandler(cfg, st, verifier, quota, log)
+		apiH := apiHandler(cfg, st, verifier, quota, supp, log)
 		consoleH, err := consoleHandler(cfg, st, verifier, apiH, log)
 		if err != nil {
 			_ = l.Close()
@@ -240,7 +245,9 @@ func smtpdConfig(cfg *config.Config, log *slog.Logger) smtpd.Config {
 		MaxConnections:    c.MaxConnections,
 		KeyRateLimit:      float64(c.KeyRateLimit),
 		KeyRateBurst:      c.KeyRateBurst,
-		Logger:            log.With("component", "smtpd"),
+		// A [relay] key: it is about what may be relayed.
+		RequireVerifiedDomains: cfg.Relay.RequireVerifiedDomains,
+		Logger:                 log.With("component", "smtpd"),
 	}
 }
 
@@ -302,13 +309,14 @@ func relayConfig(cfg *config.Config, log *slog.Logger) relay.Config {
 //
 // The API works on the store wrapped by audit.Wrap, so the changes it makes
 // are in the audit log.
-func apiHandler(cfg *config.Config, st store.Store, v *auth.Verifier, quota *limits.Checker, log *slog.Logger) *api.Handler {
+func apiHandler(cfg *config.Config, st store.Store, v *auth.Verifier, quota *limits.Checker, supp *suppression.Checker, log *slog.Logger) *api.Handler {
 	st = audit.Wrap(st, log.With("component", "audit"))
 	return api.New(api.Config{
 		DKIMSelector: cfg.Relay.DKIMSelector,
 		Logger:       log.With("component", "api"),
 		Limits:       quota,
 		Webhooks:     webhooks.NewManager(webhooksConfig(cfg, log), st),
+		Suppressions: supp,
 	}, st, v, auth.NewManager(st, v))
 }
 

@@ -137,7 +137,7 @@ func subaccountsList(ctx context.Context, args []string, e env) (err error) {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tCREATED")
 	for _, sa := range list {
-		fmt.Fprintf(tw, "%d\t%q\t%s\t%s\n", sa.ID, sa.Name, sa.Status, sa.CreatedAt.Format("2006-01-02 15:04:05Z"))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", sa.ID, termSafe(sa.Name), sa.Status, sa.CreatedAt.Format("2006-01-02 15:04:05Z"))
 	}
 	return tw.Flush()
 }
@@ -202,7 +202,7 @@ func printSubaccount(ctx context.Context, st store.Store, sa *store.Subaccount, 
 		return writeJSON(e.stdout, map[string]any{"results": subaccountJSON{
 			Subaccount: api.NewSubaccount(sa), Limits: api.NewLimits(l), Usage: api.NewUsage(us)}})
 	}
-	fmt.Fprintf(e.stdout, "ID:       %d\nName:     %q\nStatus:   %s\nCreated:  %s\nUpdated:  %s\n", sa.ID, sa.Name, sa.Status,
+	fmt.Fprintf(e.stdout, "ID:       %d\nName:     %s\nStatus:   %s\nCreated:  %s\nUpdated:  %s\n", sa.ID, termSafe(sa.Name), sa.Status,
 		sa.CreatedAt.Format("2006-01-02 15:04:05Z"), sa.UpdatedAt.Format("2006-01-02 15:04:05Z"))
 	fmt.Fprintf(e.stdout, "Limits:   %s\n", limits.String(l))
 	for _, u := range us {
