@@ -131,6 +131,16 @@ func (s *Server) endSession(r *http.Request, hash []byte) {
 // startSession stores a new session for the key that signed in and sets
 // its cookie.
 func (s *Server) startSession(w http.ResponseWriter, r *http.Request, key string, id *auth.Identity) error {
+	// Sessions left idle are deleted here rather than by a loop of their
+	// own; so is the browser's previous session, if it had one.
+	if n, err := s.st.PruneSessions(r.Context(), time.Now().Add(-s.idle)); err != nil {
+		s.log.Warn("console: prune idle sessions", "err", err)
+	} else if n > 0 {
+		s.log.Debug("console: idle sessions pruned", "count", n)
+	}
+	if c, err := r.Cookie(sessionCookie); err == nil && c.Value != "" {
+		s.endSession(r, hashToken(c.Value))
+	}
 	raw := newToken()
 	err := s.st.CreateSession(r.Context(), &store.Session{IDHash: hashToken(raw), KeyID: id.KeyID,
 		KeyHash: auth.HashKey(key), ClientIP: clientAddr(r).String()})
@@ -139,12 +149,6 @@ func (s *Server) startSession(w http.ResponseWriter, r *http.Request, key string
 	}
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: raw, Path: "/", HttpOnly: true,
 		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
-	// Sessions left idle are deleted here rather than by a loop of their own.
-	if n, err := s.st.PruneSessions(r.Context(), time.Now().Add(-s.idle)); err != nil {
-		s.log.Warn("console: prune idle sessions", "err", err)
-	} else if n > 0 {
-		s.log.Debug("console: idle sessions pruned", "count", n)
-	}
 	return nil
 }
 

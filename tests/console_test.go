@@ -245,6 +245,7 @@ connect_timeout = "2s"
 	adminKey, adminID := cliKey(t, g, "Console admin", "--grant", "api_keys/manage", "--grant", "message_events/view",
 		"--grant", "sending_domains/manage")
 	cliKey(t, g, "Newsletter app", "--grant", "smtp/inject", "--allowed-ip", "192.0.2.0/24")
+	g.MustCLI("subaccounts", "create", "--name", "Shop", "--id", "5")
 	subAdmin, _ := cliKey(t, g, "Shop admin", "--grant", "api_keys/manage", "--subaccount", "5")
 	_, shopAppID := cliKey(t, g, "Shop checkout app", "--grant", "smtp/inject", "--subaccount", "5")
 	if dir := os.Getenv(screenshotsEnv); dir != "" {
