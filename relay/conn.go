@@ -31,6 +31,11 @@ type route struct {
 	addr string // host:port to dial
 	tls  string // TLSStartTLS, TLSImplicit, TLSNone, or "may" (opportunistic)
 	key  string // connection pool key
+	// smarthost is the configuration the smarthost route was made from
+	// (nil for an MX host): its credentials and TLS settings, and, in
+	// key, its identity, so a connection made before a Reload is never
+	// reused after it.
+	smarthost *Config
 }
 
 // tlsMay is opportunistic STARTTLS: used when offered, certificate not
@@ -58,7 +63,8 @@ func (r *Relay) routes(ctx context.Context, domain string) ([]route, error) {
 	switch cfg := r.conf(); cfg.Mode {
 	case ModeSmarthost:
 		host, _, _ := net.SplitHostPort(cfg.Smarthost)
-		return []route{{host: host, addr: cfg.Smarthost, tls: cfg.SmarthostTLS, key: "smarthost"}}, nil
+		return []route{{host: host, addr: cfg.Smarthost, tls: cfg.SmarthostTLS,
+			key: fmt.Sprintf("smarthost@%p", cfg), smarthost: cfg}}, nil
 	case ModeHold:
 		// Claimed just before a reload put the relay on hold.
 		return nil, &tempError{reply: "451 4.3.2 relay on hold (relay.mode = \"hold\")", err: errors.New("relay on hold")}
@@ -270,12 +276,12 @@ func (r *Relay) dialTLS(ctx context.Context, rt route, mode string) (_ *conn, er
 			c.ext[ext] = true
 		}
 	}
-	if rt.key == "smarthost" && r.conf().SmarthostUsername != "" {
+	if sh := rt.smarthost; sh != nil && sh.SmarthostUsername != "" {
 		if !c.has("AUTH") {
 			return nil, errors.New("smarthost does not offer AUTH (check relay.smarthost_tls: AUTH usually needs TLS)")
 		}
 		_, mechs := client.Extension("AUTH")
-		mech, sc := smarthostAuth(mechs, r.conf().SmarthostUsername, r.conf().SmarthostPassword)
+		mech, sc := smarthostAuth(mechs, sh.SmarthostUsername, sh.SmarthostPassword)
 		if sc == nil {
 			return nil, fmt.Errorf("smarthost offers AUTH %s but neither PLAIN nor LOGIN", mechs)
 		}
@@ -329,9 +335,9 @@ func (c *loginClient) Next(challenge []byte) ([]byte, error) {
 // smarthost (unless configured otherwise), unverified for opportunistic MX.
 func (r *Relay) tlsConfig(rt route) *tls.Config {
 	cfg := &tls.Config{ServerName: rt.host, MinVersion: tls.VersionTLS12}
-	if rt.key == "smarthost" {
-		cfg.InsecureSkipVerify = r.conf().SmarthostInsecureSkipVerify
-		cfg.RootCAs = r.conf().SmarthostRootCAs
+	if sh := rt.smarthost; sh != nil {
+		cfg.InsecureSkipVerify = sh.SmarthostInsecureSkipVerify
+		cfg.RootCAs = sh.SmarthostRootCAs
 	} else {
 		// Opportunistic TLS protects against passive eavesdropping only;
 		// most MX certificates would not verify against the MX name.

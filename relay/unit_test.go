@@ -226,9 +226,11 @@ func TestGroupJobs(t *testing.T) {
 	if len(jobs) != 3 || len(jobs[0].rcpts) != 2 || jobs[0].dest != "x.test" || jobs[2].rcpts[0].ID != 4 {
 		t.Fatalf("jobs: %+v", jobs)
 	}
-	sh := groupJobs([]*store.Claimed{c(1, "m1", "a@x.test"), c(2, "m1", "c@y.test")}, ModeSmarthost, time.Now())
-	if len(sh) != 2 || sh[0].dest != "smarthost" || sh[1].dest != "smarthost" {
-		t.Errorf("smarthost jobs share one destination: %+v", sh)
+	// In smarthost mode a message is one job whatever its domains.
+	sh := groupJobs([]*store.Claimed{c(1, "m1", "a@x.test"), c(2, "m1", "c@y.test"), c(3, "m2", "d@y.test")},
+		ModeSmarthost, time.Now())
+	if len(sh) != 2 || len(sh[0].rcpts) != 2 || sh[0].dest != "smarthost" || sh[1].dest != "smarthost" {
+		t.Errorf("smarthost jobs: %+v, want one per message, destination smarthost", sh)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"net/textproto"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -21,7 +23,7 @@ import (
 )
 
 const benchUsage = `usage: smtpgw bench --addr HOST:PORT --key KEY [--conns N] [--messages N] [--size BYTES]
-                    [--tls starttls|implicit|none] [--insecure-skip-verify] [--username U]
+                    [--tls starttls|implicit|none] [--ca FILE] [--insecure-skip-verify] [--username U]
                     [--from ADDR] [--to ADDR] [--key-file FILE] [--chunking]`
 
 // benchOptions is one load run: Messages messages of Size bytes over Conns
@@ -70,7 +72,7 @@ func (r benchResult) percentile(p float64) time.Duration {
 }
 
 func cmdBench(ctx context.Context, args []string, e env) error {
-	fs, _ := newFlags("bench")
+	fs, cfgPath := newFlags("bench")
 	o := benchOptions{}
 	fs.StringVar(&o.Addr, "addr", "127.0.0.1:2525", "gateway submission address")
 	fs.StringVar(&o.Key, "key", "", "API key with smtp/inject (or use --key-file)")
@@ -80,7 +82,8 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	fs.IntVar(&o.Messages, "messages", 5000, "messages to send in all")
 	fs.IntVar(&o.Size, "size", 10240, "message size in bytes")
 	fs.StringVar(&o.TLS, "tls", "starttls", "starttls, implicit or none")
-	insecure := fs.Bool("insecure-skip-verify", false, "do not verify the gateway's certificate (self-signed)")
+	insecure := fs.Bool("insecure-skip-verify", false, "do not verify the gateway's certificate")
+	caFile := fs.String("ca", "", "PEM certificate(s) to trust besides the system's (default: the gateway's self-signed data_dir/tls/cert.pem when it has no smtp.tls_cert)")
 	fs.StringVar(&o.From, "from", "bench@example.com", "envelope sender and From:")
 	fs.StringVar(&o.To, "to", "sink@example.net", "envelope recipient")
 	fs.BoolVar(&o.Chunking, "chunking", false, "send with BDAT (RFC 3030) when the server offers CHUNKING")
@@ -111,6 +114,29 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 		return usagef("bench: --addr %q is not HOST:PORT", o.Addr)
 	}
 	o.TLSConfig = &tls.Config{ServerName: host, InsecureSkipVerify: *insecure, MinVersion: tls.VersionTLS12}
+	if *caFile == "" && !*insecure {
+		// The gateway of this configuration with its self-signed
+		// certificate: trust that certificate.
+		if cfg, err := loadConfig(*cfgPath, e); err == nil && cfg.SMTP.TLSCert == "" {
+			if f := filepath.Join(cfg.DataDir, "tls", "cert.pem"); fileExists(f) {
+				*caFile = f
+			}
+		}
+	}
+	if *caFile != "" {
+		pem, err := os.ReadFile(*caFile)
+		if err != nil {
+			return fmt.Errorf("bench: read --ca: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return usagef("bench: --ca %s holds no PEM certificate", *caFile)
+		}
+		o.TLSConfig.RootCAs = pool
+	}
 	res := runBench(ctx, o)
 	fmt.Fprintf(e.stdout, "smtpgw bench: N=%d size=%d sessions=%d sent=%d failed=%d elapsed=%s msgs_per_s=%.0f p50=%s p99=%s cpu_us_per_msg=%d\n",
 		o.Messages, o.Size, o.Conns, res.Sent, res.Failed, res.Elapsed.Round(time.Millisecond), res.rate(),
@@ -120,6 +146,12 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 		return fmt.Errorf("bench: %d of %d messages failed, first: %s", res.Failed, o.Messages, res.FirstError)
 	}
 	return nil
+}
+
+// fileExists reports whether path names an existing file.
+func fileExists(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && !fi.IsDir()
 }
 
 // runBench sends o.Messages messages over o.Conns sessions. A session that

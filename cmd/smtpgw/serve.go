@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -169,7 +170,7 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 		rl.Stop()
 		return fmt.Errorf("serve: start webhooks: %w", err)
 	}
-	attrs := []any{"relay_mode", cfg.Relay.Mode}
+	attrs := []any{"relay_mode", cfg.Relay.Mode, "pid", os.Getpid()}
 	if a := srv.SubmissionAddr(); a != nil {
 		attrs = append(attrs, "submission", a.String())
 	}
