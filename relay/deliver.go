@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -243,11 +244,15 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 	for i := range res {
 		res[i] = result{}
 	}
-	if first.SMTPUTF8 && !c.has("SMTPUTF8") {
+	// MAIL FROM said SMTPUTF8 (Go's net/smtp says it whenever it is
+	// offered), but only a message that really has non-ASCII addresses or
+	// headers needs it (RFC 6531 §3.4): an ASCII one goes as it is.
+	utf8 := first.SMTPUTF8 && needsSMTPUTF8(j, body)
+	if utf8 && !c.has("SMTPUTF8") {
 		setAll(store.StateBounced, replyNoUTF8)
 		return txResult{reusable: true}
 	}
-	opts := &smtp.MailOptions{Size: int64(len(body)), UTF8: first.SMTPUTF8}
+	opts := &smtp.MailOptions{Size: int64(len(body)), UTF8: utf8}
 	if c.has("DSN") {
 		switch strings.ToUpper(first.DSNRet) {
 		case "FULL":
@@ -316,6 +321,24 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 		pending = next
 	}
 	return txResult{reusable: true}
+}
+
+// needsSMTPUTF8 reports whether j's envelope or its message's header has
+// characters outside ASCII.
+func needsSMTPUTF8(j *job, body []byte) bool {
+	if !isASCII(j.rcpts[0].MailFrom) {
+		return true
+	}
+	for _, rc := range j.rcpts {
+		if !isASCII(rc.Address) {
+			return true
+		}
+	}
+	header := body
+	if i := bytes.Index(body, []byte("\r\n\r\n")); i >= 0 {
+		header = body[:i]
+	}
+	return !isASCII(string(header))
 }
 
 // tooManyRecipients reports whether a RCPT was refused for the server's

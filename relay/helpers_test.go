@@ -48,6 +48,8 @@ type targetOpts struct {
 	// dropData closes the connection in the middle of the first dropData
 	// DATA transfers.
 	dropData int
+	// noUTF8 does not advertise SMTPUTF8.
+	noUTF8 bool
 	// maxRcpts is the server's recipient limit per transaction (go-smtp
 	// answers 452 4.5.3 past it); 0: none.
 	maxRcpts int
@@ -79,7 +81,7 @@ func newTarget(t testing.TB, opts targetOpts) *target {
 	srv.Domain = "target.test"
 	srv.AllowInsecureAuth = !opts.requireTLS
 	srv.EnableDSN = !opts.noDSN
-	srv.EnableSMTPUTF8 = true
+	srv.EnableSMTPUTF8 = !opts.noUTF8
 	srv.MaxRecipients = opts.maxRcpts
 	srv.TLSConfig = opts.tlsConfig
 	srv.ReadTimeout = 30 * time.Second

@@ -131,7 +131,9 @@
 //     NOTIFY=DELAY. A "relayed" DSN is sent for NOTIFY=SUCCESS when the next
 //     hop does not offer DSN; when it does, NOTIFY and ORCPT go along and the
 //     next hop reports. Original headers are returned unless RET=FULL.
-//   - A message needing SMTPUTF8 bounces (5.6.7) at a server without it.
+//   - A message needing SMTPUTF8 (a non-ASCII address or header) bounces
+//     (5.6.7) at a server without it; one whose client declared SMTPUTF8
+//     but that is all ASCII is sent without it.
 //     8-bit bodies are sent as they are to servers without 8BITMIME, and
 //     BINARYMIME bodies are sent with DATA (go-smtp's client has no BDAT).
 //   - Opportunistic TLS in MX mode does not verify certificates.

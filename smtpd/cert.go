@@ -58,8 +58,8 @@ func LoadOrCreateCert(certFile, keyFile, dataDir, hostname string, log *slog.Log
 	dir := filepath.Join(dataDir, "tls")
 	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	warn := func(what string) {
-		log.Warn("TLS: using a self-signed certificate; clients that verify certificates will refuse it. "+
-			"Set smtp.tls_cert and smtp.tls_key to a certificate for this host name (e.g. from Let's Encrypt)",
+		log.Warn("TLS: using a self-signed certificate; clients verify it only when told to trust "+certFile+
+			" (e.g. curl --cacert, swaks --tls-ca-path). For production set smtp.tls_cert and smtp.tls_key to a certificate for this host name (e.g. from Let's Encrypt)",
 			"certificate", certFile, "hostname", hostname, "state", what)
 	}
 	dnsNames, ips := SelfSignedNames(hostname)
