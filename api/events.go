@@ -52,7 +52,7 @@ func (s *server) events(w http.ResponseWriter, r *http.Request, c *caller) error
 	for _, ev := range p.Events {
 		out.Results = append(out.Results, events.New(ev))
 	}
-	if next := events.NextQuery(q, p); next != "" {
+	if next := events.NextQuery(q, p, search.Store.From); next != "" {
 		out.Links.Next = r.URL.Path + "?" + next
 	}
 	writeJSON(w, http.StatusOK, out)

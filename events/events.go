@@ -226,14 +226,19 @@ func ParseSearch(q url.Values, now time.Time) (*Search, error) {
 }
 
 // NextQuery returns the query string of the page after p: the same
-// parameters with the cursor of p, "" when p is the last page.
-func NextQuery(q url.Values, p store.EventPage) string {
+// parameters with the cursor of p, "" when p is the last page. A search
+// without from gets the from it was answered with, so that later pages
+// keep the window of the first (the default is relative to now).
+func NextQuery(q url.Values, p store.EventPage, from time.Time) string {
 	if p.Next == nil {
 		return ""
 	}
 	n := url.Values{}
 	for k, v := range q {
 		n[k] = slices.Clone(v)
+	}
+	if !n.Has("from") && !from.IsZero() {
+		n.Set("from", from.UTC().Format(time.RFC3339Nano))
 	}
 	n.Set("cursor", p.Next.String())
 	return n.Encode()

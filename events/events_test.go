@@ -78,13 +78,15 @@ func TestParseSearch(t *testing.T) {
 
 func TestNextQuery(t *testing.T) {
 	q, _ := url.ParseQuery("recipients=a@x&per_page=2&cursor=old")
-	if n := NextQuery(q, store.EventPage{}); n != "" {
+	if n := NextQuery(q, store.EventPage{}, time.Time{}); n != "" {
 		t.Errorf("last page: next %q", n)
 	}
 	c := store.EventCursor{Time: time.UnixMicro(1700000000000000), ID: 7}
-	n := NextQuery(q, store.EventPage{Next: &c})
+	from := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	n := NextQuery(q, store.EventPage{Next: &c}, from)
 	v, _ := url.ParseQuery(n)
-	if v.Get("cursor") != "1700000000000000.7" || v.Get("recipients") != "a@x" || v.Get("per_page") != "2" {
+	if v.Get("cursor") != "1700000000000000.7" || v.Get("recipients") != "a@x" || v.Get("per_page") != "2" ||
+		v.Get("from") != "2026-11-23T12:00:00Z" {
 		t.Errorf("next = %q", n)
 	}
 	if q.Get("cursor") != "old" {

@@ -173,7 +173,14 @@ func (s *Service) deliverLoop(ctx context.Context) {
 			sem <- struct{}{}
 			wg.Add(1)
 			go func() {
-				defer func() { <-sem; wg.Done() }()
+				defer func() {
+					<-sem
+					wg.Done()
+					select { // a worker is free: claim more now
+					case s.wake <- struct{}{}:
+					default:
+					}
+				}()
 				s.deliver(ctx, b)
 			}()
 		}
