@@ -21,7 +21,7 @@ type signInData struct {
 // endedText explains ?ended= on the sign-in page.
 var endedText = map[string]string{
 	endedIdle:    "Your session ended after a period without activity. Sign in again.",
-	endedRevoked: "Your session ended: its API key was deleted, lost the api_keys/manage permission, or does not allow this address.",
+	endedRevoked: "Your session ended: its API key was deleted or expired, lost the api_keys/manage permission, does not allow this address, or belongs to a suspended subaccount.",
 }
 
 // signInForm shows the sign-in page with a fresh CSRF token, doubled in a
