@@ -8,7 +8,8 @@
 //	GET               /api/v1/events/message        message_events/view
 //	GET               /api/v1/message-events        message_events/view (SparkPost's old path)
 //	GET/POST          /api/v1/sending-domains       sending_domains/manage
-//	GET/DELETE        /api/v1/sending-domains/{d}   sending_domains/manage
+//	GET/PUT/DELETE    /api/v1/sending-domains/{d}   sending_domains/manage
+//	POST              /api/v1/sending-domains/{d}/verify  sending_domains/manage
 //	GET/POST          /api/v1/subaccounts           subaccounts/manage (master keys only)
 //	GET/PUT           /api/v1/subaccounts/{id}      subaccounts/manage (master keys only)
 //	GET/POST          /api/v1/webhooks              webhooks/view, webhooks/modify
@@ -62,6 +63,7 @@ import (
 
 	"github.com/smtpgw/smtpgw/audit"
 	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/domains"
 	"github.com/smtpgw/smtpgw/limits"
 	"github.com/smtpgw/smtpgw/store"
 	"github.com/smtpgw/smtpgw/subaccounts"
@@ -104,6 +106,10 @@ type Config struct {
 	// server's), evicted by changes made through the API so they apply at
 	// once on this node; nil: none.
 	Suppressions *suppression.Checker
+	// DNSResolver is the "host:port" of the DNS server asked when a
+	// sending domain is verified (relay.dns_resolver); "" is the system
+	// resolver.
+	DNSResolver string
 }
 
 // server holds what the handlers share.
@@ -117,6 +123,7 @@ type server struct {
 	subs     *subaccounts.Service
 	hooks    *webhooks.Manager
 	supp     *suppression.Service
+	doms     *domains.Service
 }
 
 // Handler serves the /api/ paths (see [New]).
@@ -153,6 +160,7 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler
 		quota:    cfg.Limits,
 		subs:     subaccounts.New(st, m, v),
 		supp:     suppression.New(st, cfg.Suppressions),
+		doms:     domains.New(st, cfg.DNSResolver),
 		hooks:    cfg.Webhooks,
 	}
 	if s.hooks == nil {
@@ -193,7 +201,11 @@ func New(cfg Config, st store.Store, v *auth.Verifier, m *auth.Manager) *Handler
 	})
 	s.route(mux, "/api/v1/sending-domains/{domain}", auth.GrantDomainsManage, methods{
 		http.MethodGet:    s.getDomain,
+		http.MethodPut:    s.updateDomain,
 		http.MethodDelete: s.deleteDomain,
+	})
+	s.route(mux, "/api/v1/sending-domains/{domain}/verify", auth.GrantDomainsManage, methods{
+		http.MethodPost: s.verifyDomain,
 	})
 	s.route(mux, "/api/v1/subaccounts", auth.GrantSubaccountsManage, methods{
 		http.MethodGet:  s.listSubaccounts,

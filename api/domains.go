@@ -51,10 +51,18 @@ func (s *server) listDomains(w http.ResponseWriter, r *http.Request, c *caller) 
 	if err != nil {
 		return err
 	}
+	statuses, err := s.st.DomainStatuses(r.Context())
+	if err != nil {
+		return err
+	}
 	out := make([]Domain, 0, len(ds))
 	for _, d := range ds {
 		if c.scope.has(d.Subaccount) {
-			out = append(out, NewDomain(d))
+			st, ok := statuses[d.Name]
+			if !ok {
+				st = store.DomainStatusDefaults()
+			}
+			out = append(out, withStatus(d, st))
 		}
 	}
 	writeResults(w, out)
@@ -79,7 +87,7 @@ func (s *server) createDomain(w http.ResponseWriter, r *http.Request, c *caller)
 	}
 	s.log.Info("api: sending domain created", "domain", d.Name, "subaccount", d.Subaccount, "shared", d.Shared,
 		"by_key", c.id.KeyID, "remote", r.RemoteAddr)
-	writeResults(w, NewDomain(d))
+	writeResults(w, withStatus(d, store.DomainStatusDefaults()))
 	return nil
 }
 
@@ -148,7 +156,14 @@ func (s *server) getDomain(w http.ResponseWriter, r *http.Request, c *caller) er
 	if err != nil {
 		return err
 	}
-	writeResults(w, NewDomain(d))
+	st, err := s.st.DomainStatus(r.Context(), d.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		return notFound("no sending domain %s", d.Name)
+	}
+	if err != nil {
+		return err
+	}
+	writeResults(w, withStatus(d, st))
 	return nil
 }
 

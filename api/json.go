@@ -167,6 +167,9 @@ type Domain struct {
 	DKIM DomainDKIM `json:"dkim"`
 	// CreatedAt is the creation time, RFC 3339 in UTC.
 	CreatedAt string `json:"created_at"`
+	// Status is SparkPost's status object (the API's answers; omitted
+	// where the caller did not look it up).
+	Status *DomainStatus `json:"status,omitempty"`
 }
 
 // DomainDKIM is the dkim object of a sending domain, as SparkPost shows it.

@@ -318,6 +318,7 @@ func apiHandler(cfg *config.Config, st store.Store, v *auth.Verifier, quota *lim
 		Limits:       quota,
 		Webhooks:     webhooks.NewManager(webhooksConfig(cfg, log), st),
 		Suppressions: supp,
+		DNSResolver:  cfg.Relay.DNSResolver,
 	}, st, v, auth.NewManager(st, v))
 }
 
