@@ -174,7 +174,39 @@ type SMTP struct {
 	// KeyRateBurst is how many messages a key may send at once before
 	// KeyRateLimit applies; 0 means the same as KeyRateLimit.
 	KeyRateBurst int `toml:"key_rate_burst"`
+	// MaxConnectionsPerIP is the most concurrent SMTP connections from one
+	// client address (IPv6: one /64) on this node.
+	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
+	// MaxJunkCommands is how many commands that make no progress (NOOP,
+	// RSET, VRFY, HELP, unknown or refused commands) a session may send
+	// before it gets 421.
+	MaxJunkCommands int `toml:"max_junk_commands"`
+	// AuthTimeout is how long a connection may take from connecting to a
+	// successful AUTH.
+	AuthTimeout Duration `toml:"auth_timeout"`
+	// DataTimeout is how long one DATA or BDAT transfer may take in all.
+	DataTimeout Duration `toml:"data_timeout"`
+	// MaxInflightBytes is the budget of message bytes being received and
+	// stored at once on this node; beyond it MAIL or DATA gets 452 4.3.1.
+	// A value below MaxMessageBytes counts as MaxMessageBytes.
+	MaxInflightBytes int64 `toml:"max_inflight_bytes"`
+	// BareLineEndings is BareNormalize or BareReject: what happens to a
+	// bare CR or LF in a message.
+	BareLineEndings string `toml:"bare_line_endings"`
+	// MaxReceivedHeaders is the most Received: fields a message may carry
+	// (a mail loop otherwise).
+	MaxReceivedHeaders int `toml:"max_received_headers"`
+	// MaxHeaderBytes is the largest header block a message may have.
+	MaxHeaderBytes int64 `toml:"max_header_bytes"`
 }
+
+// smtp.bare_line_endings values.
+const (
+	// BareNormalize turns every bare CR or LF into CRLF.
+	BareNormalize = "normalize"
+	// BareReject refuses a message with a bare CR or LF (550 5.6.0).
+	BareReject = "reject"
+)
 
 // Auth is the [auth] section.
 type Auth struct {
@@ -306,6 +338,14 @@ func Default() *Config {
 			ProxyProtocolPrefixes: []netip.Prefix{},
 			ShutdownGrace:         Duration{30 * time.Second},
 			MaxConnections:        1000,
+			MaxConnectionsPerIP:   50,
+			MaxJunkCommands:       100,
+			AuthTimeout:           Duration{30 * time.Second},
+			DataTimeout:           Duration{10 * time.Minute},
+			MaxInflightBytes:      256 << 20,
+			BareLineEndings:       BareNormalize,
+			MaxReceivedHeaders:    50,
+			MaxHeaderBytes:        1 << 20,
 		},
 		Auth: Auth{CacheTTL: Duration{5 * time.Second}},
 		Relay: Relay{
@@ -650,6 +690,16 @@ func (c *Config) Validate() error {
 		bad("smtp.max_auth_failures", "%d is negative (set a positive number of failures, or 0 for no limit)", s.MaxAuthFailures)
 	}
 	checkPositive(bad, "smtp.max_connections", int64(s.MaxConnections))
+	checkPositive(bad, "smtp.max_connections_per_ip", int64(s.MaxConnectionsPerIP))
+	checkPositive(bad, "smtp.max_junk_commands", int64(s.MaxJunkCommands))
+	checkPositive(bad, "smtp.max_received_headers", int64(s.MaxReceivedHeaders))
+	checkPositive(bad, "smtp.max_header_bytes", s.MaxHeaderBytes)
+	checkPositive(bad, "smtp.max_inflight_bytes", s.MaxInflightBytes)
+	if s.BareLineEndings != BareNormalize && s.BareLineEndings != BareReject {
+		bad("smtp.bare_line_endings", "%q is not a choice (write \"normalize\" or \"reject\")", s.BareLineEndings)
+	}
+	checkDuration(bad, "smtp.auth_timeout", s.AuthTimeout)
+	checkDuration(bad, "smtp.data_timeout", s.DataTimeout)
 	if s.KeyRateLimit < 0 || s.KeyRateBurst < 0 {
 		bad("smtp.key_rate_limit", "must be 0 (no limit) or a positive number of messages per second; key_rate_burst likewise")
 	}

@@ -26,29 +26,29 @@ type traceInfo struct {
 	now       time.Time
 }
 
-// prepared is a message ready to enqueue.
+// prepared is the header of a message ready to enqueue.
 type prepared struct {
-	body       []byte   // stored form: header with our fields, CRLF line ends
+	header     []byte   // stored header block: our fields added, CRLF line ends, ending with the empty line
 	msys       *MsysAPI // nil: no X-MSYS-API header
 	fromDomain string   // domain of the From: header's first address; "" if none
 	fromAddr   string   // the From: header's first address; "" if none
 	subject    string   // the Subject: header, RFC 2047 words decoded
 }
 
-// prepareMessage turns a message as received into the stored form: line
-// ends made CRLF, the header parsed losslessly (textproto keeps every
-// field's raw bytes), X-MSYS-API parsed and removed, Message-ID: and Date:
-// added when missing (RFC 6409 §8.2, §8.3) and Received: prepended. The
-// body is not touched beyond line ends.
-func prepareMessage(raw []byte, tr traceInfo) (*prepared, error) {
-	raw = toCRLF(raw)
-	r := bytes.NewReader(raw)
-	br := bufio.NewReader(r)
-	h, err := textproto.ReadHeader(br)
+// prepareHeader turns a message's header block as received (line ends
+// already CRLF) into the stored form: parsed losslessly (textproto keeps
+// every field's raw bytes), X-MSYS-API parsed and removed, Message-ID: and
+// Date: added when missing (RFC 6409 §8.2, §8.3) and Received: prepended.
+// More than maxReceived Received: fields is a mail loop. The body is not
+// touched: the caller puts the new header in front of it.
+func prepareHeader(hdr []byte, tr traceInfo, maxReceived int) (*prepared, error) {
+	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(hdr)))
 	if err != nil {
 		return nil, fmt.Errorf("read message header: %w: %w", ErrMalformedMessage, err)
 	}
-	body := raw[len(raw)-r.Len()-br.Buffered():]
+	if n := len(h.Values("Received")); n > maxReceived {
+		return nil, fmt.Errorf("%d Received: fields, more than %d: %w", n, maxReceived, ErrTooManyHops)
+	}
 
 	p := &prepared{}
 	switch vals := h.Values(MsysAPIHeader); len(vals) {
@@ -80,15 +80,11 @@ func prepareMessage(raw []byte, tr traceInfo) (*prepared, error) {
 	h.AddRaw(received(tr))
 
 	var b bytes.Buffer
-	b.Grow(len(raw) + 512)
+	b.Grow(len(hdr) + 512)
 	if err := textproto.WriteHeader(&b, h); err != nil {
 		return nil, fmt.Errorf("write message header: %w: %w", ErrMalformedMessage, err)
 	}
-	b.Write(body)
-	if len(body) > 0 && !bytes.HasSuffix(body, []byte("\r\n")) {
-		b.WriteString("\r\n")
-	}
-	p.body = b.Bytes()
+	p.header = b.Bytes()
 	return p, nil
 }
 
@@ -119,12 +115,20 @@ func received(tr traceInfo) []byte {
 	return []byte(b.String())
 }
 
+// maxTraceName is the longest name written into Received: (a domain name
+// has at most 253 characters); longer client text is cut.
+const maxTraceName = 255
+
 // sanitizeTrace keeps client-chosen text (the EHLO name) from breaking the
 // header: only printable ASCII other than parentheses and angle brackets
-// survive (non-ASCII of an SMTPUTF8 address is kept).
+// survive (non-ASCII of an SMTPUTF8 address is kept), and at most
+// maxTraceName bytes of it.
 func sanitizeTrace(s string) string {
 	if s == "" {
 		return "unknown"
+	}
+	if len(s) > maxTraceName {
+		s = strings.ToValidUTF8(s[:maxTraceName], "")
 	}
 	return strings.Map(func(r rune) rune {
 		switch {
@@ -176,27 +180,4 @@ func domainOfFrom(a string) string {
 		return ""
 	}
 	return strings.ToLower(a[at+1:])
-}
-
-// toCRLF returns b with every bare LF made CRLF (the stored form, RFC 5322
-// §2.3). go-smtp already ends DATA only at CRLF.CRLF, so a bare "\n.\n"
-// reaching here is content, and is relayed dot-stuffed.
-func toCRLF(b []byte) []byte {
-	n := 0
-	for i, c := range b {
-		if c == '\n' && (i == 0 || b[i-1] != '\r') {
-			n++
-		}
-	}
-	if n == 0 {
-		return b
-	}
-	out := make([]byte, 0, len(b)+n)
-	for i, c := range b {
-		if c == '\n' && (i == 0 || b[i-1] != '\r') {
-			out = append(out, '\r')
-		}
-		out = append(out, c)
-	}
-	return out
 }

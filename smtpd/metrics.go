@@ -1,6 +1,7 @@
 package smtpd
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -19,6 +20,8 @@ type metrics struct {
 	bytes         prometheus.Counter
 	replies       *prometheus.CounterVec // by command, code, enhanced code
 	enqueue       prometheus.Histogram
+	limit         *prometheus.CounterVec // by limit
+	inflight      prometheus.Gauge       // bytes of the in-flight budget in use
 	limited       *prometheus.CounterVec // by scope, window
 }
 
@@ -61,11 +64,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "smtpgw_smtp_limited_total",
 			Help: "Messages refused at MAIL for a limit (451 4.7.1), by scope (key, subaccount, or node for smtp.key_rate_limit) and window (second, minute, hour, day, month).",
 		}, []string{"scope", "window"}),
+		limit: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "smtpgw_smtp_limit_total",
+			Help: "Sessions, connections or messages stopped by a limit, by limit (connections_per_ip, junk_commands, auth_timeout, data_timeout, command_line, inflight_bytes, line_length, bare_line_ending, received_headers, header_bytes).",
+		}, []string{"limit"}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "smtpgw_smtp_inflight_bytes",
+			Help: "Bytes of smtp.max_inflight_bytes held by messages being received and stored.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.active, m.rejectedConns, m.auth, m.queued, m.bytes, m.replies, m.enqueue, m.limited} {
+	for _, c := range []prometheus.Collector{m.connections, m.active, m.rejectedConns, m.auth, m.queued, m.bytes, m.replies, m.enqueue, m.limited, m.limit, m.inflight} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register smtpd metrics: %w", err)
 		}
@@ -82,4 +93,41 @@ func (m *metrics) reply(command string, err error, ok int) {
 		enh = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
 	}
 	m.replies.WithLabelValues(command, code, enh).Inc()
+}
+
+// limitHit counts a message refused by one of the limits on its content.
+func (m *metrics) limitHit(err error) {
+	var name string
+	switch {
+	case errors.Is(err, ErrLineTooLong):
+		name = "line_length"
+	case errors.Is(err, ErrBareLineEnding):
+		name = "bare_line_ending"
+	case errors.Is(err, ErrHeaderTooBig):
+		name = "header_bytes"
+	case errors.Is(err, ErrTooManyHops):
+		name = "received_headers"
+	case errors.Is(err, errNoBudget):
+		name = "inflight_bytes"
+	default:
+		return
+	}
+	m.limit.WithLabelValues(name).Inc()
+}
+
+// limitName names a connection-closing reply in the limit metric.
+func limitName(e *smtp.SMTPError) string {
+	switch e {
+	case ErrTooManyFromIP:
+		return "connections_per_ip"
+	case ErrTooManyJunk:
+		return "junk_commands"
+	case ErrAuthTimeout:
+		return "auth_timeout"
+	case ErrDataTimeout:
+		return "data_timeout"
+	case ErrCommandTooLong:
+		return "command_line"
+	}
+	return "other"
 }

@@ -1,6 +1,7 @@
 package smtpd
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/rand"
 	"crypto/tls"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/smtpgw/smtpgw/internal/tlstest"
 )
@@ -265,4 +267,37 @@ func x509Expired(t *testing.T) pemPair {
 		t.Fatal(err)
 	}
 	return pemPair{cert: certPEM, key: keyPEM}
+}
+
+// preparedMessage is a message through the whole DATA path.
+type preparedMessage struct {
+	*prepared
+	body []byte
+}
+
+// prepareMessage runs raw through what Data does to a message: msgReader
+// into a spool (normalizing line ends), prepareHeader, and the header put
+// in front of the body in place.
+func prepareMessage(raw []byte, tr traceInfo) (*preparedMessage, error) {
+	b := &budget{max: 1 << 30, gauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "test"})}
+	sp := newSpool(os.TempDir(), b, 0, 0)
+	defer sp.release()
+	mr := &msgReader{sp: sp, maxHeader: DefaultMaxHeaderBytes}
+	hdrLen, err := mr.read(bytes.NewReader(raw))
+	if err != nil {
+		return nil, err
+	}
+	hdr, err := sp.head(hdrLen)
+	if err != nil {
+		return nil, err
+	}
+	p, err := prepareHeader(hdr, tr, DefaultMaxReceived)
+	if err != nil {
+		return nil, err
+	}
+	body, err := sp.message(p.header, hdrLen)
+	if err != nil {
+		return nil, err
+	}
+	return &preparedMessage{prepared: p, body: bytes.Clone(body)}, nil
 }

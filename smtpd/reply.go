@@ -36,10 +36,37 @@ var (
 	ErrBadAddress = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
 	// ErrMalformedMessage answers a message whose header cannot be parsed.
 	ErrMalformedMessage = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Malformed message header"}
-	// ErrLineTooLong answers a message with a line over go-smtp's limit
-	// (2000 bytes, twice RFC 5321's 1000); go-smtp then closes the
-	// connection. Permanent: sending it again cannot help.
+	// ErrLineTooLong answers a message with a line over maxLineBytes (2000
+	// bytes, twice RFC 5321's 1000), once the data has been read to its
+	// end: the session goes on. Permanent: sending it again cannot help.
 	ErrLineTooLong = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message line too long"}
+	// ErrBareLineEnding answers a message with a bare CR or LF when
+	// bare_line_endings is "reject".
+	ErrBareLineEnding = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Bare CR or LF not allowed"}
+	// ErrTooManyHops answers a message with more Received: fields than
+	// max_received_headers: a mail loop (RFC 5321 §6.3).
+	ErrTooManyHops = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6}, Message: "Too many hops (mail loop?)"}
+	// ErrHeaderTooBig answers a message whose header block is over
+	// max_header_bytes.
+	ErrHeaderTooBig = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Header too large"}
+	// ErrInsufficientResources answers MAIL, or the end of the data, when
+	// the in-flight budget (max_inflight_bytes) cannot hold the message, or
+	// its spool file cannot be written. Nothing was stored.
+	ErrInsufficientResources = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system resources, try later"}
+	// ErrCommandTooLong closes a connection sending a command line of
+	// absurd length (over maxCommandBytes).
+	ErrCommandTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Command line too long, closing connection"}
+	// ErrTooManyFromIP greets a connection over max_connections_per_ip.
+	ErrTooManyFromIP = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many connections from your address, try later"}
+	// ErrTooManyJunk closes a session past max_junk_commands commands that
+	// made no progress.
+	ErrTooManyJunk = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many commands without progress, closing connection"}
+	// ErrAuthTimeout closes a connection not authenticated auth_timeout
+	// after it connected.
+	ErrAuthTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Authentication timeout, closing connection"}
+	// ErrDataTimeout closes a connection whose DATA or BDAT transfer took
+	// longer than data_timeout in all.
+	ErrDataTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Data timeout, closing connection"}
 	// ErrTemporary answers a message that could not be made durable: the
 	// store is down, too slow, or failed. Nothing of it was stored.
 	ErrTemporary = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, message not accepted"}
@@ -102,6 +129,8 @@ func reply(err error) error {
 	switch {
 	case errors.Is(err, errBadAddress):
 		return ErrBadAddress
+	case errors.Is(err, errNoBudget), errors.Is(err, errSpool):
+		return ErrInsufficientResources
 	case errors.Is(err, smtp.ErrTooLongLine):
 		return ErrLineTooLong
 	}

@@ -64,6 +64,16 @@ const (
 	DefaultMaxMessageBytes = 20 << 20
 	DefaultMaxRecipients   = 1000
 	DefaultIdleTimeout     = 60 * time.Second
+	// DefaultMaxConnectionsPerIP is Postfix's
+	// smtpd_client_connection_count_limit.
+	DefaultMaxConnectionsPerIP = 50
+	// DefaultMaxJunkCommands is Postfix's smtpd_junk_command_limit.
+	DefaultMaxJunkCommands = 100
+	DefaultAuthTimeout     = 30 * time.Second
+	DefaultDataTimeout     = 10 * time.Minute
+	DefaultMaxInflight     = 256 << 20
+	DefaultMaxReceived     = 50
+	DefaultMaxHeaderBytes  = 1 << 20
 	// DefaultAuthUsername is SparkPost's SMTP injection username.
 	DefaultAuthUsername = "SMTP_Injection"
 )
@@ -80,6 +90,19 @@ const (
 	proxyHeaderTimeout = 10 * time.Second
 	// rejectTimeout bounds the refusal of a connection over the limit.
 	rejectTimeout = 10 * time.Second
+	// maxCommandBytes bounds what a client may send while go-smtp reads
+	// one command line (go-smtp's own line limit is off, see New): far
+	// more than any command, a pipelined batch or a TLS record, and
+	// little enough memory.
+	maxCommandBytes = 128 << 10
+)
+
+// Values of Config.BareLineEndings.
+const (
+	// BareNormalize stores every bare CR or LF as CRLF (the default).
+	BareNormalize = "normalize"
+	// BareReject refuses a message with a bare CR or LF (550 5.6.0).
+	BareReject = "reject"
 )
 
 // Config configures a Server. Zero values select the defaults above.
@@ -139,6 +162,36 @@ type Config struct {
 	// From: domain is not a sending domain whose DKIM record was verified
 	// (relay.require_verified_domains).
 	RequireVerifiedDomains bool
+	// MaxConnectionsPerIP limits concurrent connections from one client
+	// address (IPv6: one /64; the PROXY source behind a trusted balancer);
+	// 0 means DefaultMaxConnectionsPerIP. Connections over it get 421 4.7.0
+	// and are closed.
+	MaxConnectionsPerIP int
+	// MaxJunkCommands is how many commands that make no progress (NOOP,
+	// RSET, VRFY, HELP, repeated EHLO, unknown or refused commands) a
+	// session may send, counted afresh after each queued message; once they
+	// are answered, the session gets 421 4.7.0 and the connection is
+	// closed. 0 means the default.
+	MaxJunkCommands int
+	// AuthTimeout is how long after connecting a client must have
+	// authenticated, else 421 4.7.0 and close; 0 means the default.
+	AuthTimeout time.Duration
+	// DataTimeout bounds one DATA or BDAT transfer from its start to its
+	// reply, else 421 4.4.2 and close; 0 means the default.
+	DataTimeout time.Duration
+	// MaxInflightBytes is the budget of message bytes being received and
+	// stored at once over all sessions (at least MaxMessageBytes; 0 means
+	// the default). MAIL with a SIZE= that does not fit, or when the budget
+	// is used up, and a message that outgrows it, get 452 4.3.1.
+	MaxInflightBytes int64
+	// BareLineEndings is BareNormalize ("" too) or BareReject.
+	BareLineEndings string
+	// MaxReceivedHeaders is the most Received: fields a message may carry;
+	// more is a mail loop (554 5.4.6). 0 means the default.
+	MaxReceivedHeaders int
+	// MaxHeaderBytes bounds a message's header block (552 5.3.4); 0 means
+	// the default.
+	MaxHeaderBytes int64
 	// Logger receives the session logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -165,6 +218,8 @@ type Server struct {
 	ownQuota  bool                 // quota was made by New: Shutdown closes it
 	usernames []string             // accepted AUTH usernames, lowercased; nil: any
 	supp      *suppression.Checker // the suppression list, cached
+	budget    *budget              // in-flight message bytes
+	spoolDir  string               // where large messages are spooled
 
 	// baseCtx is the parent of every session's context; cancelled when
 	// Shutdown gives up waiting.
@@ -173,14 +228,15 @@ type Server struct {
 	// draining is set by Shutdown: MAIL is refused with 421 4.3.2.
 	draining atomic.Bool
 
-	mu        sync.Mutex         // guards the fields below
-	started   bool               // Start was called
-	listeners []net.Listener     // closed by Shutdown
-	subAddr   net.Addr           // bound submission address, nil if disabled
-	subsAddr  net.Addr           // bound submissions address, nil if disabled
-	conns     map[*conn]struct{} // open connections
-	connsWG   sync.WaitGroup     // one per open conn
-	serveWG   sync.WaitGroup     // one per Serve goroutine
+	mu        sync.Mutex           // guards the fields below
+	started   bool                 // Start was called
+	listeners []net.Listener       // closed by Shutdown
+	subAddr   net.Addr             // bound submission address, nil if disabled
+	subsAddr  net.Addr             // bound submissions address, nil if disabled
+	conns     map[*conn]struct{}   // open connections
+	perIP     map[netip.Prefix]int // open connections by client address (IPv6 /64)
+	connsWG   sync.WaitGroup       // one per open conn
+	serveWG   sync.WaitGroup       // one per Serve goroutine
 
 	// shutdownDone is closed when the first Shutdown call returns, with
 	// its result in shutdownErr.
@@ -219,12 +275,43 @@ func New(cfg Config, st store.Store, v *auth.Verifier, reg prometheus.Registerer
 	if len(cfg.AuthUsernames) == 0 {
 		cfg.AuthUsernames = []string{DefaultAuthUsername}
 	}
+	if cfg.MaxConnectionsPerIP <= 0 {
+		cfg.MaxConnectionsPerIP = DefaultMaxConnectionsPerIP
+	}
+	if cfg.MaxJunkCommands <= 0 {
+		cfg.MaxJunkCommands = DefaultMaxJunkCommands
+	}
+	if cfg.AuthTimeout <= 0 {
+		cfg.AuthTimeout = DefaultAuthTimeout
+	}
+	if cfg.DataTimeout <= 0 {
+		cfg.DataTimeout = DefaultDataTimeout
+	}
+	if cfg.MaxInflightBytes <= 0 {
+		cfg.MaxInflightBytes = DefaultMaxInflight
+	}
+	cfg.MaxInflightBytes = max(cfg.MaxInflightBytes, cfg.MaxMessageBytes)
+	switch cfg.BareLineEndings {
+	case "":
+		cfg.BareLineEndings = BareNormalize
+	case BareNormalize, BareReject:
+	default:
+		return nil, fmt.Errorf("new smtp server: smtp.bare_line_endings: %q is not %q or %q", cfg.BareLineEndings, BareNormalize, BareReject)
+	}
+	if cfg.MaxReceivedHeaders <= 0 {
+		cfg.MaxReceivedHeaders = DefaultMaxReceived
+	}
+	if cfg.MaxHeaderBytes <= 0 {
+		cfg.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
 	s := &Server{
 		cfg:          cfg,
 		st:           st,
 		verifier:     v,
 		log:          cfg.Logger,
 		conns:        make(map[*conn]struct{}),
+		perIP:        make(map[netip.Prefix]int),
+		spoolDir:     spoolDir(cfg.DataDir),
 		shutdownDone: make(chan struct{}),
 		domains:      domainCache{st: st, ttl: domainCacheTTL},
 		rateLimit:    cfg.KeyRateLimit,
@@ -263,6 +350,7 @@ func New(cfg Config, st store.Store, v *auth.Verifier, reg prometheus.Registerer
 	if s.metrics, err = newMetrics(reg); err != nil {
 		return nil, fmt.Errorf("new smtp server: %w", err)
 	}
+	s.budget = &budget{max: cfg.MaxInflightBytes, gauge: s.metrics.inflight}
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 
 	srv := smtp.NewServer(backend{s})
@@ -271,6 +359,13 @@ func New(cfg Config, st store.Store, v *auth.Verifier, reg prometheus.Registerer
 	srv.MaxMessageBytes = cfg.MaxMessageBytes
 	srv.MaxRecipients = cfg.MaxRecipients
 	srv.AllowInsecureAuth = cfg.AllowInsecureAuth
+	// go-smtp's line limit is off: once hit, its reader fails for good, so
+	// a long line in DATA got two replies and a disconnect. msgReader
+	// limits message lines (one reply, the session goes on) and conn
+	// limits command lines (maxCommandBytes).
+	srv.MaxLineLength = 0
+	// ReadTimeout must not be 0: go-smtp then sets the read deadline
+	// before each command line, which is how conn counts commands.
 	srv.ReadTimeout = cfg.IdleTimeout
 	srv.WriteTimeout = cfg.IdleTimeout
 	srv.EnableSMTPUTF8 = true
@@ -416,7 +511,8 @@ func (s *Server) snapshotConns() []*conn {
 }
 
 // newListener wraps a bound TCP listener with PROXY protocol handling,
-// connection tracking and, for submissions, TLS.
+// connection limits and tracking and, for submissions, TLS, and starts
+// accepting.
 func (s *Server) newListener(raw net.Listener, name string, implicitTLS bool) *listener {
 	var inner net.Listener = raw
 	if len(s.cfg.ProxyProtocolFrom) > 0 {
@@ -436,7 +532,10 @@ func (s *Server) newListener(raw net.Listener, name string, implicitTLS bool) *l
 			},
 		}
 	}
-	return &listener{Listener: inner, srv: s, name: name, implicitTLS: implicitTLS}
+	l := &listener{Listener: inner, srv: s, name: name, implicitTLS: implicitTLS,
+		ready: make(chan net.Conn), closed: make(chan struct{})}
+	go l.acceptLoop()
+	return l
 }
 
 func addrIn(a net.Addr, prefixes []netip.Prefix) bool {
@@ -454,38 +553,81 @@ func addrIn(a net.Addr, prefixes []netip.Prefix) bool {
 }
 
 // listener hands go-smtp tracked connections, TLS-wrapped for submissions,
-// and turns away connections over MaxConnections.
+// and turns away connections over MaxConnections or MaxConnectionsPerIP.
+// Each accepted connection is admitted in a goroutine of its own: finding
+// the client address may mean waiting for a PROXY header, which must not
+// hold up the others.
 type listener struct {
 	net.Listener
 	srv         *Server
 	name        string
 	implicitTLS bool
+
+	ready     chan net.Conn // admitted connections for Accept
+	closed    chan struct{} // closed when the accept loop ends
+	acceptErr error         // why it ended; read after closed
 }
 
-// Accept returns the next connection within the limit.
-func (l *listener) Accept() (net.Conn, error) {
+// acceptLoop accepts connections and admits each in its own goroutine.
+func (l *listener) acceptLoop() {
+	defer close(l.closed)
+	var delay time.Duration
 	for {
 		nc, err := l.Listener.Accept()
 		if err != nil {
-			return nil, err
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Too many open files and the like: wait, as net/http does.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				l.srv.log.Warn("smtp accept", "listener", l.name, "err", err, "retry_in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			l.acceptErr = err
+			return
 		}
-		c, ok := l.srv.track(nc, l.name)
-		if !ok {
-			go l.reject(nc)
-			continue
-		}
-		if l.implicitTLS {
-			// The writer is set by NewSession, after the handshake: a
-			// write from Shutdown must not start or wait on one.
-			return tls.Server(c, l.srv.tlsConfig), nil
-		}
-		c.setWriter(c)
-		return c, nil
+		delay = 0
+		go l.admit(nc)
 	}
 }
 
-// reject tells a connection over the limit to come back later.
-func (l *listener) reject(nc net.Conn) {
+// admit registers nc within the limits and hands it to Accept, or refuses
+// it with 421.
+func (l *listener) admit(nc net.Conn) {
+	// For a PROXY connection this reads the header.
+	ip := addrOf(nc.RemoteAddr())
+	c, refusal := l.srv.track(nc, l.name, ip)
+	if refusal != nil {
+		l.reject(nc, refusal)
+		return
+	}
+	var out net.Conn = c
+	if l.implicitTLS {
+		// The writer is set by NewSession, after the handshake: a write
+		// from Shutdown must not start or wait on one.
+		out = tls.Server(c, l.srv.tlsConfig)
+	} else {
+		c.setWriter(c)
+	}
+	select {
+	case l.ready <- out:
+	case <-l.closed:
+		_ = c.Close()
+	}
+}
+
+// Accept returns the next admitted connection.
+func (l *listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ready:
+		return c, nil
+	case <-l.closed:
+		return nil, l.acceptErr
+	}
+}
+
+// reject tells a connection over a limit to come back later.
+func (l *listener) reject(nc net.Conn, e *smtp.SMTPError) {
 	defer func() { _ = nc.Close() }()
 	var w net.Conn = nc
 	if l.implicitTLS {
@@ -494,7 +636,7 @@ func (l *listener) reject(nc net.Conn) {
 	if err := w.SetDeadline(time.Now().Add(rejectTimeout)); err != nil {
 		return
 	}
-	_, _ = fmt.Fprintf(w, "%s\r\n", replyLine(ErrTooManyConnections))
+	_, _ = fmt.Fprintf(w, "%s\r\n", replyLine(e))
 	_ = w.Close()
 }
 
@@ -502,26 +644,57 @@ func replyLine(e *smtp.SMTPError) string {
 	return fmt.Sprintf("%d %d.%d.%d %s", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
 }
 
-// track registers a new connection, or reports false when MaxConnections
-// are open (or the server is shutting down).
-func (s *Server) track(nc net.Conn, listenerName string) (*conn, bool) {
+// ipKey is what connections are counted by: an IPv4 address, or the /64
+// of an IPv6 address (one host's usual allocation).
+func ipKey(ip netip.Addr) netip.Prefix {
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, err := ip.Prefix(bits)
+	if err != nil {
+		return netip.Prefix{} // an invalid address: counted together
+	}
+	return p
+}
+
+// track registers a new connection from ip, or returns the reply refusing
+// it: MaxConnections or MaxConnectionsPerIP are open (or the server is
+// shutting down).
+func (s *Server) track(nc net.Conn, listenerName string, ip netip.Addr) (*conn, *smtp.SMTPError) {
+	key := ipKey(ip)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if max := s.maxConns.Load(); s.draining.Load() || (max > 0 && int64(len(s.conns)) >= max) {
 		s.metrics.rejectedConns.Inc()
-		return nil, false
+		return nil, ErrTooManyConnections
 	}
-	c := &conn{Conn: nc, srv: s, id: newConnID(), listener: listenerName}
+	if s.perIP[key] >= s.cfg.MaxConnectionsPerIP {
+		s.metrics.limit.WithLabelValues(limitName(ErrTooManyFromIP)).Inc()
+		s.log.Info("connection refused: too many from this address", "remote", ip.String(), "open", s.perIP[key])
+		return nil, ErrTooManyFromIP
+	}
+	now := time.Now()
+	c := &conn{Conn: nc, srv: s, id: newConnID(), listener: listenerName, remote: ip, ipKey: key,
+		authDeadline: now.Add(s.cfg.AuthTimeout), progress: true}
+	c.logger = s.log.With("conn_id", c.id, "remote", ip.String(), "listener", listenerName)
 	s.conns[c] = struct{}{}
+	s.perIP[key]++
 	s.connsWG.Add(1)
 	s.metrics.connections.WithLabelValues(listenerName).Inc()
 	s.metrics.active.Inc()
-	return c, true
+	// A client that never sends a command is not read from: the auth
+	// deadline is enforced by a timer as well as by reads.
+	c.authTimer = time.AfterFunc(s.cfg.AuthTimeout, func() { c.fire(ErrAuthTimeout) })
+	return c, nil
 }
 
 func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if s.perIP[c.ipKey]--; s.perIP[c.ipKey] <= 0 {
+		delete(s.perIP, c.ipKey)
+	}
 	s.mu.Unlock()
 	s.metrics.active.Dec()
 	s.connsWG.Done()
@@ -538,37 +711,205 @@ func newConnID() string {
 // before TLS). It tracks whether a transaction is under way, so Shutdown
 // knows which sessions it may close at once, and can close itself right
 // after the next reply is written (421 replies).
+//
+// It also enforces the limits go-smtp has no hook for. go-smtp sets the
+// read deadline before reading each command line (Server.ReadTimeout is
+// never 0), through TLS too, so SetReadDeadline marks the start of a
+// command: a command after which no session callback reported progress
+// was junk (NOOP, VRFY, HELP, RSET, unknown or refused commands), and the
+// bytes read until the next reply are one command line. Reads are cut at
+// the auth deadline (until AUTH succeeds) and at the data deadline (during
+// a transfer), however steadily bytes arrive. Whichever limit is hit, the
+// client gets its 421 (or 500) and the connection is closed; go-smtp then
+// sees a closed connection and writes nothing more.
 type conn struct {
-	net.Conn         // TCP, or the PROXY-protocol conn over it
-	srv      *Server // that accepted it
-	id       string  // conn_id in the logs
-	listener string  // "submission" or "submissions"
+	net.Conn              // TCP, or the PROXY-protocol conn over it
+	srv      *Server      // that accepted it
+	id       string       // conn_id in the logs
+	listener string       // "submission" or "submissions"
+	remote   netip.Addr   // client address, unmapped
+	ipKey    netip.Prefix // what MaxConnectionsPerIP counts
+	logger   *slog.Logger // with conn_id, remote, listener
 
-	closeAfterWrite atomic.Bool  // close once the next reply is written
-	closeOnce       sync.Once    // Close runs once
-	logOnce         sync.Once    // guards logger and remote
-	logger          *slog.Logger // with conn_id, remote, listener
-	remote          netip.Addr   // client address, unmapped
+	closeAfterWrite atomic.Bool // close once the next reply is written
+	closeOnce       sync.Once   // Close runs once
+	authTimer       *time.Timer // fires the auth deadline on a silent client
 
 	mu     sync.Mutex
 	writer net.Conn // what replies are written to: c, or the TLS conn over it; nil while unknown
 	inTx   bool     // between MAIL and the end of the message or RSET
 	closed bool
+
+	lmu          sync.Mutex // guards the limit state below
+	authDeadline time.Time  // zero once authenticated
+	dataDeadline time.Time  // zero outside a DATA/BDAT transfer
+	dataReturned bool       // the transfer's Data returned: its deadline ends at the next reply
+	readingCmd   bool       // a command line is being read
+	cmdBytes     int        // bytes read for it so far
+	progress     bool       // a session callback made progress since the last command began
+	junk         int        // commands without progress since the last queued message
+	fired        bool       // a limit closed the connection
+	tlsCredited  bool       // tlsStarted ran
 }
 
 // Read reads and, as data arrives, pushes the read deadline out by the
-// idle timeout: go-smtp sets it once per command line, which would cut off
-// a large DATA transfer that takes longer than the idle timeout in all.
+// idle timeout (go-smtp sets it once per command line, which would cut off
+// a large DATA transfer that takes longer than the idle timeout in all),
+// but never past the auth or data deadline.
 func (c *conn) Read(b []byte) (int, error) {
+	if e := c.expired(); e != nil {
+		return 0, c.fire(e)
+	}
 	n, err := c.Conn.Read(b)
 	if n > 0 {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(c.srv.cfg.IdleTimeout))
+		c.lmu.Lock()
+		over := false
+		if c.readingCmd {
+			c.cmdBytes += n
+			over = c.cmdBytes > maxCommandBytes
+		}
+		hard := c.hardDeadline()
+		c.lmu.Unlock()
+		if over {
+			return 0, c.fire(ErrCommandTooLong)
+		}
+		d := time.Now().Add(c.srv.cfg.IdleTimeout)
+		if !hard.IsZero() && hard.Before(d) {
+			d = hard
+		}
+		_ = c.Conn.SetReadDeadline(d)
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		if e := c.expired(); e != nil {
+			return n, c.fire(e)
+		}
 	}
 	return n, err
 }
 
+// SetReadDeadline is called by go-smtp before it reads each command line
+// (and once before the TLS handshake of an implicit-TLS connection): it
+// counts commands without progress and applies the hard deadlines.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	c.lmu.Lock()
+	if !c.progress {
+		c.junk++
+	}
+	c.progress = false
+	c.readingCmd, c.cmdBytes = true, 0
+	junk := c.junk
+	hard := c.hardDeadline()
+	c.lmu.Unlock()
+	if junk >= c.srv.cfg.MaxJunkCommands {
+		return c.fire(ErrTooManyJunk)
+	}
+	if e := c.expired(); e != nil {
+		return c.fire(e)
+	}
+	if !hard.IsZero() && hard.Before(t) {
+		t = hard
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+// hardDeadline is the earlier of the auth and data deadlines, or zero.
+// c.lmu must be held.
+func (c *conn) hardDeadline() time.Time {
+	d := c.authDeadline
+	if !c.dataDeadline.IsZero() && (d.IsZero() || c.dataDeadline.Before(d)) {
+		d = c.dataDeadline
+	}
+	return d
+}
+
+// expired returns the reply for a hard deadline that has passed, or nil.
+func (c *conn) expired() *smtp.SMTPError {
+	c.lmu.Lock()
+	defer c.lmu.Unlock()
+	now := time.Now()
+	switch {
+	case !c.dataDeadline.IsZero() && !now.Before(c.dataDeadline):
+		return ErrDataTimeout
+	case !c.authDeadline.IsZero() && !now.Before(c.authDeadline):
+		return ErrAuthTimeout
+	}
+	return nil
+}
+
+// fire closes the connection for a limit with its reply, once, and returns
+// the error go-smtp is to see (a closed connection: it writes nothing).
+func (c *conn) fire(e *smtp.SMTPError) error {
+	c.lmu.Lock()
+	first := !c.fired
+	c.fired = true
+	c.lmu.Unlock()
+	if first {
+		c.srv.metrics.limit.WithLabelValues(limitName(e)).Inc()
+		c.log().Info("closing connection: "+limitName(e), "code", e.Code)
+		c.closeWith(e)
+	}
+	return net.ErrClosed
+}
+
+// markProgress records that the current command made progress (a session
+// started, AUTH, an accepted MAIL or RCPT, message data).
+func (c *conn) markProgress() {
+	c.lmu.Lock()
+	c.progress = true
+	c.lmu.Unlock()
+}
+
+// tlsStarted takes back the junk counted for STARTTLS (or, with implicit
+// TLS, for the handshake before the first command): TLS is progress.
+func (c *conn) tlsStarted() {
+	c.lmu.Lock()
+	if !c.tlsCredited && c.junk > 0 {
+		c.junk--
+	}
+	c.tlsCredited = true
+	c.lmu.Unlock()
+}
+
+// messageQueued starts the junk count afresh.
+func (c *conn) messageQueued() {
+	c.lmu.Lock()
+	c.junk = 0
+	c.lmu.Unlock()
+}
+
+// authenticated lifts the auth deadline.
+func (c *conn) authenticated() {
+	c.lmu.Lock()
+	c.authDeadline = time.Time{}
+	c.lmu.Unlock()
+	c.authTimer.Stop()
+}
+
+// startData sets the deadline of a DATA/BDAT transfer.
+func (c *conn) startData(deadline time.Time) {
+	c.lmu.Lock()
+	c.dataDeadline, c.dataReturned, c.progress, c.readingCmd = deadline, false, true, false
+	c.lmu.Unlock()
+}
+
+// endData marks the transfer's Data as returned: the deadline holds until
+// the reply is written.
+func (c *conn) endData() {
+	c.lmu.Lock()
+	c.dataReturned = true
+	c.lmu.Unlock()
+}
+
 // Write writes and, if a 421 reply was just written, closes the connection.
+// Any write ends the reading of a command line, and the data deadline of a
+// finished transfer.
 func (c *conn) Write(b []byte) (int, error) {
+	c.lmu.Lock()
+	c.readingCmd = false
+	if c.dataReturned {
+		c.dataDeadline, c.dataReturned = time.Time{}, false
+	}
+	c.lmu.Unlock()
 	n, err := c.Conn.Write(b)
 	if c.closeAfterWrite.Load() {
 		_ = c.Close()
@@ -583,6 +924,7 @@ func (c *conn) Close() error {
 		c.mu.Lock()
 		c.closed = true
 		c.mu.Unlock()
+		c.authTimer.Stop()
 		err = c.Conn.Close()
 		c.srv.untrack(c)
 		c.log().Debug("connection closed")
@@ -591,19 +933,12 @@ func (c *conn) Close() error {
 }
 
 // log returns the connection's logger, with its id and client address.
-// It must first be called from the connection's goroutine: finding the
-// address may read the PROXY header.
 func (c *conn) log() *slog.Logger {
-	c.logOnce.Do(func() {
-		c.remote = addrOf(c.Conn.RemoteAddr())
-		c.logger = c.srv.log.With("conn_id", c.id, "remote", c.remote.String(), "listener", c.listener)
-	})
 	return c.logger
 }
 
 // clientIP is the client's address: the TCP peer, or the PROXY source.
 func (c *conn) clientIP() netip.Addr {
-	c.log()
 	return c.remote
 }
 

@@ -58,7 +58,9 @@ func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	}
 	if st, ok := c.TLSConnectionState(); ok {
 		s.tls = tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)
+		tc.tlsStarted()
 	}
+	tc.markProgress()
 	s.log.Debug("session started", "helo", c.Hostname(), "tls", s.tls)
 	return s, nil
 }
@@ -81,8 +83,9 @@ type session struct {
 	id         *auth.Identity
 	subaccount int64 // the subaccount messages are sent for
 
-	mu sync.Mutex
-	tx transaction
+	mu       sync.Mutex
+	tx       transaction
+	reserved int64 // in-flight budget reserved by MAIL SIZE=, until DATA takes it
 }
 
 // transaction is the envelope of the message being received.
@@ -93,6 +96,7 @@ type transaction struct {
 	bodyType string
 	dsnRet   string
 	dsnEnvID string
+	size     int64 // MAIL SIZE=, 0 if not given
 	rcpts    []*store.Recipient
 	// suppressed holds, per lowercased recipient, the suppression types
 	// found at RCPT (none of them both types: those were refused); DATA
@@ -114,6 +118,7 @@ func (s *session) AuthMechanisms() []string {
 
 // Auth starts an AUTH exchange.
 func (s *session) Auth(mech string) (sasl.Server, error) {
+	s.conn.markProgress()
 	if _, blocked := s.srv.verifier.Blocked(s.ip); blocked {
 		s.srv.metrics.auth.WithLabelValues("throttled").Inc()
 		s.log.Info("authentication refused: too many failures from this address")
@@ -195,6 +200,7 @@ func (s *session) checkCredentials(username, password string) error {
 		}
 	}
 	s.id, s.subaccount = id, subaccount
+	s.conn.authenticated()
 	s.srv.metrics.auth.WithLabelValues("success").Inc()
 	s.log = s.log.With("key_id", id.KeyID, "subaccount", subaccount)
 	s.log.Info("authenticated", "short_key", id.ShortKey)
@@ -234,6 +240,9 @@ func authOutcome(e *auth.Error) string {
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	err := reply(s.mail(from, opts))
 	s.srv.metrics.reply("MAIL", err, 250)
+	if err == nil {
+		s.conn.markProgress()
+	}
 	return err
 }
 
@@ -255,15 +264,35 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 			return fmt.Errorf("mail from: %w", err)
 		}
 	}
+	// The in-flight budget: SIZE= is reserved now, so that a message that
+	// cannot fit is refused before it is sent; without it, MAIL is refused
+	// only when nothing is left.
+	var reserve int64
+	if opts.Size > 0 {
+		reserve = (opts.Size + budgetStep - 1) / budgetStep * budgetStep
+		if !s.srv.budget.reserve(reserve) {
+			s.srv.metrics.limit.WithLabelValues("inflight_bytes").Inc()
+			s.log.Info("message refused: in-flight budget used up", "size", opts.Size)
+			return ErrInsufficientResources
+		}
+	} else if s.srv.budget.exhausted() {
+		s.srv.metrics.limit.WithLabelValues("inflight_bytes").Inc()
+		s.log.Info("message refused: in-flight budget used up")
+		return ErrInsufficientResources
+	}
 	quota, err := s.reserveQuota()
 	if err != nil {
+		s.srv.budget.release(reserve)
 		return err
 	}
 	if !s.conn.beginTx() {
 		quota.Release()
+		s.srv.budget.release(reserve)
 		return s.closeAfter(ErrShuttingDown)
 	}
 	s.mu.Lock()
+	s.srv.budget.release(s.reserved) // a MAIL without RSET replaces the transaction
+	s.reserved = reserve
 	s.tx = transaction{
 		helo:     s.c.Hostname(),
 		from:     from,
@@ -271,6 +300,7 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 		bodyType: string(opts.Body),
 		dsnRet:   string(opts.Return),
 		dsnEnvID: opts.EnvelopeID,
+		size:     opts.Size,
 		quota:    quota,
 	}
 	s.mu.Unlock()
@@ -302,6 +332,9 @@ func (s *session) reserveQuota() (*limits.Reservation, error) {
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	err := reply(s.rcpt(to, opts))
 	s.srv.metrics.reply("RCPT", err, 250)
+	if err == nil {
+		s.conn.markProgress()
+	}
 	return err
 }
 
@@ -346,9 +379,20 @@ func (s *session) Reset() {
 	s.mu.Lock()
 	quota := s.tx.quota
 	s.tx = transaction{}
+	s.srv.budget.release(s.reserved)
+	s.reserved = 0
 	s.mu.Unlock()
 	quota.Release()
 	s.conn.endTx()
+}
+
+// takeReservation hands the MAIL SIZE= reservation to the message.
+func (s *session) takeReservation() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.reserved
+	s.reserved = 0
+	return r
 }
 
 // Logout ends the session (connection closed, or STARTTLS).
@@ -356,6 +400,8 @@ func (s *session) Logout() error {
 	s.mu.Lock()
 	quota := s.tx.quota
 	s.tx.quota = nil
+	s.srv.budget.release(s.reserved)
+	s.reserved = 0
 	s.mu.Unlock()
 	quota.Release()
 	s.cancel()
@@ -370,6 +416,11 @@ func (s *session) Logout() error {
 // 250 only once it is committed.
 func (s *session) Data(r io.Reader) error {
 	start := time.Now()
+	// The whole transfer, however steady, must end by the data deadline;
+	// it lasts until the reply is written (go-smtp reads what is left of
+	// a refused message before answering).
+	s.conn.startData(start.Add(s.srv.cfg.DataTimeout))
+	defer s.conn.endData()
 	id := store.NewID()
 	m, err := s.data(r, id)
 	if err == nil {
@@ -378,7 +429,7 @@ func (s *session) Data(r io.Reader) error {
 		s.tx.quota = nil
 		s.mu.Unlock()
 		s.srv.metrics.reply("DATA", queued(id), 250)
-		s.log.Info("queued", "msg_id", id, "from", m.MailFrom, "rcpts", len(m.Recipients), "size", len(m.Body),
+		s.log.Info("queued", "msg_id", id, "from", m.MailFrom, "rcpts", len(m.Recipients), "size", m.Size,
 			"campaign_id", m.CampaignID, "duration", time.Since(start).Round(time.Microsecond).String())
 		return queued(id)
 	}
@@ -415,14 +466,21 @@ func (s *session) data(r io.Reader, id string) (*store.Message, error) {
 	tx.rcpts = slices.Clone(tx.rcpts)
 	s.mu.Unlock()
 
-	limit := s.srv.cfg.MaxMessageBytes
-	raw, err := io.ReadAll(io.LimitReader(r, limit+1))
-	switch {
-	case errors.Is(err, smtp.ErrDataTooLarge), err == nil && int64(len(raw)) > limit:
-		return nil, fmt.Errorf("read message: over %d bytes: %w", limit, ErrTooBig)
-	case err != nil:
-		return nil, fmt.Errorf("read message: %w: %w", errClientRead, err)
-	case s.id == nil || len(tx.rcpts) == 0:
+	// The MAIL SIZE= reservation, if any, becomes the message's.
+	sp := newSpool(s.srv.spoolDir, s.srv.budget, s.takeReservation(), tx.size)
+	defer sp.release()
+	mr := &msgReader{
+		sp:         sp,
+		reject:     s.srv.cfg.BareLineEndings == BareReject,
+		maxHeader:  s.srv.cfg.MaxHeaderBytes,
+		onProgress: s.conn.markProgress,
+	}
+	hdrLen, err := mr.read(r)
+	if err != nil {
+		s.srv.metrics.limitHit(err)
+		return nil, err
+	}
+	if s.id == nil || len(tx.rcpts) == 0 {
 		return nil, errors.New("read message: transaction was reset")
 	}
 
@@ -438,8 +496,18 @@ func (s *session) data(r io.Reader, id string) (*store.Message, error) {
 	if len(tx.rcpts) == 1 {
 		tr.recipient = tx.rcpts[0].Address
 	}
-	p, err := prepareMessage(raw, tr)
-	raw = nil // at most one copy of the message held from here on
+	hdr, err := sp.head(hdrLen)
+	if err != nil {
+		return nil, err
+	}
+	p, err := prepareHeader(hdr, tr, s.srv.cfg.MaxReceivedHeaders)
+	if err != nil {
+		s.srv.metrics.limitHit(err)
+		return nil, err
+	}
+	// The new header goes in front of the body where it lies: the message
+	// is not copied (see spool.go).
+	body, err := sp.message(p.header, hdrLen)
 	if err != nil {
 		return nil, err
 	}
@@ -448,7 +516,7 @@ func (s *session) data(r io.Reader, id string) (*store.Message, error) {
 		KeyID:      s.id.KeyID,
 		Subaccount: s.subaccount,
 		MailFrom:   tx.from,
-		Body:       p.body,
+		Body:       body,
 		SMTPUTF8:   tx.utf8,
 		BodyType:   tx.bodyType,
 		DSNRet:     tx.dsnRet,
@@ -487,11 +555,14 @@ func (s *session) data(r io.Reader, id string) (*store.Message, error) {
 	t0 := time.Now()
 	err = s.srv.st.Enqueue(ctx, m)
 	s.srv.metrics.enqueue.Observe(time.Since(t0).Seconds())
+	// The body's memory (or mapping) goes with the spool.
+	m.Body = nil
 	if err != nil {
 		return nil, fmt.Errorf("enqueue: %w", err)
 	}
+	s.conn.messageQueued()
 	s.srv.metrics.queued.Inc()
-	s.srv.metrics.bytes.Add(float64(len(m.Body)))
+	s.srv.metrics.bytes.Add(float64(m.Size))
 	return m, nil
 }
 
