@@ -436,74 +436,8 @@ func (s *pgStore) Enqueue(ctx context.Context, m *Message) error {
 // resolved (pgCommitTx): the waiters learn whether their messages are stored.
 func (s *pgStore) writeBatch(ctx context.Context, msgs []*Message) error {
 	return s.pgCommitTx(ctx, "write batch", func(tx pgx.Tx) error {
-		return insertPGMessages(ctx, tx, msgs, true)
+		return insertPGMessages(ctx, tx, msgs, nil, true)
 	})
-}
-
-// insertPGMessages writes messages, recipients (setting their ids) and
-// injection events inside tx as one pipelined batch, with a NOTIFY if
-// notify is set.
-func insertPGMessages(ctx context.Context, tx pgx.Tx, msgs []*Message, notify bool) error {
-	if len(msgs) == 0 {
-		return nil
-	}
-	b := &pgx.Batch{}
-	var rcpts []*Recipient
-	var evs []Event
-	for _, m := range msgs {
-		body := m.Body
-		if body == nil {
-			body = []byte{}
-		}
-		var msys any
-		if len(m.MsysAPI) > 0 {
-			msys = string(m.MsysAPI)
-		}
-		info, err := encodeInfo(&m.Info)
-		if err != nil {
-			return err
-		}
-		b.Queue(`INSERT INTO messages (id, key_id, subaccount, mail_from, body, size, smtputf8, body_type,
-			dsn_ret, dsn_envid, campaign_id, msys_api, created_at, info)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
-			m.ID, m.KeyID, m.Subaccount, m.MailFrom, body, int64(len(body)), m.SMTPUTF8, m.BodyType,
-			m.DSNRet, m.DSNEnvID, m.CampaignID, msys, m.CreatedAt, info)
-		for _, r := range m.Recipients {
-			b.Queue(`INSERT INTO recipients (message_id, address, domain, state, attempts, next_attempt,
-				last_reply, dsn_notify, dsn_orcpt, updated_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id`,
-				m.ID, r.Address, r.Domain, r.State, r.Attempts, r.NextAttempt,
-				r.LastReply, r.DSNNotify, r.DSNOrcpt, r.UpdatedAt)
-			rcpts = append(rcpts, r)
-		}
-		evs = append(evs, injectionEvents(m)...)
-	}
-	if err := queueEvents(b, evs); err != nil {
-		return err
-	}
-	if notify {
-		b.Queue(pgNotify, notifyChannel)
-	}
-	br := tx.SendBatch(ctx, b)
-	err := readBatch(br, msgs, rcpts, evs)
-	return errors.Join(err, br.Close())
-}
-
-// readBatch reads the results of a batch queued by insertPGMessages.
-func readBatch(br pgx.BatchResults, msgs []*Message, rcpts []*Recipient, evs []Event) error {
-	ri := 0
-	for _, m := range msgs {
-		if _, err := br.Exec(); err != nil {
-			return fmt.Errorf("insert message %s: %w", m.ID, err)
-		}
-		for range m.Recipients {
-			if err := br.QueryRow().Scan(&rcpts[ri].ID); err != nil {
-				return fmt.Errorf("insert recipient of %s: %w", m.ID, err)
-			}
-			ri++
-		}
-	}
-	return readEvents(br, evs)
 }
 
 const pgEventInsert = `INSERT INTO events (type, time, message_id, key_id, subaccount, recipient,
@@ -660,40 +594,9 @@ const pgFinishUpdate = `UPDATE recipients SET state = $1,
 func (s *pgStore) writeFinishes(ctx context.Context, ops []*finishOp) error {
 	return s.pgCommitTx(ctx, "write finish batch", func(tx pgx.Tx) error {
 		// 1. Every outcome.
-		b := &pgx.Batch{}
-		for _, op := range ops {
-			for _, o := range op.f.Outcomes {
-				next, setNext := op.outcomeNext(o)
-				b.Queue(pgFinishUpdate, o.State, setNext, next, o.Reply, op.now, o.RecipientID, op.owner)
-			}
-		}
-		type lost struct {
-			op *finishOp
-			id int64
-		}
-		var lostLease []lost
-		if b.Len() > 0 {
-			br := tx.SendBatch(ctx, b)
-			var err error
-			for _, op := range ops {
-				for _, o := range op.f.Outcomes {
-					if err != nil {
-						break
-					}
-					var tag pgconn.CommandTag
-					tag, err = br.Exec()
-					if err == nil {
-						if tag.RowsAffected() == 1 {
-							op.applied++
-						} else {
-							lostLease = append(lostLease, lost{op, o.RecipientID})
-						}
-					}
-				}
-			}
-			if err := errors.Join(err, br.Close()); err != nil {
-				return err
-			}
+		lostLease, err := finishOutcomesPG(ctx, tx, ops)
+		if err != nil {
+			return err
 		}
 		// 2. Who the lost recipients are, to drop their events.
 		stale := map[*finishOp]map[staleRecipient]bool{}
@@ -735,22 +638,12 @@ func (s *pgStore) writeFinishes(ctx context.Context, ops []*finishOp) error {
 				op.wrote = true
 			}
 		}
-		if len(evs) > 0 {
-			b := &pgx.Batch{}
-			if err := queueEvents(b, evs); err != nil {
-				return err
-			}
-			br := tx.SendBatch(ctx, b)
-			if err := errors.Join(readEvents(br, evs), br.Close()); err != nil {
-				return err
-			}
-		}
 		if ids := finalRecipientIDs(ops); len(ids) > 0 {
 			if _, err := tx.Exec(ctx, pgDropBodies, ids); err != nil {
 				return fmt.Errorf("drop delivered bodies: %w", err)
 			}
 		}
-		return insertPGMessages(ctx, tx, msgs, true)
+		return insertPGMessages(ctx, tx, msgs, evs, true)
 	})
 }
 
