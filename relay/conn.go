@@ -264,6 +264,7 @@ func (r *Relay) dialTLS(ctx context.Context, rt route, mode string) (_ *conn, er
 			return nil, err
 		}
 	}
+	nc = newFlushConn(nc)
 	client := smtp.NewClient(nc)
 	client.CommandTimeout = r.conf().CommandTimeout
 	client.SubmissionTimeout = r.conf().CommandTimeout

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -280,5 +281,34 @@ func TestSemaphoresSaturated(t *testing.T) {
 	s.mu.Unlock()
 	if left != 0 {
 		t.Errorf("%d semaphores left after every job left, want 0", left)
+	}
+}
+
+// TestFlushConnOneWrite checks that flushConn sends what was written in
+// one write, at the next read, and nothing before.
+func TestFlushConnOneWrite(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	fc := newFlushConn(a)
+	for _, s := range []string{"DATA-part-1 ", "part-2 ", ".\r\n"} {
+		if _, err := fc.Write([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 1024)
+		n, _ := b.Read(buf) // net.Pipe: one Read gets exactly one Write
+		got <- string(buf[:n])
+		_, _ = b.Write([]byte("250 ok\r\n"))
+	}()
+	reply := make([]byte, 64)
+	n, err := fc.Read(reply)
+	if err != nil || string(reply[:n]) != "250 ok\r\n" {
+		t.Fatalf("read %q, %v", reply[:n], err)
+	}
+	if s := <-got; s != "DATA-part-1 part-2 .\r\n" {
+		t.Errorf("the peer's first read got %q, want everything written in one write", s)
 	}
 }

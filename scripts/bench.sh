@@ -133,7 +133,7 @@ start_pg() {
   runuser -u postgres -- "$PGBIN/initdb" -D "$pgdata" -A trust -U postgres >/dev/null
   cg_new postgres
   cg_run postgres runuser -u postgres -- "$PGBIN/pg_ctl" -D "$pgdata" -w -l "$pgdata/log" \
-    -o "-p 25432 -k $pgdata -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+    -o "-p 25432 -k $pgdata -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_preload_libraries=pg_stat_statements" start >/dev/null
   PGURL=postgres://postgres@127.0.0.1:25432/postgres
 }
 
@@ -145,7 +145,8 @@ run_gateway() {
   mkdir -p "$dir"
   if [ "$store" = postgres ]; then
     url="$PGURL"
-    PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -q "$PGURL" -c 'drop schema public cascade; create schema public'
+    PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -q "$PGURL" -c 'drop schema public cascade; create schema public' \
+      -c 'create schema if not exists pgss' -c 'create extension if not exists pg_stat_statements with schema pgss' -c 'select pgss.pg_stat_statements_reset()' >/dev/null
   fi
   local pids=() i
   for i in $(seq "$gws"); do
@@ -216,6 +217,10 @@ TOML
   local pgpart=""
   [ "$store" = postgres ] && pgpart=" postgres_cpu_us_per_msg=$(per $((pg1 - pg0)) "$sent")"
   echo "smtpgw $store ($tls, $gws gateway$([ "$gws" = 1 ] || echo es)): inject_msgs_per_s=$(rate "$sent" $((t1 - t0))) inject_relay_msgs_per_s=$(rate "$sent" $((t2 - t0))) server_cpu_us_per_msg=$(per "$gcpu" "$sent")$pgpart client_cpu_us_per_msg=$(per $((k1 - k0)) "$sent") (self-reported: ${kcpu% }) p50=${p50% } p99=${p99% } disk_peak_bytes_per_msg=$(per "$peak" "$sent") disk_after_bytes_per_msg=$(per "$after" "$sent") peak_rss_kb=$rss"
+  if [ "$store" = postgres ] && [ -n "${PGTOP:-}" ]; then # PGTOP=N: PostgreSQL's N costliest statements
+    "$PGBIN/psql" -qAt "$PGURL" -F ' | ' -c "select round(total_exec_time::numeric * 1000 / $sent) as us_per_msg, calls,
+      regexp_replace(left(query, 90), '\s+', ' ', 'g') from pgss.pg_stat_statements order by total_exec_time desc limit $PGTOP" | sed 's/^/  pg: /'
+  fi
   for p in "${pids[@]}"; do kill -TERM "$p"; done
   for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
 }
