@@ -47,4 +47,3 @@ func (c *flushConn) Read(p []byte) (int, error) {
 	}
 	return c.Conn.Read(p)
 }
-

@@ -285,11 +285,11 @@ func finishOutcomesPG(ctx context.Context, tx pgx.Tx, ops []*finishOp) ([]lostLe
 func queueBulkMessages(b *pgx.Batch, msgs []*Message) error {
 	var mc struct {
 		id, keyID, from, bodyType, dsnRet, dsnEnvID, campaign []string
-		msys, info                                             []*string
-		sub, size                                              []int64
-		utf8                                                   []bool
-		body                                                   [][]byte
-		created                                                []time.Time
+		msys, info                                            []*string
+		sub, size                                             []int64
+		utf8                                                  []bool
+		body                                                  [][]byte
+		created                                               []time.Time
 	}
 	for _, m := range msgs {
 		body := m.Body
