@@ -11,9 +11,20 @@
 //   - Every frontend works on a store wrapped once with [Wrap]. Each write
 //     of an administered object through the wrapped store that succeeds is
 //     followed by one entry: when, the action, the object's type and id,
-//     its state before and after as JSON, and the actor. The JSON views
-//     are built here, field by field, and never hold a key, a key hash, a
-//     DKIM private key or any other secret.
+//     its state before and after as JSON, and the actor. The writes
+//     recorded: keys (CreateKey, UpdateKey, RevokeKey; a rotation is a
+//     create and an update), sending domains (CreateDomain, UpdateDomain,
+//     DeleteDomain), subaccounts (CreateSubaccount, UpdateSubaccount),
+//     sending limits of a key or subaccount (SetLimits, as an update of
+//     that object), suppressions (UpsertSuppressions, one entry per call
+//     whatever the number of recipients; DeleteSuppressions) and webhooks
+//     (CreateWebhook, UpdateWebhook, DeleteWebhook). The JSON views are
+//     built here, field by field, and never hold a key, a key hash, a
+//     DKIM private key, a webhook's signing secret, credentials or custom
+//     header values, or any other secret.
+//   - Changes the gateway makes by itself (a hard bounce suppressing a
+//     recipient, a domain's verification status) are not admin changes
+//     and are not recorded: the relay writes through the unwrapped store.
 //   - The entry is written after the change commits, not in its
 //     transaction: if the store fails between the two, the change stands
 //     and the lost entry is logged at ERROR with everything it would have
