@@ -45,6 +45,11 @@ const EnvPrefix = "SMTPGW_"
 // ignores instead of reporting them as unknown.
 const envTestPrefix = "SMTPGW_TEST_"
 
+// KeyEnv holds an API key for client commands (smtpgw bench), so that the
+// key is not on a command line where ps shows it. Load ignores it: a shell
+// that exports it may also start the gateway.
+const KeyEnv = "SMTPGW_KEY"
+
 // docsHint ends an unknown-key error: where the keys are listed.
 const docsHint = "see docs/configuration.md for the keys"
 
@@ -545,7 +550,7 @@ func (c *Config) applyEnv(env []string) error {
 	root := reflect.ValueOf(c).Elem()
 	for _, kv := range env {
 		name, value, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(name, EnvPrefix) || strings.HasPrefix(name, envTestPrefix) {
+		if !strings.HasPrefix(name, EnvPrefix) || strings.HasPrefix(name, envTestPrefix) || name == KeyEnv {
 			continue
 		}
 		f, ok := byName[name]

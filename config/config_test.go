@@ -547,3 +547,11 @@ func TestDurationText(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyEnvIgnored: SMTPGW_KEY is for client commands (smtpgw bench); a
+// shell that exports it can still start the gateway.
+func TestKeyEnvIgnored(t *testing.T) {
+	if _, err := Load("", []string{KeyEnv + "=0123"}); err != nil {
+		t.Fatalf("Load with %s set: %v", KeyEnv, err)
+	}
+}

@@ -182,7 +182,7 @@ TOML
   t0=$(date +%s%N)
   local bpids=()
   for i in $(seq "$gws"); do
-    cg_run "client$name" "$gw" bench --addr "127.0.0.1:$((2586 + i))" --key "$key" \
+    SMTPGW_KEY="$key" cg_run "client$name" "$gw" bench --addr "127.0.0.1:$((2586 + i))" \
       --conns $(( (S + gws - 1) / gws )) --messages $(( N / gws )) --size "$SIZE" --tls "$tls" \
       --insecure-skip-verify >"$dir/bench-$i.out" &
     bpids+=($!)

@@ -127,8 +127,10 @@ func TestSubmissionClients(t *testing.T) {
 
 				// swaks: the DATA reply carries the queue id.
 				to := "swaks-" + lower + "@example.net"
-				out, err := run(t, "", nil, swaks, "--server", g.Submission, "--tls", "--tls-verify", "--tls-ca-path", g.CAFile,
-					"--auth", mech, "--auth-user", "SMTP_Injection", "--auth-password", key, "--helo", "swaks.test",
+				// The key through swaks's environment (SWAKS_OPT_auth_password),
+				// not its command line, as docs and README show.
+				out, err := run(t, "", []string{"SWAKS_OPT_auth_password=" + key}, swaks, "--server", g.Submission, "--tls", "--tls-verify", "--tls-ca-path", g.CAFile,
+					"--auth", mech, "--auth-user", "SMTP_Injection", "--helo", "swaks.test",
 					"--from", "swaks@example.com", "--to", to, "--header", "Subject: swaks "+mech,
 					"--add-header", `X-MSYS-API: {"campaign_id": "swaks", "tags": ["cli"]}`)
 				if err != nil {

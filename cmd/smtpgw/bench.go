@@ -20,11 +20,16 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/smtpgw/smtpgw/config"
 )
 
-const benchUsage = `usage: smtpgw bench --addr HOST:PORT --key KEY [--conns N] [--messages N] [--size BYTES]
+const benchUsage = `usage: smtpgw bench --addr HOST:PORT [--key-file FILE] [--conns N] [--messages N] [--size BYTES]
                     [--tls starttls|implicit|none] [--ca FILE] [--insecure-skip-verify] [--username U]
-                    [--from ADDR] [--to ADDR] [--key-file FILE] [--chunking]`
+                    [--from ADDR] [--to ADDR] [--chunking]
+The API key (grant smtp/inject) is read from --key-file FILE, else from the
+SMTPGW_KEY environment variable. --key KEY also works but is discouraged:
+every user of the machine sees a command line's arguments (ps).`
 
 // benchOptions is one load run: Messages messages of Size bytes over Conns
 // sessions, each authenticating once and sending many messages.
@@ -71,12 +76,39 @@ func (r benchResult) percentile(p float64) time.Duration {
 	return l[min(len(l)-1, int(float64(len(l))*p))]
 }
 
+// benchKey returns the API key from --key-file, --key or SMTPGW_KEY, in
+// that order; one of them must give one.
+func benchKey(flagKey, keyFile string, e env) (string, error) {
+	switch {
+	case keyFile != "" && flagKey != "":
+		return "", usagef("bench: give the key once: --key-file or --key, not both")
+	case keyFile != "":
+		b, err := os.ReadFile(keyFile)
+		if err != nil {
+			return "", fmt.Errorf("bench: read --key-file: %w", err)
+		}
+		if k := strings.TrimSpace(string(b)); k != "" {
+			return k, nil
+		}
+		return "", usagef("bench: --key-file %s is empty: write the API key in it", keyFile)
+	case flagKey != "":
+		return flagKey, nil
+	}
+	for _, kv := range e.environ {
+		if v, ok := strings.CutPrefix(kv, config.KeyEnv+"="); ok && strings.TrimSpace(v) != "" {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", usagef("bench: no API key: put one in a file for --key-file FILE, or in the %s environment variable "+
+		"(create one with: smtpgw keys create --label bench --grant smtp/inject)", config.KeyEnv)
+}
+
 func cmdBench(ctx context.Context, args []string, e env) error {
 	fs, cfgPath := newFlags("bench")
 	o := benchOptions{}
 	fs.StringVar(&o.Addr, "addr", "127.0.0.1:2525", "gateway submission address")
-	fs.StringVar(&o.Key, "key", "", "API key with smtp/inject (or use --key-file)")
-	keyFile := fs.String("key-file", "", "file holding the API key")
+	fs.StringVar(&o.Key, "key", "", "API key with smtp/inject; discouraged: ps shows it (use --key-file or SMTPGW_KEY)")
+	keyFile := fs.String("key-file", "", "file holding the API key (smtp/inject)")
 	fs.StringVar(&o.Username, "username", "SMTP_Injection", "AUTH username")
 	fs.IntVar(&o.Conns, "conns", 20, "parallel SMTP sessions")
 	fs.IntVar(&o.Messages, "messages", 5000, "messages to send in all")
@@ -94,16 +126,10 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	if len(pos) > 0 {
 		return usagef("bench: unexpected argument %q\n%s", pos[0], benchUsage)
 	}
-	if *keyFile != "" {
-		b, err := os.ReadFile(*keyFile)
-		if err != nil {
-			return fmt.Errorf("bench: read --key-file: %w", err)
-		}
-		o.Key = strings.TrimSpace(string(b))
+	if o.Key, err = benchKey(o.Key, *keyFile, e); err != nil {
+		return err
 	}
 	switch {
-	case o.Key == "":
-		return usagef("bench: --key is required (create one with: smtpgw keys create --label bench --grant smtp/inject)")
 	case o.Conns < 1 || o.Messages < 1 || o.Size < 200:
 		return usagef("bench: --conns and --messages must be at least 1 and --size at least 200")
 	case o.TLS != "starttls" && o.TLS != "implicit" && o.TLS != "none":

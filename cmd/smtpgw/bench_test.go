@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -138,5 +139,46 @@ func TestDotStuff(t *testing.T) {
 		if got := string(dotStuff([]byte(in))); got != want {
 			t.Errorf("dotStuff(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestBenchKeySources: the key comes from --key-file, else --key, else
+// SMTPGW_KEY; none (or an empty file) is a usage error naming the ways.
+func TestBenchKeySources(t *testing.T) {
+	dir := t.TempDir()
+	file := dir + "/key"
+	if err := os.WriteFile(file, []byte("  filekey\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	empty := dir + "/empty"
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	withEnv := env{environ: []string{"PATH=/bin", "SMTPGW_KEY=envkey"}}
+	for _, c := range []struct {
+		flag, file string
+		e          env
+		want       string // "" : an error
+	}{
+		{"", file, withEnv, "filekey"},
+		{"flagkey", "", withEnv, "flagkey"},
+		{"", "", withEnv, "envkey"},
+		{"", "", env{}, ""},
+		{"", empty, withEnv, ""},
+		{"flagkey", file, withEnv, ""},
+	} {
+		got, err := benchKey(c.flag, c.file, c.e)
+		if c.want == "" {
+			if err == nil {
+				t.Errorf("benchKey(%q, %q): %q, want an error", c.flag, c.file, got)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("benchKey(%q, %q) = %q, %v; want %q", c.flag, c.file, got, err, c.want)
+		}
+	}
+	if _, err := benchKey("", "", env{}); err == nil || !strings.Contains(err.Error(), "--key-file") || !strings.Contains(err.Error(), "SMTPGW_KEY") {
+		t.Errorf("no key: %v, want an error naming --key-file and SMTPGW_KEY", err)
 	}
 }
