@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/smtp"
 	"os"
 	"strings"
@@ -445,4 +446,53 @@ var sessionLimitCases = []submissionCase{
 		go func() { _, _ = r.nc.Write([]byte("NOOP " + strings.Repeat("x", 1<<20))) }()
 		closedWith(t, r, 500, "5.5.2")
 	}},
+}
+
+// TestConnectionsPerIPKey: IPv4 addresses are counted one by one, IPv6
+// addresses by /64.
+func TestConnectionsPerIPKey(t *testing.T) {
+	t.Parallel()
+	same := [][2]string{{"2001:db8:1:2::1", "2001:db8:1:2:ffff::9"}, {"192.0.2.7", "::ffff:192.0.2.7"}}
+	for _, p := range same {
+		if a, b := ipKey(netip.MustParseAddr(p[0]).Unmap()), ipKey(netip.MustParseAddr(p[1]).Unmap()); a != b {
+			t.Errorf("%s and %s counted apart (%s, %s)", p[0], p[1], a, b)
+		}
+	}
+	apart := [][2]string{{"2001:db8:1:2::1", "2001:db8:1:3::1"}, {"192.0.2.7", "192.0.2.8"}}
+	for _, p := range apart {
+		if ipKey(netip.MustParseAddr(p[0])) == ipKey(netip.MustParseAddr(p[1])) {
+			t.Errorf("%s and %s counted together", p[0], p[1])
+		}
+	}
+}
+
+// TestConnectionsPerIPBehindProxy: behind a trusted load balancer the
+// limit counts the PROXY source, not the balancer.
+func TestConnectionsPerIPBehindProxy(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "sqlite", func(c *Config) {
+		c.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+		c.MaxConnectionsPerIP = 2
+	})
+	greet := func(src string) string {
+		nc, err := net.Dial("tcp", e.srv.SubmissionAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = nc.Close() })
+		if _, err := fmt.Fprintf(nc, "PROXY TCP4 %s 127.0.0.1 40000 587\r\n", src); err != nil {
+			t.Fatal(err)
+		}
+		_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		line, _ := bufio.NewReader(nc).ReadString('\n')
+		return line
+	}
+	for i, tc := range []struct{ src, want string }{
+		{"203.0.113.9", "220 "}, {"203.0.113.9", "220 "}, {"203.0.113.9", "421 4.7.0 "},
+		{"203.0.113.10", "220 "}, // all came from 127.0.0.1
+	} {
+		if got := greet(tc.src); !strings.HasPrefix(got, tc.want) {
+			t.Fatalf("connection %d from %s greeted %q, want %q", i, tc.src, got, tc.want)
+		}
+	}
 }
