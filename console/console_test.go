@@ -207,6 +207,9 @@ func TestSignIn(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(page, "API keys") {
 		t.Fatalf("/keys after sign-in: %s", resp.Status)
 	}
+	if resp, _ := b.do("GET", "/signin", nil); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/keys" {
+		t.Errorf("/signin when signed in: %s to %q, want 303 to /keys", resp.Status, resp.Header.Get("Location"))
+	}
 
 	// Sign-out ends the session in the store: the old cookie is refused.
 	resp, _ = b.do("POST", "/signout", url.Values{"csrf_token": {b.token(page)}})

@@ -25,8 +25,13 @@ var endedText = map[string]string{
 }
 
 // signInForm shows the sign-in page with a fresh CSRF token, doubled in a
-// cookie (there is no session to bind it to yet).
+// cookie (there is no session to bind it to yet); a signed-in admin goes
+// to the key list instead.
 func (s *Server) signInForm(w http.ResponseWriter, r *http.Request) {
+	if se, _, err := s.loadSession(r); err == nil && se != nil {
+		http.Redirect(w, r, "/keys", http.StatusSeeOther) // already signed in
+		return
+	}
 	s.renderSignIn(w, r, http.StatusOK, signInData{Ended: endedText[r.URL.Query().Get("ended")]})
 }
 
