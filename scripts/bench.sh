@@ -21,7 +21,9 @@
 #
 # Settings: N, SIZE, S, TLS (starttls|none|"starttls none"), STORES
 # ("sqlite postgres"), GWS (gateway processes sharing the PostgreSQL
-# database, e.g. "1 2 4"), POSTFIX=0 skips the baseline.
+# database, e.g. "1 2 4"), POSTFIX=0 skips the baseline, CHUNKING=1 makes
+# the load client send with BDAT, PGTOP=N lists PostgreSQL's costliest
+# statements.
 # Needs root (cgroups, Postfix, the PostgreSQL cluster runs as user postgres),
 # cgroup v1 cpuacct or cgroup v2, smtp-sink/smtp-source (package postfix) and
 # PostgreSQL 15 binaries.
@@ -184,7 +186,7 @@ TOML
   for i in $(seq "$gws"); do
     SMTPGW_KEY="$key" cg_run "client$name" "$gw" bench --addr "127.0.0.1:$((2586 + i))" \
       --conns $(( (S + gws - 1) / gws )) --messages $(( N / gws )) --size "$SIZE" --tls "$tls" \
-      --insecure-skip-verify >"$dir/bench-$i.out" &
+      --insecure-skip-verify ${CHUNKING:+--chunking} >"$dir/bench-$i.out" &
     bpids+=($!)
   done
   for p in "${bpids[@]}"; do wait "$p" || true; done
