@@ -193,7 +193,7 @@ TOML
   t1=$(date +%s%N); k1=$(cg_usec "client$name")
   local peak=0 left bytes
   while :; do
-    left=$("$gw" queue stats --config "$dir/1/smtpgw.toml" --json |
+    left=$("$gw" queue stats --config "$dir/1/smtpgw.toml" --json 2>/dev/null |
       python3 -c 'import json,sys; s=json.load(sys.stdin)["results"]["recipients_by_state"]; print(s.get("queued",0)+s.get("deferred",0))')
     bytes=$(disk_bytes "$store" "$dir")
     [ "$bytes" -gt "$peak" ] && peak=$bytes
