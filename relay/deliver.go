@@ -163,9 +163,12 @@ func (r *Relay) runJob(loop, base context.Context, j *job, t *ticket) {
 func (r *Relay) body(ctx context.Context, c *store.Claimed) ([]byte, error) {
 	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
-	body, err := r.st.MessageBody(sctx, c.MessageID)
-	if err != nil {
-		return nil, fmt.Errorf("fetch body: %w", err)
+	body := c.Body
+	if body == nil {
+		var err error
+		if body, err = r.st.MessageBody(sctx, c.MessageID); err != nil {
+			return nil, fmt.Errorf("fetch body: %w", err)
+		}
 	}
 	signed, err := r.sign(sctx, body)
 	if err != nil {

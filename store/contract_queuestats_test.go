@@ -121,6 +121,14 @@ func TestBodyDroppedWhenFinal(t *testing.T) {
 		mustEnqueue(t, e.s, other)
 
 		cs := claimEvery(t, e.s, "w")
+		for _, c := range cs {
+			if c.Body != nil && string(c.Body) != body {
+				t.Errorf("claimed recipient %d came with body %q, want nil or the message's", c.ID, c.Body)
+			}
+			if e.name == "postgres" && c.Body == nil {
+				t.Errorf("claimed recipient %d came without its body on PostgreSQL", c.ID)
+			}
+		}
 		var first []*Claimed
 		for _, c := range cs {
 			if c.MessageID == m.ID && c.Domain == "example.com" {

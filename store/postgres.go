@@ -504,7 +504,7 @@ const pgClaimDue = `WITH due AS (
 		FROM due, messages m
 		WHERE r.id = due.id AND m.id = r.message_id
 		RETURNING ` + pgRcptCols + `, m.mail_from, m.key_id, m.subaccount, m.campaign_id,
-			m.body_type, m.smtputf8, m.dsn_ret, m.dsn_envid, m.created_at, m.msys_api, m.info, m.size`
+			m.body_type, m.smtputf8, m.dsn_ret, m.dsn_envid, m.created_at, m.msys_api, m.info, m.size, m.body`
 
 // ClaimDue implements Store.
 func (s *pgStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions) ([]*Claimed, error) {
@@ -533,7 +533,7 @@ func (s *pgStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions) ([
 		c := &Claimed{}
 		var msys, info *string
 		dest := append(rcptDest(&c.Recipient), &c.MailFrom, &c.KeyID, &c.Subaccount, &c.CampaignID,
-			&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &c.CreatedAt, &msys, &info, &c.Size)
+			&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &c.CreatedAt, &msys, &info, &c.Size, &c.Body)
 		if err := row.Scan(dest...); err != nil {
 			return nil, err
 		}

@@ -139,6 +139,10 @@ type Claimed struct {
 	Info MessageInfo
 	// Size is the message's size in bytes.
 	Size int64
+	// Body is the message's body when the claim returned it (PostgreSQL
+	// does: one round trip and one statement fewer per message); nil when
+	// it is to be fetched with [Store.MessageBody].
+	Body []byte
 }
 
 // ClaimOptions says how much [Store.ClaimDue] claims and what it skips.
