@@ -142,8 +142,8 @@ func fileStamp(files ...string) string {
 // AUTH settings, PROXY protocol) need a restart and are ignored. If the
 // certificate does not load, Reload returns the error and changes nothing.
 func (s *Server) Reload(cfg Config) error {
-	if cfg.Hostname == "" {
-		cfg.Hostname = s.cfg.Hostname
+	if cfg.MaxConnections < 0 {
+		return errors.New("reload smtp server: negative MaxConnections")
 	}
 	if err := s.certs.Load(cfg.TLSCert, cfg.TLSKey, cfg.DataDir, s.cfg.Hostname); err != nil {
 		return fmt.Errorf("reload smtp server: %w", err)
@@ -153,9 +153,6 @@ func (s *Server) Reload(cfg Config) error {
 	if cfg.KeyRateLimit != s.rateLimit || cfg.KeyRateBurst != s.rateBurst {
 		s.rateLimit, s.rateBurst = cfg.KeyRateLimit, cfg.KeyRateBurst
 		s.rates.Store(newKeyLimiter(cfg.KeyRateLimit, cfg.KeyRateBurst))
-	}
-	if cfg.MaxConnections < 0 {
-		return errors.New("reload smtp server: negative MaxConnections")
 	}
 	s.maxConns.Store(int64(cfg.MaxConnections))
 	return nil
