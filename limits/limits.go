@@ -29,8 +29,10 @@
 //     TTL (auth.cache_ttl, default 5 s): a change applies at once on the
 //     node that made it ([Checker.Evict]) and within the TTL elsewhere.
 //     A limit set during a window counts from then on.
-//   - When the store cannot be reached to reserve quota, the message is
-//     refused with a temporary failure (the caller answers 451 4.3.0).
+//   - When the store cannot be reached to reserve quota, Reserve returns
+//     the store's error; the SMTP server then tries again at the end of
+//     DATA, before storing, and refuses the message with a temporary
+//     failure (451 4.3.0) if the store is still down.
 //
 // Counts of windows that ended more than a day ago are pruned by the
 // Checker in the background.

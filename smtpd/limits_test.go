@@ -3,9 +3,11 @@ package smtpd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/smtp"
 	"net/textproto"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -100,5 +102,55 @@ func TestExpiredKeyAuth(t *testing.T) {
 	}
 	if strings.Contains(e.logs.String(), key) {
 		t.Error("the key appears in the log")
+	}
+}
+
+// flakyLimits fails the next GetLimits calls it is told to.
+type flakyLimits struct {
+	store.Store
+	mu    sync.Mutex
+	fails int
+}
+
+func (f *flakyLimits) GetLimits(ctx context.Context, sc store.LimitScope) (store.Limits, error) {
+	f.mu.Lock()
+	fail := f.fails > 0
+	if fail {
+		f.fails--
+	}
+	f.mu.Unlock()
+	if fail {
+		return store.Limits{}, fmt.Errorf("get limits: %w", store.ErrUnavailable)
+	}
+	return f.Store.GetLimits(ctx, sc)
+}
+
+// TestSendingLimitsRecheckedAtData: when MAIL cannot ask the store, the
+// limit is checked again before the message is stored, and refused there.
+func TestSendingLimitsRecheckedAtData(t *testing.T) {
+	t.Parallel()
+	e := setup(t, "sqlite", nil)
+	flaky := &flakyLimits{Store: e.st}
+	// A checker of our own over the flaky store, reading limits every time.
+	e.srv.quota = limits.New(flaky, limits.Config{CacheTTL: time.Nanosecond})
+	ctx := context.Background()
+	if err := e.st.SetLimits(ctx, limits.KeyScope(e.keyID), store.Limits{PerHour: 1}); err != nil {
+		t.Fatal(err)
+	}
+	c := e.dialAuth("SMTP_Injection", e.key)
+	if err := send(c, "sender@example.com", []string{"rcpt@example.net"}, message("sender@example.com")); err != nil {
+		t.Fatal(err)
+	}
+	before := len(e.messages())
+	flaky.mu.Lock()
+	flaky.fails = 1
+	flaky.mu.Unlock()
+	err := send(c, "sender@example.com", []string{"rcpt2@example.net"}, message("sender@example.com"))
+	wantCode(t, err, 451, "4.7.1")
+	if n := len(e.messages()); n != before {
+		t.Errorf("%d messages stored, want %d: the message over the limit was stored", n, before)
+	}
+	if !strings.Contains(e.logs.String(), "checking again before storing") {
+		t.Errorf("the failed check at MAIL is not logged:\n%s", e.logs.String())
 	}
 }

@@ -105,6 +105,9 @@ type transaction struct {
 	// quota is the sending-limit quota taken at MAIL; released if the
 	// transaction ends without the message stored.
 	quota *limits.Reservation
+	// recheck: the store could not be asked for quota at MAIL; DATA takes
+	// it before storing the message.
+	recheck bool
 }
 
 var _ smtp.AuthSession = (*session)(nil)
@@ -281,9 +284,16 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 		return ErrInsufficientResources
 	}
 	quota, err := s.reserveQuota()
-	if err != nil {
+	var over *smtp.SMTPError
+	switch {
+	case errors.As(err, &over):
 		s.srv.budget.release(reserve)
-		return err
+		return over
+	case err != nil:
+		// The store could not be asked. The check is made again before
+		// the message is stored: a store still down then refuses it at
+		// DATA with 451 4.3.0 and the message's id, as any store failure.
+		s.log.Warn("sending limits cannot be checked at MAIL: checking again before storing", "err", err)
 	}
 	if !s.conn.beginTx() {
 		quota.Release()
@@ -293,6 +303,7 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	s.mu.Lock()
 	s.srv.budget.release(s.reserved) // a MAIL without RSET replaces the transaction
 	s.reserved = reserve
+	s.tx.quota.Release() // and its quota, unused, goes back
 	s.tx = transaction{
 		helo:     s.c.Hostname(),
 		from:     from,
@@ -302,14 +313,15 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 		dsnEnvID: opts.EnvelopeID,
 		size:     opts.Size,
 		quota:    quota,
+		recheck:  err != nil,
 	}
 	s.mu.Unlock()
 	return nil
 }
 
 // reserveQuota takes one message from the sending limits of the key and
-// the subaccount, refusing it (451 4.7.1, the limit named) when one is
-// reached, or with 451 4.3.0 when the store cannot be asked.
+// the subaccount. Over a limit it returns the 451 4.7.1 reply naming it;
+// when the store cannot be asked, the store's error (a temporary failure).
 func (s *session) reserveQuota() (*limits.Reservation, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, authTimeout)
 	defer cancel()
@@ -321,8 +333,7 @@ func (s *session) reserveQuota() (*limits.Reservation, error) {
 		s.log.Info("message refused: sending limit reached", "limit", ex.Error(), "until", ex.Until)
 		return nil, limitReached(ex)
 	case err != nil:
-		s.log.Warn("message refused: sending limits cannot be checked", "err", err)
-		return nil, ErrTemporary
+		return nil, fmt.Errorf("sending limits: %w", err)
 	}
 	return r, nil
 }
@@ -536,6 +547,18 @@ func (s *session) data(r io.Reader, id string) (*store.Message, error) {
 		if m.MsysAPI, err = p.msys.Encode(); err != nil {
 			return nil, err
 		}
+	}
+
+	if tx.recheck {
+		// MAIL could not take the quota: take it now, before anything
+		// is stored (over a limit: 451 4.7.1; store down: 451 4.3.0).
+		quota, err := s.reserveQuota()
+		if err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		s.tx.quota, s.tx.recheck = quota, false
+		s.mu.Unlock()
 	}
 
 	ctx, cancel := context.WithTimeout(s.ctx, enqueueTimeout)
