@@ -180,7 +180,7 @@ func TestCLIErrors(t *testing.T) {
 		{"unknown queue message", []string{"queue", "show", "nope"}, 1, "no message with id"},
 		{"bad state", []string{"queue", "list", "--state", "lost"}, 2, "--state must be one of"},
 		{"bad domain", []string{"domains", "add", "not a domain"}, 2, "not a domain name"},
-		{"bench without key", []string{"bench", "--addr", "127.0.0.1:1"}, 2, "--key is required"},
+		{"bench without key", []string{"bench", "--addr", "127.0.0.1:1"}, 2, "no API key: put one in a file for --key-file FILE, or in the SMTPGW_KEY"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
