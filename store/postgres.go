@@ -524,6 +524,9 @@ func (s *pgStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions) ([
 			args = append(args, o.Domain)
 		}
 		q = strings.Replace(q, "AND domain <> ALL($5::text[])", "AND domain <> ALL($5::text[]) "+cond, 1)
+		if !strings.Contains(q, cond) {
+			return nil, errors.New("claim due: the claim query lost its domain filter; update ClaimDue's message filter")
+		}
 	}
 	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
