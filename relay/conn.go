@@ -189,8 +189,11 @@ type conn struct {
 	client *smtp.Client
 	nc     net.Conn // the connection go-smtp uses, for deadlines and abort
 	host   string
-	ext    map[string]bool // extensions offered after the final EHLO
-	idle   time.Time       // when it went back to the pool
+	// local is our IP address on this connection: events report it as
+	// sending_ip.
+	local string
+	ext   map[string]bool // extensions offered after the final EHLO
+	idle  time.Time       // when it went back to the pool
 }
 
 // has reports whether the server offered extension ext (upper case).
@@ -271,7 +274,7 @@ func (r *Relay) dialTLS(ctx context.Context, rt route, mode string) (_ *conn, er
 	if err := client.Hello(r.conf().Hostname); err != nil {
 		return nil, fmt.Errorf("EHLO: %w", err)
 	}
-	c := &conn{client: client, nc: nc, host: rt.host, ext: make(map[string]bool)}
+	c := &conn{client: client, nc: nc, host: rt.host, local: localIP(raw), ext: make(map[string]bool)}
 	for _, ext := range []string{"SMTPUTF8", "DSN", "8BITMIME", "SIZE", "PIPELINING", "AUTH"} {
 		if ok, _ := client.Extension(ext); ok {
 			c.ext[ext] = true
@@ -532,4 +535,13 @@ func (p *connPool) closeAll() {
 	p.closed = true
 	p.mu.Unlock()
 	p.expire(true)
+}
+
+// localIP returns the local IP address of a TCP connection, "" if it has
+// none.
+func localIP(c net.Conn) string {
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return ""
 }

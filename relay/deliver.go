@@ -70,6 +70,7 @@ type result struct {
 	state     string // a store.State constant; "" while undecided
 	reply     string // SMTP reply or local reason, one line
 	remoteMTA string // host that gave the reply, "" for local reasons
+	sendingIP string // our address on the connection that got the reply
 	dsnNotify bool   // the remote took responsibility for DSNs (it offered DSN)
 }
 
@@ -240,7 +241,7 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 	setAll := func(state, reply string) {
 		for i := range res {
 			if res[i].state == "" || res[i].state == "accepted" {
-				res[i] = result{state: state, reply: reply, remoteMTA: c.host}
+				res[i] = result{state: state, reply: reply, remoteMTA: c.host, sendingIP: c.local}
 			}
 		}
 	}
@@ -292,7 +293,7 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 			rc := j.rcpts[i]
 			err := c.client.Rcpt(rc.Address, rcptOptions(rc))
 			if err == nil {
-				res[i] = result{state: "accepted", remoteMTA: c.host, dsnNotify: c.has("DSN")}
+				res[i] = result{state: "accepted", remoteMTA: c.host, sendingIP: c.local, dsnNotify: c.has("DSN")}
 				accepted++
 				continue
 			}
@@ -305,7 +306,7 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 				break
 			}
 			state, reply := classify(err)
-			res[i] = result{state: state, reply: reply, remoteMTA: c.host}
+			res[i] = result{state: state, reply: reply, remoteMTA: c.host, sendingIP: c.local}
 		}
 		if accepted == 0 {
 			return txResult{reusable: c.client.Reset() == nil}
@@ -714,6 +715,7 @@ func eventDetail(c *store.Claimed, out store.Outcome, rs result, now time.Time) 
 		MsgSize:       c.Size,
 		IPAddress:     c.Info.IPAddress,
 		RemoteHost:    rs.remoteMTA,
+		SendingIP:     rs.sendingIP,
 		RoutingDomain: c.Domain,
 		RcptType:      c.Info.RcptType(c.Address),
 		NumRetries:    c.Attempts,

@@ -67,6 +67,9 @@ func TestEventsCarryMsysAPI(t *testing.T) {
 						t.Errorf("delay detail = %+v, want class 70 (try later), code 451", d)
 					}
 				case store.EventDelivery:
+					if d.SendingIP != "127.0.0.1" || d.RemoteHost == "" {
+						t.Errorf("delivery detail: sending_ip %q, remote_host %q, want 127.0.0.1 and the target", d.SendingIP, d.RemoteHost)
+					}
 					if d.BounceClass != 0 || d.ErrorCode != "" {
 						t.Errorf("delivery detail = %+v, want no class", d)
 					}
