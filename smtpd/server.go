@@ -733,6 +733,7 @@ type conn struct {
 
 	closeAfterWrite atomic.Bool // close once the next reply is written
 	closeOnce       sync.Once   // Close runs once
+	fireOnce        sync.Once   // a limit closes the connection once, with its reply
 	authTimer       *time.Timer // fires the auth deadline on a silent client
 
 	mu     sync.Mutex
@@ -748,7 +749,6 @@ type conn struct {
 	cmdBytes     int        // bytes read for it so far
 	progress     bool       // a session callback made progress since the last command began
 	junk         int        // commands without progress since the last queued message
-	fired        bool       // a limit closed the connection
 	tlsCredited  bool       // tlsStarted ran
 }
 
@@ -838,16 +838,16 @@ func (c *conn) expired() *smtp.SMTPError {
 
 // fire closes the connection for a limit with its reply, once, and returns
 // the error go-smtp is to see (a closed connection: it writes nothing).
+//
+// A limit can be hit on two paths at once (the auth timer and a read
+// timing out at the same deadline): the second waits until the first has
+// written its reply, so go-smtp cannot close the connection under it.
 func (c *conn) fire(e *smtp.SMTPError) error {
-	c.lmu.Lock()
-	first := !c.fired
-	c.fired = true
-	c.lmu.Unlock()
-	if first {
+	c.fireOnce.Do(func() {
 		c.srv.metrics.limit.WithLabelValues(limitName(e)).Inc()
 		c.log().Info("closing connection: "+limitName(e), "code", e.Code)
 		c.closeWith(e)
-	}
+	})
 	return net.ErrClosed
 }
 
