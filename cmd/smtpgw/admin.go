@@ -71,15 +71,8 @@ func cmdDomains(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	want := 1
-	if sub == "list" {
-		want = 0
-	}
-	if len(pos) != want {
-		if want == 0 {
-			return usagef("domains list: unexpected argument %q", pos[0])
-		}
-		return usagef("domains %s: give exactly one domain\n%s", sub, domainsUsage)
+	if err := listOrOne(pos, "domains", sub, "one domain", domainsUsage); err != nil {
+		return err
 	}
 	cfg, st, err := openStore(ctx, *cfgPath, e)
 	if err != nil {
@@ -379,4 +372,17 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// listOrOne checks the positional arguments of a command whose "list"
+// subcommand takes none and whose other subcommands take exactly one
+// (what names it, e.g. "one domain").
+func listOrOne(pos []string, cmd, sub, what, usage string) error {
+	switch {
+	case sub == "list" && len(pos) > 0:
+		return usagef("%s list: unexpected argument %q", cmd, pos[0])
+	case sub != "list" && len(pos) != 1:
+		return usagef("%s %s: give exactly %s\n%s", cmd, sub, what, usage)
+	}
+	return nil
 }

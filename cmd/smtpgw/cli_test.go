@@ -33,6 +33,8 @@ func TestHelpAndUsageErrors(t *testing.T) {
 		{[]string{"keys", "list", "--bogus"}, `smtpgw: keys list: flag provided but not defined: -bogus (run "smtpgw keys list -h" for usage)`},
 		{[]string{"queue", "show"}, `smtpgw: queue show: give exactly one message id (run "smtpgw queue show -h" for usage)`},
 		{[]string{"events", "--subaccount", "-3"}, `invalid value "-3" for flag -subaccount`},
+		{[]string{"domains", "show"}, `smtpgw: domains show: give exactly one domain`},
+		{[]string{"webhooks", "list", "extra"}, `smtpgw: webhooks list: unexpected argument "extra"`},
 	} {
 		code, _, errs := c.run(tc.args...)
 		if code != 2 || strings.Count(errs, "\n") != 1 || !strings.Contains(errs, tc.want) {

@@ -44,15 +44,8 @@ func cmdWebhooks(ctx context.Context, args []string, e env) (err error) {
 	if err != nil {
 		return err
 	}
-	want := 1
-	if sub == "list" {
-		want = 0
-	}
-	if len(pos) != want {
-		if want == 0 {
-			return usagef("webhooks list: unexpected argument %q", pos[0])
-		}
-		return usagef("webhooks %s: give exactly one webhook id (smtpgw webhooks list shows them)\n%s", sub, webhooksUsage)
+	if err := listOrOne(pos, "webhooks", sub, "one webhook id (smtpgw webhooks list shows them)", webhooksUsage); err != nil {
+		return err
 	}
 	_, st, err := openStore(ctx, *cfgPath, e)
 	if err != nil {
