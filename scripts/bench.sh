@@ -23,7 +23,8 @@
 # ("sqlite postgres"), GWS (gateway processes sharing the PostgreSQL
 # database, e.g. "1 2 4"), POSTFIX=0 skips the baseline, CHUNKING=1 makes
 # the load client send with BDAT, PGTOP=N lists PostgreSQL's costliest
-# statements.
+# statements, PROFILE=DIR writes each gateway's CPU profile there (serve
+# --cpuprofile) and prints its top functions.
 # Needs root (cgroups, Postfix, the PostgreSQL cluster runs as user postgres),
 # cgroup v1 cpuacct or cgroup v2, smtp-sink/smtp-source (package postfix) and
 # PostgreSQL 15 binaries.
@@ -36,6 +37,7 @@ PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1
 export PATH="$PATH:/usr/sbin:/sbin:/usr/local/go/bin"
 
 work=$(mktemp -d /tmp/smtpgw-bench.XXXXXX)
+[ -n "${PROFILE:-}" ] && mkdir -p "$PROFILE" && PROFILE=$(cd "$PROFILE" && pwd)
 chmod 755 "$work"
 
 # Control groups: one per server so each one's CPU is counted apart.
@@ -169,7 +171,8 @@ smarthost_tls = "none"
 [http]
 addr = ""
 TOML
-    cg_run "gw$name-$i" "$gw" serve --config "$dir/$i/smtpgw.toml" --log-level warn 2>"$dir/$i/serve.log" &
+    cg_run "gw$name-$i" "$gw" serve --config "$dir/$i/smtpgw.toml" --log-level warn \
+      ${PROFILE:+--cpuprofile "$PROFILE/$name-$i.pprof"} 2>"$dir/$i/serve.log" &
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$((2586 + i))) 2>/dev/null && break; sleep 0.1; done
     pids+=("$(head -1 "$CG/gw$name-$i/cgroup.procs")")
   done
@@ -225,6 +228,9 @@ TOML
   fi
   for p in "${pids[@]}"; do kill -TERM "$p"; done
   for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
+  if [ -n "${PROFILE:-}" ]; then
+    go tool pprof -top -nodecount 25 "$gw" "$PROFILE/$name-1.pprof" 2>/dev/null | sed 's/^/  prof: /'
+  fi
 }
 
 disk_bytes() { # store dir -> bytes the store uses on disk

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime/pprof"
 	"sync/atomic"
 	"time"
 
@@ -30,7 +31,7 @@ import (
 	"github.com/smtpgw/smtpgw/webhooks"
 )
 
-const serveUsage = `usage: smtpgw serve [--config FILE] [--log-level debug|info|warn|error] [--log-format text|json]`
+const serveUsage = `usage: smtpgw serve [--config FILE] [--log-level debug|info|warn|error] [--log-format text|json] [--cpuprofile FILE]`
 
 // cmdServe runs the gateway until ctx is cancelled (SIGINT/SIGTERM), then
 // shuts down in two phases (mox lifecycle): SMTP stops taking new mail and
@@ -40,12 +41,20 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 	fs, cfgPath := newFlags("serve")
 	level := fs.String("log-level", "", "log level: debug, info, warn or error (default: log_level of the configuration, info)")
 	format := fs.String("log-format", "text", "log format: text or json")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) of the whole run to `FILE`, for benchmarks")
 	pos, err := parse(fs, serveUsage, args, e)
 	if err != nil {
 		return err
 	}
 	if len(pos) > 0 {
 		return usagef("serve: unexpected argument %q\n%s", pos[0], serveUsage)
+	}
+	if *cpuprofile != "" {
+		stop, err := startCPUProfile(*cpuprofile)
+		if err != nil {
+			return fmt.Errorf("serve: --cpuprofile: %w", err)
+		}
+		defer stop()
 	}
 	// SIGHUP reloads; from now on it no longer kills the process.
 	hup, stopHUP := notifyHUP()
@@ -460,4 +469,20 @@ func isPrivateListener(addr net.Addr) bool {
 	}
 	a := ap.Addr().Unmap()
 	return a.IsLoopback() || a.IsPrivate()
+}
+
+// startCPUProfile profiles the process into path until the returned stop
+// is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return nil, errors.Join(err, f.Close())
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
 }
