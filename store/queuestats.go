@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // Queue statistics and disk use that do not grow with the queue (issue 12).
@@ -52,28 +53,46 @@ func finalRecipientIDs(ops []*finishOp) []int64 {
 	return ids
 }
 
-// dropBodiesSQLite empties, inside tx, the body of every message of the
+// sqliteDropBodies empties the body of every message of the recipients
+// whose ids are in the JSON array ?1 that has no recipient left that is not
+// final.
+const sqliteDropBodies = `UPDATE messages SET body = X''
+	WHERE id IN (SELECT message_id FROM recipients WHERE id IN (SELECT value FROM json_each(?1)))
+		AND length(body) > 0
+		AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id
+			AND r.state NOT IN ('delivered', 'bounced', 'expired'))`
+
+// dropBodies empties, inside tx, the body of every message of the
 // recipients ids that has no recipient left that is not final.
-func dropBodiesSQLite(ctx context.Context, tx *sql.Tx, ids []int64) error {
+func (s *sqliteStore) dropBodies(ctx context.Context, tx *sql.Tx, ids []int64) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	args := make([]any, len(ids))
-	for i, id := range ids {
-		args[i] = id
+	st, err := s.txStmt(ctx, tx, sqliteDropBodies)
+	if err == nil {
+		_, err = st.ExecContext(ctx, jsonInts(ids))
+		err = errors.Join(err, st.Close())
 	}
-	_, err := tx.ExecContext(ctx, `UPDATE messages SET body = X''
-		WHERE id IN (SELECT message_id FROM recipients WHERE id IN (`+placeholders(len(ids))+`))
-			AND length(body) > 0
-			AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id
-				AND r.state NOT IN ('delivered', 'bounced', 'expired'))`, args...)
 	if err != nil {
 		return fmt.Errorf("drop delivered bodies: %w", err)
 	}
 	return nil
 }
 
-// pgDropBodies is dropBodiesSQLite for PostgreSQL ($1: recipient ids). Two
+// jsonInts is ids as a JSON array, for json_each.
+func jsonInts(ids []int64) string {
+	b := make([]byte, 0, 2+len(ids)*8)
+	b = append(b, '[')
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, id, 10)
+	}
+	return string(append(b, ']'))
+}
+
+// pgDropBodies is sqliteDropBodies for PostgreSQL ($1: recipient ids). Two
 // nodes finishing a message's last two recipients at the same moment may
 // each still see the other's as waiting; that body then goes with the
 // message at relay.finished_retention, as before.

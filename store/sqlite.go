@@ -35,6 +35,7 @@ const (
 // sqliteStore implements Store on a SQLite file.
 type sqliteStore struct {
 	path   string                // database file
+	stmts  sqliteStmts           // prepared statements of the hot path
 	w      *sql.DB               // the one write connection (BEGIN IMMEDIATE)
 	r      *sql.DB               // query_only read pool
 	gc     *committer[*Message]  // group commit for Enqueue
@@ -196,6 +197,7 @@ func (s *sqliteStore) Close() error {
 	s.closeOnce.Do(func() {
 		s.gc.close()
 		s.fc.close()
+		s.closeStmts()
 		s.closeErr = errors.Join(s.r.Close(), s.w.Close())
 		if s.closeErr != nil {
 			s.closeErr = fmt.Errorf("close sqlite: %w", s.closeErr)
@@ -365,10 +367,22 @@ func (s *sqliteStore) Enqueue(ctx context.Context, m *Message) error {
 
 // writeBatch is the group committer's batch writer.
 func (s *sqliteStore) writeBatch(ctx context.Context, msgs []*Message) error {
+	s.prepareHot(ctx)
 	return s.inTx(ctx, "write batch", func(tx *sql.Tx) error {
 		return s.insertMessages(ctx, tx, msgs)
 	})
 }
+
+const (
+	sqliteInsertMessage = `INSERT INTO messages (id, key_id, subaccount, mail_from, body,
+		size, smtputf8, body_type, dsn_ret, dsn_envid, campaign_id, msys_api, created_at, info)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	sqliteInsertRecipient = `INSERT INTO recipients (message_id, address, domain, state,
+		attempts, next_attempt, last_reply, dsn_notify, dsn_orcpt, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	sqliteInsertEvent = `INSERT INTO events (type, time, message_id, key_id, subaccount,
+		recipient, campaign_id, metadata, tags, reply, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+)
 
 // insertMessages writes messages, recipients (setting their ids) and
 // injection events inside tx.
@@ -376,16 +390,12 @@ func (s *sqliteStore) insertMessages(ctx context.Context, tx *sql.Tx, msgs []*Me
 	if len(msgs) == 0 {
 		return nil
 	}
-	ms, err := tx.PrepareContext(ctx, `INSERT INTO messages (id, key_id, subaccount, mail_from, body,
-		size, smtputf8, body_type, dsn_ret, dsn_envid, campaign_id, msys_api, created_at, info)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	ms, err := s.txStmt(ctx, tx, sqliteInsertMessage)
 	if err != nil {
 		return err
 	}
 	defer ms.Close()
-	rs, err := tx.PrepareContext(ctx, `INSERT INTO recipients (message_id, address, domain, state,
-		attempts, next_attempt, last_reply, dsn_notify, dsn_orcpt, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	rs, err := s.txStmt(ctx, tx, sqliteInsertRecipient)
 	if err != nil {
 		return err
 	}
@@ -420,20 +430,38 @@ func (s *sqliteStore) insertMessages(ctx context.Context, tx *sql.Tx, msgs []*Me
 		}
 		evs = append(evs, injectionEvents(m)...)
 	}
-	return insertSQLiteEvents(ctx, tx, evs)
+	return s.insertEvents(ctx, tx, evs)
 }
 
-// insertSQLiteEvents writes events inside tx, setting their ids.
-func insertSQLiteEvents(ctx context.Context, tx *sql.Tx, evs []Event) error {
+// insertEvents writes events inside tx, setting their ids.
+func (s *sqliteStore) insertEvents(ctx context.Context, tx *sql.Tx, evs []Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
-	st, err := tx.PrepareContext(ctx, `INSERT INTO events (type, time, message_id, key_id, subaccount,
-		recipient, campaign_id, metadata, tags, reply, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	st, err := s.txStmt(ctx, tx, sqliteInsertEvent)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	return execSQLiteEvents(ctx, st, evs)
+}
+
+// insertSQLiteEvents is insertEvents for a transaction off the hot path.
+func insertSQLiteEvents(ctx context.Context, tx *sql.Tx, evs []Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	st, err := tx.PrepareContext(ctx, sqliteInsertEvent)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return execSQLiteEvents(ctx, st, evs)
+}
+
+// execSQLiteEvents inserts evs with st (sqliteInsertEvent), setting their
+// ids.
+func execSQLiteEvents(ctx context.Context, st *sql.Stmt, evs []Event) error {
 	for i := range evs {
 		e := &evs[i]
 		var meta, tags any
@@ -490,33 +518,35 @@ func (s *sqliteStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions
 		return nil, fmt.Errorf("claim due: need an owner, a positive limit and a positive lease")
 	}
 	now := time.Now()
-	args := []any{owner, us(now.Add(o.Lease)), us(now), us(now)}
-	exclude := ""
+	exclude := "[]"
 	if len(o.ExcludeDomains) > 0 {
-		// A filter on the rows the recipients_due index scan yields.
-		exclude = "AND domain NOT IN (" + placeholders(len(o.ExcludeDomains)) + ")"
-		for _, d := range o.ExcludeDomains {
-			args = append(args, d)
+		b, err := json.Marshal(o.ExcludeDomains)
+		if err != nil {
+			return nil, fmt.Errorf("claim due: %w", err)
 		}
+		exclude = string(b)
 	}
+	q, args := sqliteClaim, []any{owner, us(now.Add(o.Lease)), us(now), exclude, o.Limit}
 	if o.MessageID != "" {
-		exclude += " AND message_id = ?"
+		// The rest of one message (rare): a statement of its own, so
+		// that the common one keeps its plan.
+		q = sqliteClaimFor(o.Domain != "")
 		args = append(args, o.MessageID)
 		if o.Domain != "" {
-			exclude += " AND domain = ?"
 			args = append(args, o.Domain)
 		}
+	} else {
+		s.prepareHot(ctx)
 	}
-	args = append(args, o.Limit)
 	var out []*Claimed
 	err := s.inTx(ctx, "claim due", func(tx *sql.Tx) error {
 		out = out[:0]
-		rows, err := tx.QueryContext(ctx, `UPDATE recipients SET lease_owner = ?, lease_until = ?
-			WHERE id IN (SELECT id FROM recipients
-				WHERE state IN ('queued', 'deferred') AND next_attempt <= ?
-				AND (lease_until IS NULL OR lease_until <= ?) `+exclude+`
-				ORDER BY next_attempt, id LIMIT ?)
-			RETURNING `+sqliteRcptCols, args...)
+		st, err := s.txStmt(ctx, tx, q)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		rows, err := st.QueryContext(ctx, args...)
 		if err != nil {
 			return err
 		}
@@ -539,13 +569,20 @@ func (s *sqliteStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions
 		if len(byMsg) == 0 {
 			return nil
 		}
-		ids := make([]any, 0, len(byMsg))
+		ids := make([]string, 0, len(byMsg))
 		for id := range byMsg {
 			ids = append(ids, id)
 		}
-		mrows, err := tx.QueryContext(ctx, `SELECT id, mail_from, key_id, subaccount, campaign_id,
-			body_type, smtputf8, dsn_ret, dsn_envid, created_at, msys_api, info, size
-			FROM messages WHERE id IN (`+placeholders(len(ids))+`)`, ids...)
+		idsJSON, err := json.Marshal(ids)
+		if err != nil {
+			return err
+		}
+		ms, err := s.txStmt(ctx, tx, sqliteClaimMessages)
+		if err != nil {
+			return err
+		}
+		defer ms.Close()
+		mrows, err := ms.QueryContext(ctx, string(idsJSON), claimBodyMax)
 		if err != nil {
 			return err
 		}
@@ -559,7 +596,7 @@ func (s *sqliteStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions
 				info    sql.NullString
 			)
 			if err := mrows.Scan(&id, &c.MailFrom, &c.KeyID, &c.Subaccount, &c.CampaignID,
-				&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &created, &msys, &info, &c.Size); err != nil {
+				&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &created, &msys, &info, &c.Size, &c.Body); err != nil {
 				return err
 			}
 			if info.Valid {
@@ -586,10 +623,52 @@ func (s *sqliteStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions
 	return out, nil
 }
 
+// claimBodyMax is the largest body a claim returns with its recipients;
+// the relay reads a larger one with MessageBody when it delivers it, so
+// that one claim never holds more than a few MiB.
+const claimBodyMax = 256 << 10
+
+// The claim: lease the due recipients (?1 owner, ?2 lease end, ?3 now, ?4
+// domains to skip as a JSON array, ?5 limit), oldest first, then read their
+// messages (?1 ids as a JSON array), with the body when it is at most ?2
+// bytes. The domain filter applies to the rows the recipients_due index
+// scan yields.
+const (
+	sqliteClaimHead = `UPDATE recipients SET lease_owner = ?1, lease_until = ?2
+	WHERE id IN (SELECT id FROM recipients
+		WHERE state IN ('queued', 'deferred') AND next_attempt <= ?3
+		AND (lease_until IS NULL OR lease_until <= ?3)
+		AND domain NOT IN (SELECT value FROM json_each(?4))`
+	sqliteClaimTail = `
+		ORDER BY next_attempt, id LIMIT ?5)
+	RETURNING ` + sqliteRcptCols
+	sqliteClaim         = sqliteClaimHead + sqliteClaimTail
+	sqliteClaimMessages = `SELECT id, mail_from, key_id, subaccount, campaign_id,
+	body_type, smtputf8, dsn_ret, dsn_envid, created_at, msys_api, info, size,
+	CASE WHEN size <= ?2 THEN body END
+	FROM messages WHERE id IN (SELECT value FROM json_each(?1))`
+)
+
+// sqliteClaimFor is the claim of one message's recipients (?6), and of
+// one domain (?7) if byDomain.
+func sqliteClaimFor(byDomain bool) string {
+	q := sqliteClaimHead + ` AND message_id = ?6`
+	if byDomain {
+		q += ` AND domain = ?7`
+	}
+	return q + sqliteClaimTail
+}
+
+const sqliteMessageBody = `SELECT body FROM messages WHERE id = ?`
+
 // MessageBody implements Store.
 func (s *sqliteStore) MessageBody(ctx context.Context, id string) ([]byte, error) {
+	st, err := s.bodyStmt(ctx)
+	if err != nil {
+		return nil, sqliteErr("message body", err)
+	}
 	var b []byte
-	err := s.r.QueryRowContext(ctx, `SELECT body FROM messages WHERE id = ?`, id).Scan(&b)
+	err = st.QueryRowContext(ctx, id).Scan(&b)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("message body %s: %w", id, ErrNotFound)
 	}
@@ -609,14 +688,17 @@ func (s *sqliteStore) Finish(ctx context.Context, owner string, f Finish) (int, 
 	return op.applied, nil
 }
 
+const sqliteFinishRecipient = `UPDATE recipients SET state = ?,
+	next_attempt = CASE WHEN ? THEN ? ELSE next_attempt END,
+	last_reply = ?, attempts = attempts + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?
+	WHERE id = ? AND lease_owner = ?`
+
 // writeFinishes is the Finish committer's batch writer: the outcomes,
 // events and new messages of every op in one transaction.
 func (s *sqliteStore) writeFinishes(ctx context.Context, ops []*finishOp) error {
+	s.prepareHot(ctx)
 	return s.inTx(ctx, "write finish batch", func(tx *sql.Tx) error {
-		st, err := tx.PrepareContext(ctx, `UPDATE recipients SET state = ?,
-			next_attempt = CASE WHEN ? THEN ? ELSE next_attempt END,
-			last_reply = ?, attempts = attempts + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?
-			WHERE id = ? AND lease_owner = ?`)
+		st, err := s.txStmt(ctx, tx, sqliteFinishRecipient)
 		if err != nil {
 			return err
 		}
@@ -656,10 +738,10 @@ func (s *sqliteStore) writeFinishes(ctx context.Context, ops []*finishOp) error 
 				op.wrote = true
 			}
 		}
-		if err := dropBodiesSQLite(ctx, tx, finalRecipientIDs(ops)); err != nil {
+		if err := s.dropBodies(ctx, tx, finalRecipientIDs(ops)); err != nil {
 			return err
 		}
-		if err := insertSQLiteEvents(ctx, tx, evs); err != nil {
+		if err := s.insertEvents(ctx, tx, evs); err != nil {
 			return err
 		}
 		return s.insertMessages(ctx, tx, msgs)
@@ -888,7 +970,7 @@ func (s *sqliteStore) AddEvents(ctx context.Context, evs []Event) error {
 	}
 	prepareEvents(evs, time.Now())
 	return s.inTx(ctx, "add events", func(tx *sql.Tx) error {
-		return insertSQLiteEvents(ctx, tx, evs)
+		return s.insertEvents(ctx, tx, evs)
 	})
 }
 
