@@ -69,7 +69,12 @@ func (op *finishOp) outcomeNext(o Outcome) (time.Time, bool) {
 // writer is write; commits that stored new messages wake relay workers
 // through wakeCh, and the results go to h.
 func finishCommitter(write func(context.Context, []*finishOp) error, wakeCh chan struct{}, h *health) *committer[*finishOp] {
-	return newCommitter(commitSpec[*finishOp]{
+	return newCommitter(finishSpec(write, wakeCh, h))
+}
+
+// finishSpec is the commitSpec of finishCommitter.
+func finishSpec(write func(context.Context, []*finishOp) error, wakeCh chan struct{}, h *health) commitSpec[*finishOp] {
+	return commitSpec[*finishOp]{
 		write:  write,
 		health: h,
 		size: func(op *finishOp) int {
@@ -92,5 +97,5 @@ func finishCommitter(write func(context.Context, []*finishOp) error, wakeCh chan
 				}
 			}
 		},
-	})
+	}
 }

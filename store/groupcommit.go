@@ -17,8 +17,10 @@ import (
 // backend's batch writer, commits, and only then answers every waiter. So N
 // concurrent SMTP sessions cost one fsync (SQLite) or one commit round trip
 // (PostgreSQL) instead of N, and none of them gets its 250 before its message
-// is durable. Finish uses a second committer of the same kind, so the
-// outcomes of N relay workers' attempts also share one transaction.
+// is durable. Finish goes through a committer too, so the outcomes of N
+// relay workers' attempts also share one transaction: on PostgreSQL a second
+// committer, on SQLite the same one (pairSpec), so that its single writer
+// commits the messages and the outcomes that arrived together at once.
 //
 // A waiter whose context ends before the committer took its item gets
 // ctx.Err() and its item is never written. Once taken, an item's fate is
@@ -117,7 +119,12 @@ func newCommitter[T any](spec commitSpec[T]) *committer[T] {
 // writer is write; commits wake relay workers through wakeCh, and their
 // results go to h.
 func messageCommitter(write func(context.Context, []*Message) error, wakeCh chan struct{}, h *health) *committer[*Message] {
-	return newCommitter(commitSpec[*Message]{
+	return newCommitter(messageSpec(write, wakeCh, h))
+}
+
+// messageSpec is the commitSpec of messageCommitter.
+func messageSpec(write func(context.Context, []*Message) error, wakeCh chan struct{}, h *health) commitSpec[*Message] {
+	return commitSpec[*Message]{
 		write:  write,
 		health: h,
 		size:   messageSize,
@@ -126,7 +133,68 @@ func messageCommitter(write func(context.Context, []*Message) error, wakeCh chan
 		onCommit: func([]*Message) {
 			wake(wakeCh)
 		},
-	})
+	}
+}
+
+// either is one item of a committer of two kinds of item (pairSpec): an A,
+// or a B if isB.
+type either[A, B any] struct {
+	a   A
+	b   B
+	isB bool
+}
+
+// pairSpec is the commitSpec of a committer that writes items of two kinds
+// in one transaction: write gets the batch's As and Bs apart. Every other
+// part of the spec is the kind's own; health is sa's. A single writer
+// (SQLite) commits once for the messages and the outcomes that arrived
+// together, instead of once each.
+func pairSpec[A, B any](sa commitSpec[A], sb commitSpec[B], write func(context.Context, []A, []B) error) commitSpec[either[A, B]] {
+	split := func(items []either[A, B]) (as []A, bs []B) {
+		for _, it := range items {
+			if it.isB {
+				bs = append(bs, it.b)
+			} else {
+				as = append(as, it.a)
+			}
+		}
+		return as, bs
+	}
+	return commitSpec[either[A, B]]{
+		write: func(ctx context.Context, items []either[A, B]) error {
+			as, bs := split(items)
+			return write(ctx, as, bs)
+		},
+		size: func(it either[A, B]) int {
+			if it.isB {
+				return sb.size(it.b)
+			}
+			return sa.size(it.a)
+		},
+		label: func(it either[A, B]) string {
+			if it.isB {
+				return sb.label(it.b)
+			}
+			return sa.label(it.a)
+		},
+		undo: func(it either[A, B]) {
+			if it.isB {
+				sb.undo(it.b)
+			} else {
+				sa.undo(it.a)
+			}
+		},
+		onCommit: func(items []either[A, B]) {
+			as, bs := split(items)
+			if len(as) > 0 {
+				sa.onCommit(as)
+			}
+			if len(bs) > 0 {
+				sb.onCommit(bs)
+			}
+		},
+		health: sa.health,
+	}
 }
 
 // undoRecipientIDs forgets the recipient ids a failed write assigned.

@@ -62,7 +62,7 @@ func TestGroupCommitTakenWaiterWaitsForCommit(t *testing.T) {
 	defer cancel()
 	errA := make(chan error, 1)
 	go func() { errA <- s.Enqueue(ctx, a) }()
-	awaitTaken(t, s.gc, 1, 0)
+	awaitTaken(t, s.wc, 1, 0)
 
 	// B arrives while the committer is busy: it stays queued, and its
 	// caller gives up before it is taken, so it must never be written.
@@ -111,11 +111,11 @@ func TestGroupCommitCloseFailsQueued(t *testing.T) {
 	a := newMsg(1)
 	errA := make(chan error, 1)
 	go func() { errA <- s.Enqueue(context.Background(), a) }()
-	awaitTaken(t, s.gc, 1, 0)
+	awaitTaken(t, s.wc, 1, 0)
 	b := newMsg(1)
 	errB := make(chan error, 1)
 	go func() { errB <- s.Enqueue(context.Background(), b) }()
-	awaitTaken(t, s.gc, 1, 1)
+	awaitTaken(t, s.wc, 1, 1)
 	closed := make(chan error, 1)
 	go func() { closed <- s.Close() }()
 	if err := <-errB; !errors.Is(err, ErrUnavailable) {
@@ -151,24 +151,24 @@ func TestGroupCommitBatches(t *testing.T) {
 	first := newMsg(1)
 	errs := make(chan error, 21)
 	go func() { errs <- s.Enqueue(context.Background(), first) }()
-	awaitTaken(t, s.gc, 1, 0)
+	awaitTaken(t, s.wc, 1, 0)
 	// 20 more queue up behind the blocked batch...
 	for i := 0; i < 20; i++ {
 		go func() { errs <- s.Enqueue(context.Background(), newMsg(1)) }()
 	}
-	awaitTaken(t, s.gc, 1, 20)
+	awaitTaken(t, s.wc, 1, 20)
 	// ...and are taken as one batch.
-	batch := s.gc.take()
+	batch := s.wc.take()
 	if len(batch) != 20 {
 		t.Errorf("take() = %d waiters, want 20", len(batch))
 	}
 	// Put them back for the committer.
-	s.gc.mu.Lock()
+	s.wc.mu.Lock()
 	for _, w := range batch {
 		w.state.Store(waitQueued)
 	}
-	s.gc.queue = append(batch, s.gc.queue...)
-	s.gc.mu.Unlock()
+	s.wc.queue = append(batch, s.wc.queue...)
+	s.wc.mu.Unlock()
 	if err := tx.Rollback(); err != nil {
 		t.Fatal(err)
 	}

@@ -34,14 +34,13 @@ const (
 
 // sqliteStore implements Store on a SQLite file.
 type sqliteStore struct {
-	path   string                // database file
-	stmts  sqliteStmts           // prepared statements of the hot path
-	w      *sql.DB               // the one write connection (BEGIN IMMEDIATE)
-	r      *sql.DB               // query_only read pool
-	gc     *committer[*Message]  // group commit for Enqueue
-	fc     *committer[*finishOp] // group commit for Finish
-	wake   chan struct{}         // Wakeups, buffered 1
-	health health                // whether writes commit (Ping)
+	path   string                  // database file
+	stmts  sqliteStmts             // prepared statements of the hot path
+	w      *sql.DB                 // the one write connection (BEGIN IMMEDIATE)
+	r      *sql.DB                 // query_only read pool
+	wc     *committer[sqliteWrite] // group commit for Enqueue and Finish together
+	wake   chan struct{}           // Wakeups, buffered 1
+	health health                  // whether writes commit (Ping)
 
 	closeOnce sync.Once
 	closeErr  error // result of the first Close
@@ -78,8 +77,7 @@ func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
 	r.SetMaxOpenConns(sqliteReaders)
 	r.SetMaxIdleConns(sqliteReaders)
 	s := &sqliteStore{path: path, w: w, r: r, wake: make(chan struct{}, 1)}
-	s.gc = messageCommitter(s.writeBatch, s.wake, &s.health)
-	s.fc = finishCommitter(s.writeFinishes, s.wake, &s.health)
+	s.wc = newCommitter(pairSpec(messageSpec(nil, s.wake, &s.health), finishSpec(nil, s.wake, &s.health), s.writeBatch))
 	return s, nil
 }
 
@@ -195,8 +193,7 @@ func (s *sqliteStore) Ping(ctx context.Context) error {
 // Close implements Store.
 func (s *sqliteStore) Close() error {
 	s.closeOnce.Do(func() {
-		s.gc.close()
-		s.fc.close()
+		s.wc.close()
 		s.closeStmts()
 		s.closeErr = errors.Join(s.r.Close(), s.w.Close())
 		if s.closeErr != nil {
@@ -362,13 +359,22 @@ func (s *sqliteStore) Enqueue(ctx context.Context, m *Message) error {
 	if err := prepareMessage(m, time.Now()); err != nil {
 		return fmt.Errorf("enqueue: %w", err)
 	}
-	return s.gc.add(ctx, m)
+	return s.wc.add(ctx, sqliteWrite{a: m})
 }
 
-// writeBatch is the group committer's batch writer.
-func (s *sqliteStore) writeBatch(ctx context.Context, msgs []*Message) error {
+// sqliteWrite is an item of the group committer: a message to enqueue or
+// the outcomes of a Finish call.
+type sqliteWrite = either[*Message, *finishOp]
+
+// writeBatch is the group committer's batch writer: new messages and
+// delivery outcomes that arrived together share one transaction, so
+// under load the one writer commits (and syncs) once for both.
+func (s *sqliteStore) writeBatch(ctx context.Context, msgs []*Message, ops []*finishOp) error {
 	s.prepareHot(ctx)
 	return s.inTx(ctx, "write batch", func(tx *sql.Tx) error {
+		if err := s.writeFinishes(ctx, tx, ops); err != nil {
+			return err
+		}
 		return s.insertMessages(ctx, tx, msgs)
 	})
 }
@@ -682,7 +688,7 @@ func (s *sqliteStore) Finish(ctx context.Context, owner string, f Finish) (int, 
 	if err != nil {
 		return 0, err
 	}
-	if err := s.fc.add(ctx, op); err != nil {
+	if err := s.wc.add(ctx, sqliteWrite{b: op, isB: true}); err != nil {
 		return 0, err
 	}
 	return op.applied, nil
@@ -693,59 +699,59 @@ const sqliteFinishRecipient = `UPDATE recipients SET state = ?,
 	last_reply = ?, attempts = attempts + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?
 	WHERE id = ? AND lease_owner = ?`
 
-// writeFinishes is the Finish committer's batch writer: the outcomes,
-// events and new messages of every op in one transaction.
-func (s *sqliteStore) writeFinishes(ctx context.Context, ops []*finishOp) error {
-	s.prepareHot(ctx)
-	return s.inTx(ctx, "write finish batch", func(tx *sql.Tx) error {
-		st, err := s.txStmt(ctx, tx, sqliteFinishRecipient)
-		if err != nil {
-			return err
-		}
-		defer st.Close()
-		var (
-			evs  []Event
-			msgs []*Message
-		)
-		for _, op := range ops {
-			stale := map[staleRecipient]bool{}
-			for _, o := range op.f.Outcomes {
-				next, setNext := op.outcomeNext(o)
-				res, err := st.ExecContext(ctx, o.State, setNext, us(next), o.Reply, us(op.now), o.RecipientID, op.owner)
-				if err != nil {
-					return err
-				}
-				n, err := res.RowsAffected()
-				if err != nil {
-					return err
-				}
-				if n == 1 {
-					op.applied++
-					continue
-				}
-				var sr staleRecipient
-				err = tx.QueryRowContext(ctx, `SELECT message_id, address FROM recipients WHERE id = ?`,
-					o.RecipientID).Scan(&sr.messageID, &sr.address)
-				if err == nil {
-					stale[sr] = true
-				} else if !errors.Is(err, sql.ErrNoRows) {
-					return err
-				}
+// writeFinishes writes the outcomes, events and new messages of every op
+// inside tx.
+func (s *sqliteStore) writeFinishes(ctx context.Context, tx *sql.Tx, ops []*finishOp) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	st, err := s.txStmt(ctx, tx, sqliteFinishRecipient)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	var (
+		evs  []Event
+		msgs []*Message
+	)
+	for _, op := range ops {
+		stale := map[staleRecipient]bool{}
+		for _, o := range op.f.Outcomes {
+			next, setNext := op.outcomeNext(o)
+			res, err := st.ExecContext(ctx, o.State, setNext, us(next), o.Reply, us(op.now), o.RecipientID, op.owner)
+			if err != nil {
+				return err
 			}
-			evs = append(evs, dropStaleEvents(op.evs, stale)...)
-			if op.writesMessages() && len(op.f.Enqueue) > 0 {
-				msgs = append(msgs, op.f.Enqueue...)
-				op.wrote = true
+			n, err := res.RowsAffected()
+			if err != nil {
+				return err
+			}
+			if n == 1 {
+				op.applied++
+				continue
+			}
+			var sr staleRecipient
+			err = tx.QueryRowContext(ctx, `SELECT message_id, address FROM recipients WHERE id = ?`,
+				o.RecipientID).Scan(&sr.messageID, &sr.address)
+			if err == nil {
+				stale[sr] = true
+			} else if !errors.Is(err, sql.ErrNoRows) {
+				return err
 			}
 		}
-		if err := s.dropBodies(ctx, tx, finalRecipientIDs(ops)); err != nil {
-			return err
+		evs = append(evs, dropStaleEvents(op.evs, stale)...)
+		if op.writesMessages() && len(op.f.Enqueue) > 0 {
+			msgs = append(msgs, op.f.Enqueue...)
+			op.wrote = true
 		}
-		if err := s.insertEvents(ctx, tx, evs); err != nil {
-			return err
-		}
-		return s.insertMessages(ctx, tx, msgs)
-	})
+	}
+	if err := s.dropBodies(ctx, tx, finalRecipientIDs(ops)); err != nil {
+		return err
+	}
+	if err := s.insertEvents(ctx, tx, evs); err != nil {
+		return err
+	}
+	return s.insertMessages(ctx, tx, msgs)
 }
 
 // Queue administration.
