@@ -9,12 +9,14 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/textproto"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,7 +28,12 @@ import (
 
 const benchUsage = `usage: smtpgw bench --addr HOST:PORT [--key-file FILE] [--conns N] [--messages N] [--size BYTES]
                     [--tls starttls|implicit|none] [--ca FILE] [--insecure-skip-verify] [--username U]
-                    [--from ADDR] [--to ADDR] [--chunking]
+                    [--from ADDR] [--to ADDR] [--chunking] [--rate MSGS_PER_S]
+--rate R is an open-loop load: message i is due i/R seconds after the start,
+whichever session is free sends it, and its latency counts from when it was
+due, so a server that stalls shows in p99 even though the sessions wait
+(no coordinated omission); msgs_per_s is the rate achieved. --rate 0 (the
+default) sends as fast as the sessions can, each message timed from its MAIL.
 The API key (grant smtp/inject) is read from --key-file FILE, else from the
 SMTPGW_KEY environment variable. --key KEY also works but is discouraged:
 every user of the machine sees a command line's arguments (ps).`
@@ -45,6 +52,7 @@ type benchOptions struct {
 	Chunking   bool // send with BDAT when the server offers CHUNKING
 	From, To   string
 	Timeout    time.Duration
+	Rate       float64        // messages per second in all; 0: as fast as possible
 	OnProgress func(done int) // optional
 }
 
@@ -52,8 +60,9 @@ type benchOptions struct {
 type benchResult struct {
 	Sent, Failed int
 	FirstError   string
-	Elapsed      time.Duration
-	Latencies    []time.Duration // per message, MAIL to the 250 after DATA
+	Elapsed      time.Duration   // the start until the last reply
+	Latencies    []time.Duration // per message, MAIL (paced: the time it was due) to the 250 after DATA
+	MaxLag       time.Duration   // paced: the most a message's MAIL went out after it was due
 	CPU          time.Duration   // CPU the load generator itself used (getrusage)
 }
 
@@ -119,6 +128,7 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	fs.StringVar(&o.From, "from", "bench@example.com", "envelope sender and From:")
 	fs.StringVar(&o.To, "to", "sink@example.net", "envelope recipient")
 	fs.BoolVar(&o.Chunking, "chunking", false, "send with BDAT (RFC 3030) when the server offers CHUNKING")
+	fs.Float64Var(&o.Rate, "rate", 0, "messages per second in all, paced open-loop over the sessions (0: as fast as possible)")
 	pos, err := parse(fs, benchUsage, args, e)
 	if err != nil {
 		return err
@@ -132,6 +142,8 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	switch {
 	case o.Conns < 1 || o.Messages < 1 || o.Size < 200:
 		return usagef("bench: --conns and --messages must be at least 1 and --size at least 200")
+	case !(o.Rate >= 0) || math.IsInf(o.Rate, 0):
+		return usagef("bench: --rate must be a number of messages per second, 0 for as fast as possible, not %v", o.Rate)
 	case o.TLS != "starttls" && o.TLS != "implicit" && o.TLS != "none":
 		return usagef("bench: --tls must be starttls, implicit or none, not %q", o.TLS)
 	}
@@ -164,9 +176,11 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 		o.TLSConfig.RootCAs = pool
 	}
 	res := runBench(ctx, o)
-	fmt.Fprintf(e.stdout, "smtpgw bench: N=%d size=%d sessions=%d sent=%d failed=%d elapsed=%s msgs_per_s=%.0f p50=%s p99=%s cpu_us_per_msg=%d\n",
-		o.Messages, o.Size, o.Conns, res.Sent, res.Failed, res.Elapsed.Round(time.Millisecond), res.rate(),
+	fmt.Fprintf(e.stdout, "smtpgw bench: N=%d size=%d sessions=%d rate=%s sent=%d failed=%d elapsed=%s msgs_per_s=%.0f p50=%s p99=%s max=%s max_start_lag=%s cpu_us_per_msg=%d\n",
+		o.Messages, o.Size, o.Conns, strconv.FormatFloat(o.Rate, 'f', -1, 64), res.Sent, res.Failed,
+		res.Elapsed.Round(time.Millisecond), res.rate(),
 		res.percentile(0.50).Round(10*time.Microsecond), res.percentile(0.99).Round(10*time.Microsecond),
+		res.percentile(1).Round(10*time.Microsecond), res.MaxLag.Round(10*time.Microsecond),
 		res.cpuPerMessage().Microseconds())
 	if res.Failed > 0 {
 		return fmt.Errorf("bench: %d of %d messages failed, first: %s", res.Failed, o.Messages, res.FirstError)
@@ -182,6 +196,14 @@ func fileExists(path string) bool {
 
 // runBench sends o.Messages messages over o.Conns sessions. A session that
 // fails is redialled, so one error costs one message.
+//
+// With o.Rate the load is open-loop: message i is due at start + i/Rate,
+// taken by whichever session is free, sent no earlier than due, and timed
+// from when it was due, not from when a busy session got to it. A server
+// that stalls for a second thus costs every message due in that second its
+// wait, as it would cost real clients, where a closed loop would time only
+// the few messages in flight. The sessions are dialled before the start so
+// that the schedule does not include dialling them.
 func runBench(ctx context.Context, o benchOptions) benchResult {
 	if o.Timeout == 0 {
 		o.Timeout = 60 * time.Second
@@ -190,18 +212,49 @@ func runBench(ctx context.Context, o benchOptions) benchResult {
 	var next atomic.Int64
 	var mu sync.Mutex
 	res := benchResult{Latencies: make([]time.Duration, 0, o.Messages)}
+	// Dial every session first; one that fails is dialled again (and its
+	// failure counted) when it comes to send.
+	conns := make([]*benchConn, o.Conns)
+	var dials sync.WaitGroup
+	for i := range conns {
+		dials.Go(func() { conns[i], _ = benchDial(o, body) })
+	}
+	dials.Wait()
 	cpu0 := processCPU()
 	start := time.Now()
 	var wg sync.WaitGroup
-	for range o.Conns {
+	for _, c := range conns {
 		wg.Go(func() {
-			var c *benchConn
 			defer func() {
 				if c != nil {
 					c.quit()
 				}
 			}()
-			for ctx.Err() == nil && int(next.Add(1)) <= o.Messages {
+			var timer *time.Timer
+			for ctx.Err() == nil {
+				i := next.Add(1) - 1
+				if int(i) >= o.Messages {
+					break
+				}
+				var due time.Time
+				var lag time.Duration
+				if o.Rate > 0 {
+					due = start.Add(time.Duration(float64(i) * float64(time.Second) / o.Rate))
+					if wait := time.Until(due); wait > 0 {
+						if timer == nil {
+							timer = time.NewTimer(wait)
+						} else {
+							timer.Reset(wait)
+						}
+						select {
+						case <-timer.C:
+						case <-ctx.Done():
+							return
+						}
+					} else {
+						lag = -wait
+					}
+				}
 				var err error
 				if c == nil {
 					c, err = benchDial(o, body)
@@ -209,8 +262,11 @@ func runBench(ctx context.Context, o benchOptions) benchResult {
 				var lat time.Duration
 				if err == nil {
 					t0 := time.Now()
+					if due.IsZero() {
+						due = t0
+					}
 					err = c.send()
-					lat = time.Since(t0)
+					lat = time.Since(due)
 				}
 				mu.Lock()
 				if err != nil {
@@ -226,6 +282,7 @@ func runBench(ctx context.Context, o benchOptions) benchResult {
 					res.Sent++
 					res.Latencies = append(res.Latencies, lat)
 				}
+				res.MaxLag = max(res.MaxLag, lag)
 				done := res.Sent + res.Failed
 				mu.Unlock()
 				if o.OnProgress != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -23,6 +24,7 @@ type sinkBackend struct {
 	mu     sync.Mutex
 	bodies [][]byte
 	key    string
+	stall  time.Duration // the first message's DATA waits this long
 }
 
 func (b *sinkBackend) NewSession(*smtp.Conn) (smtp.Session, error) { return &sinkSession{b: b}, nil }
@@ -55,8 +57,12 @@ func (s *sinkSession) Data(r io.Reader) error {
 		return err
 	}
 	s.b.mu.Lock()
+	first := len(s.b.bodies) == 0
 	s.b.bodies = append(s.b.bodies, b)
 	s.b.mu.Unlock()
+	if first {
+		time.Sleep(s.b.stall)
+	}
 	return nil
 }
 func (s *sinkSession) Reset()        {}
@@ -180,5 +186,76 @@ func TestBenchKeySources(t *testing.T) {
 	}
 	if _, err := benchKey("", "", env{}); err == nil || !strings.Contains(err.Error(), "--key-file") || !strings.Contains(err.Error(), "SMTPGW_KEY") {
 		t.Errorf("no key: %v, want an error naming --key-file and SMTPGW_KEY", err)
+	}
+}
+
+// startSink serves be on a loopback port without TLS and returns its address.
+func startSink(t *testing.T, be *sinkBackend) string {
+	srv := smtp.NewServer(be)
+	srv.Domain = "sink.test"
+	srv.AllowInsecureAuth = true
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return ln.Addr().String()
+}
+
+// TestBenchRate runs `smtpgw bench --rate` in-process: every message is
+// sent, and the result line reports the rate asked for; a rate that is not
+// a non-negative number is a usage error.
+func TestBenchRate(t *testing.T) {
+	be := &sinkBackend{key: "k3y"}
+	addr := startSink(t, be)
+	var out bytes.Buffer
+	e := env{stdout: &out, stderr: io.Discard, environ: []string{"SMTPGW_KEY=k3y"}}
+	err := cmdBench(context.Background(), []string{"--addr", addr, "--tls", "none", "--insecure-skip-verify",
+		"--conns", "3", "--messages", "12", "--size", "500", "--rate", "400"}, e)
+	if err != nil {
+		t.Fatalf("bench --rate 400: %v (%s)", err, out.String())
+	}
+	for _, want := range []string{" sessions=3 ", " rate=400 ", " sent=12 ", " failed=0 ", " msgs_per_s=", " max_start_lag="} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output %q lacks %q", out.String(), want)
+		}
+	}
+	be.mu.Lock()
+	if len(be.bodies) != 12 {
+		t.Errorf("the server received %d messages, want 12", len(be.bodies))
+	}
+	be.mu.Unlock()
+	for _, bad := range []string{"-1", "x", "NaN", "Inf"} {
+		err := cmdBench(context.Background(), []string{"--addr", addr, "--tls", "none", "--rate", bad}, e)
+		var ue *usageError
+		if !errors.As(err, &ue) {
+			t.Errorf("--rate %s: %v, want a usage error", bad, err)
+		}
+	}
+}
+
+// TestBenchRateCountsStall: with --rate, a message that waits for a
+// stalled session is timed from when it was due. The server holds the first
+// message's DATA for 300 ms on the only session; the five messages were due
+// within 4 ms of the start, so each one's reply came at least 296 ms after
+// it was due. (A closed-loop timer would give the four queued ones a
+// fraction of a millisecond each.) A lower bound, so a slow machine cannot
+// fail it.
+func TestBenchRateCountsStall(t *testing.T) {
+	const stall = 300 * time.Millisecond
+	be := &sinkBackend{key: "k3y", stall: stall}
+	res := runBench(context.Background(), benchOptions{Addr: startSink(t, be), Key: "k3y", Conns: 1, Messages: 5,
+		Size: 300, TLS: "none", From: "a@b.test", To: "c@d.test", Rate: 1000})
+	if res.Sent != 5 || res.Failed != 0 {
+		t.Fatalf("sent %d failed %d (%s), want 5 sent", res.Sent, res.Failed, res.FirstError)
+	}
+	for i, l := range res.Latencies {
+		if l < stall-4*time.Millisecond {
+			t.Errorf("reply %d: latency %s, want at least %s: the wait behind the stall is not counted", i, l, stall-4*time.Millisecond)
+		}
+	}
+	if res.MaxLag < stall-4*time.Millisecond {
+		t.Errorf("max start lag %s, want at least %s", res.MaxLag, stall-4*time.Millisecond)
 	}
 }
