@@ -17,7 +17,11 @@
 # (its own cgroup, cpuacct, until the queue is empty), PostgreSQL's CPU per
 # message apart (the cluster runs in a cgroup of its own), the load client's
 # CPU per message, p50/p99 time-to-250, bytes on disk per message (peak while
-# running, and after the queue drained) and the server's peak RSS.
+# running, and after the queue drained), the server's peak RSS, and whether
+# the relay keeps up: queue_peak (the most queued+deferred recipients seen
+# while injecting, sampled every 0.5 s from gateway 1's /metrics on a
+# loopback port, one curl each, so the gateway only pays a scrape) and
+# queue_end_of_injection (the same once the last 250 came back).
 #
 # Settings: N, SIZE, S, TLS (starttls|none|"starttls none"), STORES
 # ("sqlite postgres"), GWS (gateway processes sharing the PostgreSQL
@@ -25,6 +29,12 @@
 # the load client send with BDAT, PGTOP=N lists PostgreSQL's costliest
 # statements, PROFILE=DIR writes each gateway's CPU profile there (serve
 # --cpuprofile) and prints its top functions.
+# RATE=R paces the smtpgw load open-loop at R messages per second in all
+# (`smtpgw bench --rate`, split evenly between the GWS gateways; latencies
+# count from when each message was due, so a stalled server shows in p99);
+# RATE=half runs each smtpgw configuration twice: at full speed, then at half
+# the injection rate that run measured (issue 12: p99 time-to-250 at half the
+# peak rate), printing both result lines. Unset or 0: full speed only.
 # Needs root (cgroups, Postfix, the PostgreSQL cluster runs as user postgres),
 # cgroup v1 cpuacct or cgroup v2, smtp-sink/smtp-source (package postfix) and
 # PostgreSQL 15 binaries.
@@ -32,7 +42,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10000}; SIZE=${SIZE:-10240}; S=${S:-20}
 TLS=${TLS:-starttls}; STORES=${STORES:-"sqlite postgres"}; GWS=${GWS:-1}
-POSTFIX=${POSTFIX:-1}
+POSTFIX=${POSTFIX:-1}; RATE=${RATE:-0}
+case $RATE in half) ;; *[!0-9.]*|"") echo "bench.sh: RATE=$RATE: want a number of messages per second or half" >&2; exit 2 ;; esac
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 export PATH="$PATH:/usr/sbin:/sbin:/usr/local/go/bin"
 
@@ -89,7 +100,7 @@ rate() { # count nanoseconds -> msg/s
   echo $(( $1 * 1000000000 / ($2 > 0 ? $2 : 1) ))
 }
 
-echo "# $(date -u +%FT%TZ) $(nproc) cores, $(go version | cut -d' ' -f3), N=$N size=$SIZE sessions=$S, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u +%FT%TZ) $(nproc) cores, $(go version | cut -d' ' -f3), N=$N size=$SIZE sessions=$S rate=$RATE, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Postfix baseline.
 if [ "$POSTFIX" = 1 ]; then
@@ -141,10 +152,12 @@ start_pg() {
   PGURL=postgres://postgres@127.0.0.1:25432/postgres
 }
 
-# run_gateway store tls gws: gws gateway processes on one database, each in
-# its own cgroup; the load is split evenly between them.
+# run_gateway store tls gws [rate]: gws gateway processes on one database,
+# each in its own cgroup; the load (rate msg/s in all; 0 or none: as fast as
+# possible) is split evenly between them. Sets inject_rate to the injection
+# rate measured.
 run_gateway() {
-  local store=$1 tls=$2 gws=$3 url="" name="$1-$2-x$3"
+  local store=$1 tls=$2 gws=$3 rate=${4:-0} url="" name="$1-$2-x$3-r${4:-0}"
   local dir="$work/$name"
   mkdir -p "$dir"
   if [ "$store" = postgres ]; then
@@ -169,7 +182,7 @@ mode = "smarthost"
 smarthost = "127.0.0.1:2527"
 smarthost_tls = "none"
 [http]
-addr = ""
+addr = "$([ "$i" = 1 ] && echo "127.0.0.1:$((2686 + i))")"
 TOML
     cg_run "gw$name-$i" "$gw" serve --config "$dir/$i/smtpgw.toml" --log-level warn \
       ${PROFILE:+--cpuprofile "$PROFILE/$name-$i.pprof"} 2>"$dir/$i/serve.log" &
@@ -184,16 +197,27 @@ TOML
   for i in $(seq "$gws"); do c0+=("$(cg_usec "gw$name-$i")"); done
   [ "$store" = postgres ] && pg0=$(cg_usec postgres)
   cg_new "client$name"; k0=$(cg_usec "client$name")
+  # The queue depth while injecting, from gateway 1 (on PostgreSQL every
+  # gateway reports the shared queue).
+  local metrics="http://127.0.0.1:2687/metrics" sampler qend qpeak
+  : >"$dir/queue.samples"
+  (while :; do queue_depth "$metrics" >>"$dir/queue.samples"; sleep 0.5; done) &
+  sampler=$!
   t0=$(date +%s%N)
   local bpids=()
   for i in $(seq "$gws"); do
     SMTPGW_KEY="$key" cg_run "client$name" "$gw" bench --addr "127.0.0.1:$((2586 + i))" \
       --conns $(( (S + gws - 1) / gws )) --messages $(( N / gws )) --size "$SIZE" --tls "$tls" \
+      --rate "$(awk -v r="$rate" -v g="$gws" 'BEGIN {printf "%.3f", r / g}')" \
       --insecure-skip-verify ${CHUNKING:+--chunking} >"$dir/bench-$i.out" &
     bpids+=($!)
   done
   for p in "${bpids[@]}"; do wait "$p" || true; done
   t1=$(date +%s%N); k1=$(cg_usec "client$name")
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
+  qend=$(queue_depth "$metrics")
+  echo "$qend" >>"$dir/queue.samples"
+  qpeak=$(awk 'NF && $1 > m {m = $1} END {print m + 0}' "$dir/queue.samples")
   local peak=0 left bytes
   while :; do
     left=$("$gw" queue stats --config "$dir/1/smtpgw.toml" --json 2>/dev/null |
@@ -219,9 +243,11 @@ TOML
   for i in $(seq "$gws"); do gcpu=$(( gcpu + ${c1[$((i - 1))]} - ${c0[$((i - 1))]} )); done
   local after
   after=$(disk_bytes "$store" "$dir")
-  local pgpart=""
+  local pgpart="" pace="full speed"
   [ "$store" = postgres ] && pgpart=" postgres_cpu_us_per_msg=$(per $((pg1 - pg0)) "$sent")"
-  echo "smtpgw $store ($tls, $gws gateway$([ "$gws" = 1 ] || echo es)): inject_msgs_per_s=$(rate "$sent" $((t1 - t0))) inject_relay_msgs_per_s=$(rate "$sent" $((t2 - t0))) server_cpu_us_per_msg=$(per "$gcpu" "$sent")$pgpart client_cpu_us_per_msg=$(per $((k1 - k0)) "$sent") (self-reported: ${kcpu% }) p50=${p50% } p99=${p99% } disk_peak_bytes_per_msg=$(per "$peak" "$sent") disk_after_bytes_per_msg=$(per "$after" "$sent") peak_rss_kb=$rss"
+  [ "$rate" != 0 ] && pace="paced at $rate msg/s"
+  inject_rate=$(rate "$sent" $((t1 - t0)))
+  echo "smtpgw $store ($tls, $gws gateway$([ "$gws" = 1 ] || echo s), $pace): inject_msgs_per_s=$inject_rate inject_relay_msgs_per_s=$(rate "$sent" $((t2 - t0))) server_cpu_us_per_msg=$(per "$gcpu" "$sent")$pgpart client_cpu_us_per_msg=$(per $((k1 - k0)) "$sent") (self-reported: ${kcpu% }) p50=${p50% } p99=${p99% } disk_peak_bytes_per_msg=$(per "$peak" "$sent") disk_after_bytes_per_msg=$(per "$after" "$sent") peak_rss_kb=$rss queue_peak=${qpeak:-?} queue_end_of_injection=${qend:-?}"
   if [ "$store" = postgres ] && [ -n "${PGTOP:-}" ]; then # PGTOP=N: PostgreSQL's N costliest statements
     "$PGBIN/psql" -qAt "$PGURL" -F ' | ' -c "select round(total_exec_time::numeric * 1000 / $sent) as us_per_msg, calls,
       regexp_replace(left(query, 90), '\s+', ' ', 'g') from pgss.pg_stat_statements order by total_exec_time desc limit $PGTOP" | sed 's/^/  pg: /'
@@ -233,6 +259,11 @@ TOML
   fi
 }
 
+queue_depth() { # metrics URL -> queued+deferred recipients, nothing if the scrape fails
+  curl -fs --max-time 2 "$1" 2>/dev/null | awk '/^smtpgw_queue_recipients\{state="(queued|deferred)"\}/ {n += $2; f = 1}
+    END {if (f) printf "%d\n", n}' || true
+}
+
 disk_bytes() { # store dir -> bytes the store uses on disk
   if [ "$1" = sqlite ]; then
     (du -sb "$2/data" 2>/dev/null || true) | cut -f1
@@ -242,13 +273,25 @@ disk_bytes() { # store dir -> bytes the store uses on disk
   fi
 }
 
+# run_paced store tls gws: one run at RATE, or with RATE=half one at full
+# speed and one at half the rate it measured.
+run_paced() {
+  if [ "$RATE" = half ]; then
+    run_gateway "$@" 0
+    if [ "$inject_rate" -ge 2 ]; then run_gateway "$@" $(( inject_rate / 2 ))
+    else echo "bench.sh: no injection rate measured, no half-rate run" >&2; fi
+  else
+    run_gateway "$@" "$RATE"
+  fi
+}
+
 for store in $STORES; do
   [ "$store" = postgres ] && [ -z "${pgdata:-}" ] && start_pg
   for tls in $TLS; do
     if [ "$store" = postgres ]; then
-      for g in $GWS; do run_gateway "$store" "$tls" "$g"; done
+      for g in $GWS; do run_paced "$store" "$tls" "$g"; done
     else
-      run_gateway "$store" "$tls" 1
+      run_paced "$store" "$tls" 1
     fi
   done
 done

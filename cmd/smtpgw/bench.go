@@ -15,6 +15,7 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,6 +35,9 @@ whichever session is free sends it, and its latency counts from when it was
 due, so a server that stalls shows in p99 even though the sessions wait
 (no coordinated omission); msgs_per_s is the rate achieved. --rate 0 (the
 default) sends as fast as the sessions can, each message timed from its MAIL.
+A paced run uses one processor (GOMAXPROCS=1, unless the environment sets
+GOMAXPROCS): idle between messages, the client would otherwise wake a
+second thread to spin for work at every reply.
 The API key (grant smtp/inject) is read from --key-file FILE, else from the
 SMTPGW_KEY environment variable. --key KEY also works but is discouraged:
 every user of the machine sees a command line's arguments (ps).`
@@ -174,6 +178,9 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 			return usagef("bench: --ca %s holds no PEM certificate", *caFile)
 		}
 		o.TLSConfig.RootCAs = pool
+	}
+	if o.Rate > 0 && !slices.ContainsFunc(e.environ, func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") }) {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	}
 	res := runBench(ctx, o)
 	fmt.Fprintf(e.stdout, "smtpgw bench: N=%d size=%d sessions=%d rate=%s sent=%d failed=%d elapsed=%s msgs_per_s=%.0f p50=%s p99=%s max=%s max_start_lag=%s cpu_us_per_msg=%d\n",
