@@ -631,7 +631,7 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 		return 0, limit
 	}
 	n := len(claimed)
-	if n == limit {
+	if n == limit && cutShort(claimed) {
 		// The limit may have cut the last message in two: claim the rest
 		// of it for the same destination, so it goes out in one
 		// transaction (or as few as the server's recipient limit allows)
@@ -666,6 +666,25 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 		}()
 	}
 	return n, limit
+}
+
+// cutShort reports whether claimed may hold only part of its last
+// message's recipients: fewer of them than the message was stored with, or
+// a message stored before that count was kept. (Under load every claim
+// fills its limit; a claim of single-recipient messages need not cost a
+// second write transaction.)
+func cutShort(claimed []*store.Claimed) bool {
+	last := claimed[len(claimed)-1]
+	if last.Info.Recipients == 0 {
+		return true
+	}
+	have := 0
+	for _, c := range claimed {
+		if c.MessageID == last.MessageID {
+			have++
+		}
+	}
+	return have < last.Info.Recipients
 }
 
 // claimRest appends to claimed the due recipients of its last message that

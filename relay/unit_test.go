@@ -312,3 +312,27 @@ func TestFlushConnOneWrite(t *testing.T) {
 		t.Errorf("the peer's first read got %q, want everything written in one write", s)
 	}
 }
+
+// TestCutShort: a claim that filled its limit asks for the rest of its last
+// message only when that message has recipients the claim does not hold.
+func TestCutShort(t *testing.T) {
+	c := func(msg string, rcpts int) *store.Claimed {
+		cl := &store.Claimed{Recipient: store.Recipient{MessageID: msg}}
+		cl.Info.Recipients = rcpts
+		return cl
+	}
+	for _, tc := range []struct {
+		name    string
+		claimed []*store.Claimed
+		want    bool
+	}{
+		{"single-recipient messages", []*store.Claimed{c("a", 1), c("b", 1)}, false},
+		{"last message whole", []*store.Claimed{c("a", 1), c("b", 2), c("b", 2)}, false},
+		{"last message cut", []*store.Claimed{c("a", 1), c("b", 3), c("b", 3)}, true},
+		{"count unknown (stored before it was kept)", []*store.Claimed{c("a", 0)}, true},
+	} {
+		if got := cutShort(tc.claimed); got != tc.want {
+			t.Errorf("%s: cutShort = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -32,6 +32,9 @@ func TestClaimExcludeDomains(t *testing.T) {
 			if c.Domain != "example.org" || c.MailFrom != m.MailFrom {
 				t.Errorf("claimed %s (domain %q, from %q) excluding %v", c.Address, c.Domain, c.MailFrom, exclude)
 			}
+			if c.Info.Recipients != len(m.Recipients) {
+				t.Errorf("claimed %s: its message has %d recipients, want %d", c.Address, c.Info.Recipients, len(m.Recipients))
+			}
 		}
 
 		// Everything left is excluded: nothing, and the limit applies
@@ -134,5 +137,35 @@ func TestClaimExcludePlan(t *testing.T) {
 		if c.Domain != "fast.test" {
 			t.Fatalf("claimed %s excluding slow.test", c.Address)
 		}
+	}
+}
+
+// TestClaimPlanSQLite: SQLite's claim (one prepared statement, the domains
+// to skip as a JSON array) finds due recipients through recipients_due, not
+// by scanning the table.
+func TestClaimPlanSQLite(t *testing.T) {
+	t.Parallel()
+	e := openEnv(t, "sqlite")
+	s := e.s.(*sqliteStore)
+	rows, err := s.w.QueryContext(ctxT(t), "EXPLAIN QUERY PLAN "+sqliteClaim, "plan", 2, 1, `["slow.test"]`, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	p := strings.Join(plan, "\n")
+	if !strings.Contains(p, "recipients_due") || strings.Contains(p, "SCAN recipients\n") || strings.HasSuffix(p, "SCAN recipients") {
+		t.Errorf("SQLite claim does not use recipients_due:\n%s", p)
 	}
 }

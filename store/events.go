@@ -21,6 +21,10 @@ type MessageInfo struct {
 	// RcptTypes maps recipients added from X-MSYS-API to "cc", "bcc" or
 	// "archive"; every other recipient is "to".
 	RcptTypes map[string]string `json:"rcpt_types,omitempty"`
+	// Recipients is how many recipients the message was stored with (0 in
+	// messages stored before it was recorded): the relay claims the rest
+	// of a message cut by its claim limit only when there is a rest.
+	Recipients int `json:"rcpt_count,omitempty"`
 }
 
 // RcptType is the SparkPost rcpt_type of addr: "to", "cc", "bcc" or
@@ -210,7 +214,7 @@ func decodeDetail(b []byte, d *EventDetail) error {
 
 // encodeInfo returns the JSON of a message's info, or nil when empty.
 func encodeInfo(i *MessageInfo) (any, error) {
-	if i.FriendlyFrom == "" && i.Subject == "" && i.IPAddress == "" && len(i.RcptTypes) == 0 {
+	if i.FriendlyFrom == "" && i.Subject == "" && i.IPAddress == "" && len(i.RcptTypes) == 0 && i.Recipients == 0 {
 		return nil, nil
 	}
 	b, err := json.Marshal(i)

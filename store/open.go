@@ -153,6 +153,7 @@ func prepareMessage(m *Message, now time.Time) error {
 	}
 	m.CreatedAt = m.CreatedAt.UTC().Truncate(time.Microsecond)
 	m.Size = int64(len(m.Body))
+	m.Info.Recipients = len(m.Recipients)
 	for _, r := range m.Recipients {
 		if r == nil {
 			return fmt.Errorf("message %s has a nil recipient", m.ID)
