@@ -19,6 +19,8 @@ type metrics struct {
 	attempt prometheus.Histogram
 	// claimed counts recipients claimed from the queue.
 	claimed prometheus.Counter
+	// handedOff counts recipients taken straight from injection (Handoff).
+	handedOff prometheus.Counter
 	// inflight is the number of transactions running now.
 	inflight prometheus.Gauge
 	// dsns counts DSNs generated.
@@ -44,6 +46,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "smtpgw", Subsystem: "relay", Name: "claimed_total",
 			Help: "Recipients claimed from the queue.",
 		}),
+		handedOff: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "smtpgw", Subsystem: "relay", Name: "handed_off_total",
+			Help: "Recipients taken to delivery straight from injection on this node, without a claim.",
+		}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "smtpgw", Subsystem: "relay", Name: "inflight_transactions",
 			Help: "Delivery transactions running now.",
@@ -63,7 +69,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.deliveries, m.attempt, m.claimed, m.inflight, m.dsns, m.finishFailures} {
+	for _, c := range []prometheus.Collector{m.deliveries, m.attempt, m.claimed, m.handedOff, m.inflight, m.dsns, m.finishFailures} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

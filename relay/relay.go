@@ -290,10 +290,14 @@ type Relay struct {
 	mx       *mxCache
 	supp     *suppression.Service // hard bounces go on the suppression list
 
-	slots    chan struct{} // one per running job; capacity cfg.Workers
-	ready    atomic.Int64  // jobs holding their destination's slot (or expiring), waiting for a worker or running
-	jobDone  chan struct{} // coalesced: a job finished
-	stop     chan struct{} // closed by Stop
+	slots    chan struct{}          // one per running job; capacity cfg.Workers
+	ready    atomic.Int64           // jobs holding their destination's slot (or expiring), waiting for a worker or running
+	reserved atomic.Int64           // recipients Reserve promised room for, not yet handed off or released
+	run      atomic.Pointer[runCtx] // set by Start: the contexts jobs run under
+	handoff  sync.RWMutex           // Handoff holds it shared while it starts jobs; Stop takes it to set stopped
+	stopped  bool                   // Stop began; guarded by handoff
+	jobDone  chan struct{}          // coalesced: a job finished
+	stop     chan struct{}          // closed by Stop
 	stopOnce sync.Once
 	started  atomic.Bool
 	loopDone chan struct{} // closed when the claim and maintenance loops returned
@@ -498,6 +502,7 @@ func (r *Relay) Start(ctx context.Context) error {
 	}
 	base := context.WithoutCancel(ctx)
 	loopCtx, cancel := context.WithCancel(ctx)
+	r.run.Store(&runCtx{ctx: loopCtx, base: base})
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() {
@@ -531,6 +536,10 @@ func (r *Relay) Start(ctx context.Context) error {
 // without Start.
 func (r *Relay) Stop() {
 	r.stopOnce.Do(func() { close(r.stop) })
+	// A barrier: from here on no Handoff starts jobs.
+	r.handoff.Lock()
+	r.stopped = true
+	r.handoff.Unlock()
 	if r.started.Load() {
 		<-r.loopDone
 	}
@@ -600,7 +609,7 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 	if r.conf().Mode == ModeHold {
 		return 0, 0
 	}
-	room := 2*r.conf().Workers - int(r.ready.Load())
+	room := 2*r.conf().Workers - int(r.ready.Load()) - int(r.reserved.Load())
 	if room <= 0 {
 		return 0, 0
 	}
@@ -639,6 +648,13 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 		claimed = r.claimRest(ctx, claimed)
 	}
 	r.metrics.claimed.Add(float64(len(claimed)))
+	r.dispatch(ctx, base, claimed, deadline)
+	return n, limit
+}
+
+// dispatch groups claimed recipients into jobs and starts a goroutine per
+// job; deadline is when their lease stops covering a delivery.
+func (r *Relay) dispatch(ctx, base context.Context, claimed []*store.Claimed, deadline time.Time) {
 	now := time.Now()
 	for _, j := range groupJobs(claimed, r.conf().Mode, deadline) {
 		j.expired = now.Sub(j.rcpts[0].CreatedAt) > r.conf().MaxQueueLifetime
@@ -665,7 +681,82 @@ func (r *Relay) claimOnce(ctx, base context.Context) (int, int) {
 			r.runJob(ctx, base, j, t)
 		}()
 	}
-	return n, limit
+}
+
+// runCtx holds the contexts of a started relay's jobs (see Start).
+type runCtx struct{ ctx, base context.Context }
+
+// Handoff: a message this node just received goes to its delivery
+// workers at once, without waiting for a claim. Before storing it, the SMTP
+// server asks Reserve for room; if granted, the message is stored with its
+// recipients already leased to this relay (store.Message.Lease), and once
+// that commit is done Handoff starts its jobs, exactly as for claimed
+// ones. So a message costs no claim transaction and no body read, and its
+// delivery starts without a wake-up round trip through the store. When the
+// message is not stored, Release gives the room back. A handed-off
+// recipient whose job never runs (the process stops or dies) keeps its
+// lease until Stop releases it or it runs out, like a claimed one.
+
+// Reserve asks for room to deliver n recipients, of the given domains, the
+// moment they are stored. It refuses (the message is stored unleased and
+// claimed as usual) when the relay is not running or on hold, when the
+// claims' room (2×Workers minus ready jobs and other reservations) is
+// smaller than n, or when a destination of the message is saturated.
+func (r *Relay) Reserve(n int, domains []string) (store.Lease, bool) {
+	cfg := r.conf()
+	if n <= 0 || cfg.Mode == ModeHold || r.run.Load() == nil {
+		return store.Lease{}, false
+	}
+	select {
+	case <-r.stop:
+		return store.Lease{}, false
+	default:
+	}
+	if busy := r.sems.saturated(); len(busy) > 0 {
+		if cfg.Mode == ModeSmarthost {
+			return store.Lease{}, false
+		}
+		for _, d := range domains {
+			if slices.Contains(busy, d) {
+				return store.Lease{}, false
+			}
+		}
+	}
+	for {
+		res := r.reserved.Load()
+		if 2*int64(cfg.Workers)-r.ready.Load()-res < int64(n) {
+			return store.Lease{}, false
+		}
+		if r.reserved.CompareAndSwap(res, res+int64(n)) {
+			break
+		}
+	}
+	return store.Lease{Owner: cfg.Owner, Until: time.Now().Add(cfg.Lease)}, true
+}
+
+// Release gives back the room Reserve granted for n recipients that were
+// not stored.
+func (r *Relay) Release(n int) {
+	r.reserved.Add(-int64(n))
+}
+
+// Handoff starts delivering recipients stored under lease l, granted by
+// Reserve for len(claimed) recipients (see [store.Message.Claimed]).
+func (r *Relay) Handoff(l store.Lease, claimed []*store.Claimed) {
+	r.reserved.Add(-int64(len(claimed)))
+	// No job may start once Stop waits for the jobs: a Handoff either
+	// started its jobs before Stop set stopped, or sees it set.
+	r.handoff.RLock()
+	defer r.handoff.RUnlock()
+	rc := r.run.Load()
+	if rc == nil || rc.ctx.Err() != nil || len(claimed) == 0 {
+		return // stopping: Stop releases the leases
+	}
+	if r.stopped {
+		return
+	}
+	r.metrics.handedOff.Add(float64(len(claimed)))
+	r.dispatch(rc.ctx, rc.base, claimed, l.Until.Add(-r.conf().Lease/4))
 }
 
 // cutShort reports whether claimed may hold only part of its last

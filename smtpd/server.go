@@ -105,6 +105,17 @@ const (
 	BareReject = "reject"
 )
 
+// Handoff takes freshly stored messages straight to delivery (implemented
+// by relay.Relay): Reserve asks for room for a message's recipients before
+// it is stored; if granted, the message is stored under the returned lease
+// and given to Handoff once committed, or the room is given back with
+// Release when it is not stored.
+type Handoff interface {
+	Reserve(recipients int, domains []string) (store.Lease, bool)
+	Handoff(l store.Lease, claimed []*store.Claimed)
+	Release(recipients int)
+}
+
 // Config configures a Server. Zero values select the defaults above.
 type Config struct {
 	// Hostname is the name in the banner, EHLO reply, Received: and
@@ -158,6 +169,10 @@ type Config struct {
 	// this node). Nil: New makes one over the store with
 	// suppression.DefaultTTL.
 	Suppressions *suppression.Checker
+	// Handoff, if not nil, takes each message the moment it is stored to
+	// this node's delivery workers (the relay), stored already leased to
+	// them, instead of leaving it for a claim.
+	Handoff Handoff
 	// RequireVerifiedDomains refuses at DATA (550 5.7.1) a message whose
 	// From: domain is not a sending domain whose DKIM record was verified
 	// (relay.require_verified_domains).

@@ -575,9 +575,26 @@ func (s *session) data(r io.Reader, id string) (*store.Message, error) {
 		return nil, err
 	}
 
+	ho := s.srv.cfg.Handoff
+	leased := false
+	if ho != nil {
+		var l store.Lease
+		if l, leased = ho.Reserve(len(m.Recipients), rcptDomains(m.Recipients)); leased {
+			m.Lease = &l
+		}
+	}
 	t0 := time.Now()
 	err = s.srv.st.Enqueue(ctx, m)
 	s.srv.metrics.enqueue.Observe(time.Since(t0).Seconds())
+	if leased {
+		if err != nil {
+			ho.Release(len(m.Recipients))
+		} else {
+			// Claimed copies the body: its memory (or mapping) goes
+			// with the spool.
+			ho.Handoff(*m.Lease, m.Claimed())
+		}
+	}
 	// The body's memory (or mapping) goes with the spool.
 	m.Body = nil
 	if err != nil {
@@ -587,6 +604,17 @@ func (s *session) data(r io.Reader, id string) (*store.Message, error) {
 	s.srv.metrics.queued.Inc()
 	s.srv.metrics.bytes.Add(float64(m.Size))
 	return m, nil
+}
+
+// rcptDomains lists the distinct domains of rs.
+func rcptDomains(rs []*store.Recipient) []string {
+	var ds []string
+	for _, r := range rs {
+		if !slices.Contains(ds, r.Domain) {
+			ds = append(ds, r.Domain)
+		}
+	}
+	return ds
 }
 
 // addMsysRecipients adds X-MSYS-API cc, bcc and archive addresses to the

@@ -169,3 +169,75 @@ func TestClaimPlanSQLite(t *testing.T) {
 		t.Errorf("SQLite claim does not use recipients_due:\n%s", p)
 	}
 }
+
+// TestClaimLeavesWriterSynced: SQLite's claim commits without syncing the
+// WAL (leases may be forgotten by a power cut), and gives the writer back
+// with synchronous=FULL, which every message and outcome needs.
+func TestClaimLeavesWriterSynced(t *testing.T) {
+	t.Parallel()
+	e := openEnv(t, "sqlite")
+	s := e.s.(*sqliteStore)
+	ctx := ctxT(t)
+	mustEnqueue(t, s, newMsg(2))
+	cs, err := s.ClaimDue(ctx, "w", ClaimOptions{Limit: 10, Lease: time.Minute})
+	if err != nil || len(cs) != 2 {
+		t.Fatalf("claimed %d (%v), want 2", len(cs), err)
+	}
+	var level int
+	if err := s.w.QueryRowContext(ctx, `PRAGMA synchronous`).Scan(&level); err != nil {
+		t.Fatal(err)
+	}
+	if level != 2 {
+		t.Errorf("writer synchronous = %d after a claim, want 2 (FULL)", level)
+	}
+	// The lease was committed all the same.
+	if again, err := s.ClaimDue(ctx, "x", ClaimOptions{Limit: 10, Lease: time.Minute}); err != nil || len(again) != 0 {
+		t.Errorf("claimed %d (%v) while both recipients are leased", len(again), err)
+	}
+}
+
+// TestEnqueueLeased: a message stored under a lease (handed straight to
+// the node's relay) is not claimable by anyone until the lease is released
+// or runs out; Claimed gives its recipients as a claim would, ids set, and
+// its outcome is accepted from the lease owner.
+func TestEnqueueLeased(t *testing.T) {
+	both(t, func(t *testing.T, e *env) {
+		ctx := ctxT(t)
+		m := newMsg(2)
+		m.Lease = &Lease{Owner: "node-a", Until: time.Now().Add(time.Minute)}
+		mustEnqueue(t, e.s, m)
+		cs := m.Claimed()
+		if len(cs) != 2 {
+			t.Fatalf("Claimed gave %d recipients, want 2", len(cs))
+		}
+		for i, c := range cs {
+			if c.ID == 0 || c.ID != m.Recipients[i].ID || c.MessageID != m.ID || c.MailFrom != m.MailFrom ||
+				string(c.Body) != string(m.Body) || c.Size != int64(len(m.Body)) || c.Info.Recipients != 2 ||
+				c.DSNEnvID != m.DSNEnvID || string(c.MsysAPI) != string(m.MsysAPI) {
+				t.Errorf("claimed[%d] = %+v, does not match the stored message", i, c)
+			}
+		}
+		if got, err := e.s.ClaimDue(ctx, "node-b", ClaimOptions{Limit: 10, Lease: time.Minute}); err != nil || len(got) != 0 {
+			t.Fatalf("claimed %d (%v) of a message stored leased", len(got), err)
+		}
+		// The owner records an outcome as for a claim.
+		n, err := e.s.Finish(ctx, "node-a", Finish{Outcomes: []Outcome{{RecipientID: cs[0].ID, State: StateDelivered, Reply: "250 ok"}}})
+		if err != nil || n != 1 {
+			t.Fatalf("finish by the lease owner: %d, %v", n, err)
+		}
+		// Released (as at the owner's stop), the rest is claimable.
+		if _, err := e.s.ReleaseLeases(ctx, "node-a"); err != nil {
+			t.Fatal(err)
+		}
+		got, err := e.s.ClaimDue(ctx, "node-b", ClaimOptions{Limit: 10, Lease: time.Minute})
+		if err != nil || len(got) != 1 || got[0].ID != cs[1].ID {
+			t.Fatalf("after release claimed %d (%v), want the undelivered recipient", len(got), err)
+		}
+		// Unleased messages are stored as before.
+		plain := newMsg(1)
+		mustEnqueue(t, e.s, plain)
+		if got, err := e.s.ClaimDue(ctx, "node-b", ClaimOptions{Limit: 10, Lease: time.Minute}); err != nil || len(got) != 1 {
+			t.Fatalf("claimed %d (%v) of an unleased message, want 1", len(got), err)
+		}
+	})
+}

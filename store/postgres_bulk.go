@@ -31,9 +31,9 @@ const (
 		SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::bigint[],
 			$7::boolean[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::text[])`
 	pgBulkRecipients = `INSERT INTO recipients (id, message_id, address, domain, state, attempts, next_attempt,
-		last_reply, dsn_notify, dsn_orcpt, updated_at)
+		last_reply, dsn_notify, dsn_orcpt, updated_at, lease_owner, lease_until)
 		SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[],
-			$7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::timestamptz[])`
+			$7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::text[], $13::timestamptz[])`
 	pgBulkEvents = `INSERT INTO events (id, type, time, message_id, key_id, subaccount, recipient, campaign_id,
 		metadata, tags, reply, detail)
 		SELECT u.id, u.type, u.time, u.message_id, u.key_id, u.subaccount, u.recipient, u.campaign_id,
@@ -56,8 +56,12 @@ func insertPGMessages(ctx context.Context, tx pgx.Tx, msgs []*Message, extra []E
 		rcpts []*Recipient
 		evs   = slices.Clone(extra)
 	)
+	var leases []*Lease // of each recipient: its message's
 	for _, m := range msgs {
 		rcpts = append(rcpts, m.Recipients...)
+		for range m.Recipients {
+			leases = append(leases, m.Lease)
+		}
 		evs = append(evs, injectionEvents(m)...)
 	}
 	var rids, eids []int64
@@ -80,8 +84,17 @@ func insertPGMessages(ctx context.Context, tx pgx.Tx, msgs []*Message, extra []E
 			msgID, addr, domain, state, reply, notify, orcpt []string
 			attempts                                         []int32
 			next, updated                                    []time.Time
+			leaseOwner                                       []*string
+			leaseUntil                                       []*time.Time
 		}
-		for _, r := range rcpts {
+		for i, r := range rcpts {
+			if l := leases[i]; l != nil {
+				rc.leaseOwner = append(rc.leaseOwner, &l.Owner)
+				rc.leaseUntil = append(rc.leaseUntil, &l.Until)
+			} else {
+				rc.leaseOwner = append(rc.leaseOwner, nil)
+				rc.leaseUntil = append(rc.leaseUntil, nil)
+			}
 			rc.msgID = append(rc.msgID, r.MessageID)
 			rc.addr = append(rc.addr, r.Address)
 			rc.domain = append(rc.domain, r.Domain)
@@ -94,7 +107,7 @@ func insertPGMessages(ctx context.Context, tx pgx.Tx, msgs []*Message, extra []E
 			rc.updated = append(rc.updated, r.UpdatedAt)
 		}
 		b.Queue(pgBulkRecipients, rids, rc.msgID, rc.addr, rc.domain, rc.state, rc.attempts, rc.next,
-			rc.reply, rc.notify, rc.orcpt, rc.updated)
+			rc.reply, rc.notify, rc.orcpt, rc.updated, rc.leaseOwner, rc.leaseUntil)
 	}
 	if err := queueBulkEvents(b, evs, eids); err != nil {
 		return err

@@ -101,6 +101,47 @@ type Message struct {
 	Info       MessageInfo
 	CreatedAt  time.Time // set by Enqueue if zero
 	Recipients []*Recipient
+	// Lease, if set, stores every recipient already leased (as a claim
+	// would): the relay of the node that stores it takes the message
+	// straight to delivery, with no claim (see [Message.Claimed]).
+	Lease *Lease
+}
+
+// Lease is a relay's lease on recipients: its owner id and its end.
+type Lease struct {
+	Owner string
+	Until time.Time
+}
+
+// Claimed returns m's recipients as a claim would have returned them,
+// once Enqueue stored m under m.Lease (their ids set). The body is a copy,
+// made only up to the size a claim returns (larger ones are read with
+// MessageBody when delivered): the caller may reuse m.Body.
+func (m *Message) Claimed() []*Claimed {
+	var body []byte
+	if m.Size <= claimBodyMax {
+		body = append(make([]byte, 0, len(m.Body)), m.Body...)
+	}
+	out := make([]*Claimed, len(m.Recipients))
+	for i, r := range m.Recipients {
+		out[i] = &Claimed{
+			Recipient:  *r,
+			MailFrom:   m.MailFrom,
+			KeyID:      m.KeyID,
+			Subaccount: m.Subaccount,
+			CampaignID: m.CampaignID,
+			BodyType:   m.BodyType,
+			SMTPUTF8:   m.SMTPUTF8,
+			DSNRet:     m.DSNRet,
+			DSNEnvID:   m.DSNEnvID,
+			CreatedAt:  m.CreatedAt,
+			MsysAPI:    m.MsysAPI,
+			Info:       m.Info,
+			Size:       m.Size,
+			Body:       body,
+		}
+	}
+	return out
 }
 
 // Recipient is one envelope recipient of a message and its delivery state.

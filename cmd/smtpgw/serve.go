@@ -106,14 +106,15 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 	// One suppression list cache for SMTP and the API, so an entry
 	// changed through the API applies to this node's next RCPT.
 	supp := suppression.NewChecker(st, cfg.Auth.CacheTTL.Duration)
-	sc := smtpdConfig(cfg, log)
-	sc.Limits = quota
-	sc.Suppressions = supp
-	srv, err := smtpd.New(sc, st, verifier, reg)
+	rl, err := relay.New(relayConfig(cfg, log), st, reg)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	rl, err := relay.New(relayConfig(cfg, log), st, reg)
+	sc := smtpdConfig(cfg, log)
+	sc.Limits = quota
+	sc.Suppressions = supp
+	sc.Handoff = rl // messages received here go to this node's relay at once
+	srv, err := smtpd.New(sc, st, verifier, reg)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
