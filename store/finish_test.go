@@ -173,6 +173,7 @@ func TestFinishGroupCommit(t *testing.T) {
 			s.wc.mu.Lock()
 			taken0, writes0 := s.wc.taken, s.wc.writes
 			s.wc.mu.Unlock()
+			s.wc.spec.linger = 0 // the first call goes to the held writer at once
 			tx := holdWriter(t, s)
 			results := make(chan finishResult, len(cs))
 			call := func(i int, f Finish) {
@@ -227,5 +228,63 @@ func TestFinishGroupCommit(t *testing.T) {
 				t.Errorf("stats %v, %v; want %d delivered", st.ByState, err, wantDelivered)
 			}
 		})
+	}
+}
+
+// TestFinishLingersForMessages: on SQLite a batch of outcomes alone waits
+// (outcomeLinger) for a message to share its transaction, and the message
+// ends the wait: one commit for both.
+func TestFinishLingersForMessages(t *testing.T) {
+	t.Parallel()
+	s := openEnv(t, "sqlite").s.(*sqliteStore)
+	cs := claimN(t, s, 1)
+	s.wc.mu.Lock()
+	taken0, writes0 := s.wc.taken, s.wc.writes
+	s.wc.mu.Unlock()
+	s.wc.spec.linger = time.Hour // only the message may end the wait
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Finish(context.Background(), "w1", finishDelivered(cs[0]))
+		done <- err
+	}()
+	awaitTaken(t, s.wc, taken0+1, 0)
+	select {
+	case err := <-done:
+		t.Fatalf("outcome answered (%v) while lingering", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	mustEnqueue(t, s, newMsg(1))
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	s.wc.mu.Lock()
+	writes := s.wc.writes - writes0
+	s.wc.mu.Unlock()
+	if writes != 1 {
+		t.Errorf("%d transactions for an outcome and a message, want 1", writes)
+	}
+}
+
+// TestFinishNoLingerWhenDraining: when no message arrived for the linger
+// time (a queue draining after a burst), outcomes do not wait.
+func TestFinishNoLingerWhenDraining(t *testing.T) {
+	t.Parallel()
+	s := openEnv(t, "sqlite").s.(*sqliteStore)
+	cs := claimN(t, s, 1)
+	s.wc.spec.linger = time.Hour
+	s.wc.lastOther.Store(time.Now().Add(-2 * time.Hour).UnixNano())
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Finish(context.Background(), "w1", finishDelivered(cs[0]))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("an outcome waited for messages although none came for longer than the linger time")
 	}
 }

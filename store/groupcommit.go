@@ -70,6 +70,14 @@ type commitSpec[T any] struct {
 	// health, if not nil, records whether each batch transaction
 	// committed (readiness).
 	health *health
+	// linger, if positive, is how long a batch made only of items that
+	// lingers reports true may wait for other items to share its
+	// transaction; an item that does not linger ends the wait at once.
+	// It waits only while such items keep coming: when none arrived for
+	// linger, there is nothing to wait for (a queue draining after a
+	// burst must not slow its outcomes down).
+	linger  time.Duration
+	lingers func(T) bool
 }
 
 // Waiter states.
@@ -98,6 +106,9 @@ type committer[T any] struct {
 	writes int64        // transactions the writer was called for (tests observe it)
 
 	kick chan struct{} // buffered 1: the queue may be non-empty
+	// lastOther is when an item that does not linger was last added
+	// (UnixNano), for spec.linger.
+	lastOther atomic.Int64
 	stop chan struct{} // closed by close
 	done chan struct{} // closed when the loop returned
 	once sync.Once     // guards close
@@ -213,6 +224,9 @@ func (c *committer[T]) add(ctx context.Context, item T) error {
 		return err
 	}
 	w := &waiter[T]{item: item, size: c.spec.size(item), result: make(chan error, 1)}
+	if c.spec.linger > 0 && !c.spec.lingers(item) {
+		c.lastOther.Store(time.Now().UnixNano())
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -272,14 +286,57 @@ func (c *committer[T]) loop() {
 			if len(batch) == 0 {
 				break
 			}
+			batch = c.lingerOn(batch)
 			c.commit(batch)
 		}
 	}
 }
 
+// lingerOn returns batch, and if every item of it lingers, what else
+// arrived within spec.linger: it waits until an item that does not linger
+// is taken, the batch is full, the time is up or the committer stops.
+func (c *committer[T]) lingerOn(batch []*waiter[T]) []*waiter[T] {
+	if c.spec.linger <= 0 || !c.allLinger(batch) ||
+		time.Since(time.Unix(0, c.lastOther.Load())) > c.spec.linger {
+		return batch
+	}
+	t := time.NewTimer(c.spec.linger)
+	defer t.Stop()
+	for len(batch) < maxBatchMessages {
+		select {
+		case <-c.kick:
+		case <-t.C:
+			return append(batch, c.takeUpTo(maxBatchMessages-len(batch))...)
+		case <-c.stop:
+			return batch
+		}
+		more := c.takeUpTo(maxBatchMessages - len(batch))
+		batch = append(batch, more...)
+		if !c.allLinger(more) {
+			return batch
+		}
+	}
+	return batch
+}
+
+// allLinger reports whether every item of ws lingers.
+func (c *committer[T]) allLinger(ws []*waiter[T]) bool {
+	for _, w := range ws {
+		if !c.spec.lingers(w.item) {
+			return false
+		}
+	}
+	return true
+}
+
 // take removes the next batch from the queue, marking its waiters taken and
 // dropping those whose callers gave up.
 func (c *committer[T]) take() []*waiter[T] {
+	return c.takeUpTo(maxBatchMessages)
+}
+
+// takeUpTo is take of at most max items.
+func (c *committer[T]) takeUpTo(max int) []*waiter[T] {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var batch []*waiter[T]
@@ -287,7 +344,7 @@ func (c *committer[T]) take() []*waiter[T] {
 	i := 0
 	for ; i < len(c.queue); i++ {
 		w := c.queue[i]
-		if len(batch) > 0 && (len(batch) >= maxBatchMessages || bytes+w.size > maxBatchBytes) {
+		if len(batch) > 0 && (len(batch) >= max || bytes+w.size > maxBatchBytes) {
 			break
 		}
 		if !w.state.CompareAndSwap(waitQueued, waitTaken) {

@@ -78,7 +78,9 @@ func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
 	r.SetMaxOpenConns(sqliteReaders)
 	r.SetMaxIdleConns(sqliteReaders)
 	s := &sqliteStore{path: path, w: w, r: r, wake: make(chan struct{}, 1)}
-	s.wc = newCommitter(pairSpec(messageSpec(nil, s.wake, &s.health), finishSpec(nil, s.wake, &s.health), s.writeBatch))
+	spec := pairSpec(messageSpec(nil, s.wake, &s.health), finishSpec(nil, s.wake, &s.health), s.writeBatch)
+	spec.linger, spec.lingers = outcomeLinger, func(it sqliteWrite) bool { return it.isB }
+	s.wc = newCommitter(spec)
 	return s, nil
 }
 
@@ -399,6 +401,13 @@ func (s *sqliteStore) Enqueue(ctx context.Context, m *Message) error {
 	}
 	return s.wc.add(ctx, sqliteWrite{a: m})
 }
+
+// outcomeLinger is how long a batch of delivery outcomes alone waits for a
+// message to share its transaction. Under load every batch holds both; at
+// a few hundred messages per second a message's outcome would otherwise
+// cost a synced commit of its own, as much as the message itself. Nobody
+// waits for an outcome but the relay worker that wrote it.
+const outcomeLinger = 10 * time.Millisecond
 
 // sqliteWrite is an item of the group committer: a message to enqueue or
 // the outcomes of a Finish call.
