@@ -109,9 +109,9 @@ type committer[T any] struct {
 	// lastOther is when an item that does not linger was last added
 	// (UnixNano), for spec.linger.
 	lastOther atomic.Int64
-	stop chan struct{} // closed by close
-	done chan struct{} // closed when the loop returned
-	once sync.Once     // guards close
+	stop      chan struct{} // closed by close
+	done      chan struct{} // closed when the loop returned
+	once      sync.Once     // guards close
 }
 
 // newCommitter starts a committer for spec.
