@@ -241,6 +241,9 @@ type Relay struct {
 	Workers int `toml:"workers"`
 	// PerDomainConcurrency caps concurrent deliveries to one domain.
 	PerDomainConcurrency int `toml:"per_domain_concurrency"`
+	// SmarthostConcurrency caps concurrent deliveries to the smarthost in
+	// smarthost mode; 0 means Workers (every worker may use it).
+	SmarthostConcurrency int `toml:"smarthost_concurrency"`
 	// RetryInitial is the delay before the first retry; it doubles up to
 	// RetryMax.
 	RetryInitial Duration `toml:"retry_initial"`
@@ -749,6 +752,9 @@ func (c *Config) Validate() error {
 	}
 	checkPositive(bad, "relay.workers", int64(r.Workers))
 	checkPositive(bad, "relay.per_domain_concurrency", int64(r.PerDomainConcurrency))
+	if r.SmarthostConcurrency < 0 {
+		bad("relay.smarthost_concurrency", "%d is negative (set it above zero, or 0 for relay.workers)", r.SmarthostConcurrency)
+	}
 	checkDuration(bad, "relay.retry_initial", r.RetryInitial)
 	checkDuration(bad, "relay.retry_max", r.RetryMax)
 	if r.RetryMax.Duration > 0 && r.RetryMax.Duration < r.RetryInitial.Duration {

@@ -24,10 +24,13 @@ import (
 type job struct {
 	rcpts    []*store.Claimed
 	domain   string    // recipient domain (lowercase)
-	dest     string    // semaphore key: the domain, or "smarthost"
+	dest     string    // semaphore key: the domain, or smarthostDest
 	deadline time.Time // the job must have finished before this (lease safety)
 	expired  bool      // its message was older than MaxQueueLifetime at claim
 }
+
+// smarthostDest is the destination of every job in smarthost mode.
+const smarthostDest = "[smarthost]" // not a domain: MX-mode destinations never clash with it
 
 // groupJobs groups claimed recipients by (message, destination), keeping
 // the store's order: in MX mode the destination is the recipient domain;
@@ -43,7 +46,7 @@ func groupJobs(claimed []*store.Claimed, mode string, deadline time.Time) []*job
 		}
 		dest := dom
 		if mode == ModeSmarthost {
-			dest = "smarthost"
+			dest = smarthostDest
 		}
 		k := c.MessageID + "\x00" + dest
 		j := idx[k]

@@ -54,7 +54,7 @@ func TestStopReleasesClaimedWork(t *testing.T) {
 
 				cfg := smarthostConfig(t, tg)
 				cfg.Owner, cfg.Lease = "node-a", longLease
-				cfg.Workers, cfg.PerDomainConcurrency = c.workers, 1
+				cfg.Workers, cfg.SmarthostConcurrency = c.workers, 1
 				a := startRelay(t, cfg, st)
 				select {
 				case <-entered:

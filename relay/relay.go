@@ -24,9 +24,10 @@
 //     not attempted: its recipients expire (it needs a worker, not its
 //     destination).
 //  4. Limit. A job waits for a slot of its destination's semaphore
-//     (Config.PerDomainConcurrency; the destination is the recipient domain in
-//     MX mode and the smarthost in smarthost mode), then for one of the
-//     Config.Workers worker slots.
+//     (the destination is the recipient domain in MX mode, with
+//     Config.PerDomainConcurrency slots, and the smarthost in smarthost mode,
+//     with Config.SmarthostConcurrency), then for one of the Config.Workers
+//     worker slots.
 //  5. Body. The body comes from [store.Store.MessageBody]. If the domain of
 //     its From: header is a sending domain ([store.Store.GetDomain], cached
 //     for 30 s), a relaxed/relaxed DKIM-Signature is prepended
@@ -69,7 +70,8 @@
 // A backlog for one destination must not stall the others, so a job waiting
 // for its destination's slot holds no worker: it takes the destination slot
 // first (at once, when the claim loop hands it out, if one is free) and a
-// worker slot after. A destination with 2×PerDomainConcurrency jobs holding
+// worker slot after. (PerDomainConcurrency below is SmarthostConcurrency
+// for the smarthost.) A destination with 2×PerDomainConcurrency jobs holding
 // or waiting for its slots is saturated: in MX mode claims exclude its
 // domain ([store.ClaimOptions].ExcludeDomains), so they take mail for other
 // domains while it drains PerDomainConcurrency at a time; in smarthost mode,
@@ -81,7 +83,8 @@
 // a waiting job becomes ready only in the place of one of its destination
 // that left; and a destination gets no new jobs once saturated, so at most
 // 2×PerDomainConcurrency plus one claim's jobs wait for it. One destination
-// can still take every worker when PerDomainConcurrency >= Workers.
+// can still take every worker when PerDomainConcurrency >= Workers (the
+// smarthost does by default: in smarthost mode it is the only one).
 //
 // # Leases
 //
@@ -239,8 +242,12 @@ type Config struct {
 	// Workers is the number of parallel deliveries.
 	Workers int
 	// PerDomainConcurrency caps parallel deliveries per destination domain
-	// (MX mode) or to the smarthost.
+	// in MX mode.
 	PerDomainConcurrency int
+	// SmarthostConcurrency caps parallel deliveries to the smarthost in
+	// smarthost mode, where all mail shares that one destination, chosen
+	// by the operator; 0 means Workers.
+	SmarthostConcurrency int
 	// RetryInitial is the first retry delay; it doubles per attempt.
 	RetryInitial time.Duration
 	// RetryMax caps the retry delay.
@@ -332,7 +339,7 @@ func New(cfg Config, st store.Store, reg prometheus.Registerer) (*Relay, error) 
 		metrics:  m,
 		resolver: newResolver(cfg.DNSResolver),
 		pool:     newConnPool(),
-		sems:     newSemaphores(cfg.PerDomainConcurrency),
+		sems:     newSemaphores(cfg.PerDomainConcurrency, map[string]int{smarthostDest: cfg.SmarthostConcurrency}),
 		domains:  newDomainCache(st),
 		mx:       newMXCache(),
 		supp:     suppression.New(st, nil),
@@ -382,6 +389,7 @@ func applyDefaults(cfg *Config) error {
 	}
 	setDefault(&cfg.Workers, DefaultWorkers)
 	setDefault(&cfg.PerDomainConcurrency, DefaultPerDomainConcurrency)
+	setDefault(&cfg.SmarthostConcurrency, cfg.Workers)
 	setDefault(&cfg.MXPort, DefaultMXPort)
 	setDefault(&cfg.RetryInitial, DefaultRetryInitial)
 	setDefault(&cfg.RetryMax, DefaultRetryMax)
@@ -445,6 +453,7 @@ func (r *Relay) Reload(cfg Config) error {
 		return fmt.Errorf("reload relay: %w", err)
 	}
 	cfg.Workers, cfg.PerDomainConcurrency, cfg.Lease = old.Workers, old.PerDomainConcurrency, old.Lease
+	cfg.SmarthostConcurrency = old.SmarthostConcurrency
 	cfg.DNSResolver, cfg.MXPort, cfg.ReleaseAllLeasesOnStart = old.DNSResolver, old.MXPort, old.ReleaseAllLeasesOnStart
 	r.cfg.Store(&cfg)
 	r.pool.expire(true)
@@ -496,7 +505,8 @@ func (r *Relay) Start(ctx context.Context) error {
 		}
 	}
 	r.log.Info("relay started", "mode", r.conf().Mode, "workers", r.conf().Workers,
-		"per_domain_concurrency", r.conf().PerDomainConcurrency, "owner", r.conf().Owner)
+		"per_domain_concurrency", r.conf().PerDomainConcurrency, "smarthost_concurrency", r.conf().SmarthostConcurrency,
+		"owner", r.conf().Owner)
 	if r.conf().Mode == ModeHold {
 		r.logMode(ModeHold)
 	}
@@ -898,21 +908,33 @@ func (r *Relay) pruneEvents(ctx context.Context) {
 // semaphores limits parallel deliveries per destination and tells the
 // claim loop which destinations have all the work they can take.
 type semaphores struct {
-	n     int           // slots per destination
-	full  int           // users at which a destination is saturated: 2n
-	freed chan struct{} // coalesced: a destination dropped below full
+	n     int            // slots per destination
+	own   map[string]int // slots of destinations that have their own number
+	freed chan struct{}  // coalesced: a destination dropped below full
 	mu    sync.Mutex
 	m     map[string]*semaphore
 }
 
-// semaphore is one destination's slots and how many jobs hold or wait for it.
+// semaphore is one destination's slots and how many jobs hold or wait for
+// it; it is saturated at full users (twice its slots).
 type semaphore struct {
 	ch    chan struct{}
 	users int
+	full  int
 }
 
-func newSemaphores(n int) *semaphores {
-	return &semaphores{n: n, full: 2 * n, freed: make(chan struct{}, 1), m: make(map[string]*semaphore)}
+// newSemaphores gives every destination n slots, but those in own their
+// own number.
+func newSemaphores(n int, own map[string]int) *semaphores {
+	return &semaphores{n: n, own: own, freed: make(chan struct{}, 1), m: make(map[string]*semaphore)}
+}
+
+// slots is how many jobs may deliver to key at once.
+func (s *semaphores) slots(key string) int {
+	if n, ok := s.own[key]; ok && n > 0 {
+		return n
+	}
+	return s.n
 }
 
 // ticket is one job's place at a destination: the job counts as a user of
@@ -931,7 +953,8 @@ func (s *semaphores) join(key string) *ticket {
 	defer s.mu.Unlock()
 	sem := s.m[key]
 	if sem == nil {
-		sem = &semaphore{ch: make(chan struct{}, s.n)}
+		n := s.slots(key)
+		sem = &semaphore{ch: make(chan struct{}, n), full: 2 * n}
 		s.m[key] = sem
 	}
 	sem.users++
@@ -976,7 +999,7 @@ func (t *ticket) leave() {
 	s := t.s
 	s.mu.Lock()
 	t.sem.users--
-	if t.sem.users == s.full-1 {
+	if t.sem.users == t.sem.full-1 {
 		select {
 		case s.freed <- struct{}{}:
 		default:
@@ -1006,7 +1029,7 @@ func (s *semaphores) saturated() []string {
 	defer s.mu.Unlock()
 	var out []string
 	for k, sem := range s.m {
-		if sem.users >= s.full {
+		if sem.users >= sem.full {
 			out = append(out, k)
 		}
 	}

@@ -117,7 +117,7 @@ func waitAttempted(t testing.TB, st store.Store, id string) *store.Message {
 	}
 }
 
-func TestPerDomainConcurrencyAndReuse(t *testing.T) {
+func TestSmarthostConcurrencyAndReuse(t *testing.T) {
 	t.Parallel()
 	var cur, peak atomic.Int32
 	tg := newTarget(t, targetOpts{data: func(int) error {
@@ -135,7 +135,8 @@ func TestPerDomainConcurrencyAndReuse(t *testing.T) {
 	st := storetest.Open(t, "sqlite")
 	cfg := smarthostConfig(t, tg)
 	cfg.Workers = 8
-	cfg.PerDomainConcurrency = 1
+	cfg.SmarthostConcurrency = 1
+	cfg.PerDomainConcurrency = 8 // MX mode only: no effect here
 	startRelay(t, cfg, st)
 	const n = 30
 	var ids []string
@@ -147,7 +148,7 @@ func TestPerDomainConcurrencyAndReuse(t *testing.T) {
 		waitFinal(t, st, id)
 	}
 	if p := peak.Load(); p != 1 {
-		t.Errorf("peak parallel transactions %d, want 1 with PerDomainConcurrency=1", p)
+		t.Errorf("peak parallel transactions %d, want 1 with SmarthostConcurrency=1", p)
 	}
 	tg.mu.Lock()
 	conns := tg.conns
@@ -286,7 +287,7 @@ func TestReusedConnectionClosedByServer(t *testing.T) {
 	}})
 	st := storetest.Open(t, "sqlite")
 	cfg := smarthostConfig(t, tg)
-	cfg.PerDomainConcurrency = 1
+	cfg.SmarthostConcurrency = 1
 	startRelay(t, cfg, st)
 	a := enqueue(t, st, "s@src.test", []string{"a@dest.test"}, testBody("s@src.test", "first"))
 	waitFinal(t, st, a.ID)

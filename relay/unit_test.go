@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -177,8 +178,34 @@ func TestBuildDSNStructure(t *testing.T) {
 
 func TestSemaphores(t *testing.T) {
 	t.Parallel()
-	s := newSemaphores(2)
+	s := newSemaphores(2, map[string]int{smarthostDest: 3})
 	ctx := context.Background()
+	// The smarthost has its own number of slots: 3, saturated at 6.
+	var rs []func()
+	for i := 0; i < 3; i++ {
+		r, err := s.acquire(ctx, smarthostDest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	waiting := make([]*ticket, 3)
+	for i := range waiting {
+		waiting[i] = s.join(smarthostDest)
+		if waiting[i].tryAcquire() {
+			t.Fatalf("a 4th slot of the smarthost's 3")
+		}
+		if sat := s.saturated(); (i < 2) == slices.Contains(sat, smarthostDest) {
+			t.Errorf("with %d users the smarthost saturated = %v, want it at 6", 4+i, sat)
+		}
+	}
+	for _, w := range waiting {
+		w.leave()
+	}
+	for _, r := range rs {
+		r()
+	}
+
 	r1, err1 := s.acquire(ctx, "a")
 	r2, err2 := s.acquire(ctx, "a")
 	if err1 != nil || err2 != nil {
@@ -230,7 +257,7 @@ func TestGroupJobs(t *testing.T) {
 	// In smarthost mode a message is one job whatever its domains.
 	sh := groupJobs([]*store.Claimed{c(1, "m1", "a@x.test"), c(2, "m1", "c@y.test"), c(3, "m2", "d@y.test")},
 		ModeSmarthost, time.Now())
-	if len(sh) != 2 || len(sh[0].rcpts) != 2 || sh[0].dest != "smarthost" || sh[1].dest != "smarthost" {
+	if len(sh) != 2 || len(sh[0].rcpts) != 2 || sh[0].dest != smarthostDest || sh[1].dest != smarthostDest {
 		t.Errorf("smarthost jobs: %+v, want one per message, destination smarthost", sh)
 	}
 }
@@ -239,7 +266,7 @@ func TestGroupJobs(t *testing.T) {
 // for its n slots is saturated, and freed says when it no longer is.
 func TestSemaphoresSaturated(t *testing.T) {
 	t.Parallel()
-	s := newSemaphores(2)
+	s := newSemaphores(2, nil)
 	var ts []*ticket
 	for range 4 {
 		ts = append(ts, s.join("a"))

@@ -305,6 +305,7 @@ func relayConfig(cfg *config.Config, log *slog.Logger) relay.Config {
 		SmarthostInsecureSkipVerify: r.SmarthostInsecureSkipVerify,
 		Workers:                     r.Workers,
 		PerDomainConcurrency:        r.PerDomainConcurrency,
+		SmarthostConcurrency:        r.SmarthostConcurrency,
 		RetryInitial:                r.RetryInitial.Duration,
 		RetryMax:                    r.RetryMax.Duration,
 		MaxQueueLifetime:            r.MaxQueueLifetime.Duration,
