@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -369,7 +370,7 @@ func (r *Relay) data(c *conn, body []byte) (string, error) {
 		_ = w.Close()
 		return "", fmt.Errorf("set deadline: %w", err)
 	}
-	if _, err := w.Write(body); err != nil {
+	if err := writeBody(c.nc, w, body); err != nil {
 		return "", fmt.Errorf("write body: %w", err)
 	}
 	resp, err := w.CloseWithResponse()
@@ -377,6 +378,47 @@ func (r *Relay) data(c *conn, body []byte) (string, error) {
 		return "", err
 	}
 	return oneLine("250 " + resp.StatusText), nil
+}
+
+// writeBody writes the message body after DATA's 354. go-smtp's writer
+// dot-stuffs byte by byte (textproto's DotWriter, a call per byte); a
+// stored body has CRLF line ends only, so it goes to the connection's
+// buffer (nc, the flushConn go-smtp writes to: the order of writes is
+// kept) in a few large writes with the dots added, less its final CRLF,
+// which w's Close writes with the ending ".": "\r\n.\r\n". A body with a
+// bare CR or LF (none is stored; this is a safeguard) goes through w.
+func writeBody(nc io.Writer, w io.Writer, body []byte) error {
+	if !crlfOnly(body) {
+		_, err := w.Write(body)
+		return err
+	}
+	body = bytes.TrimSuffix(body, []byte("\r\n"))
+	if len(body) > 0 && body[0] == '.' {
+		if _, err := io.WriteString(nc, "."); err != nil {
+			return err
+		}
+	}
+	for {
+		i := bytes.Index(body, []byte("\n."))
+		if i < 0 {
+			break
+		}
+		if _, err := nc.Write(body[:i+2]); err != nil { // up to and with the '.'
+			return err
+		}
+		if _, err := io.WriteString(nc, "."); err != nil {
+			return err
+		}
+		body = body[i+2:]
+	}
+	_, err := nc.Write(body)
+	return err
+}
+
+// crlfOnly reports whether every CR and LF of b is part of a CRLF.
+func crlfOnly(b []byte) bool {
+	n := bytes.Count(b, []byte("\r\n"))
+	return bytes.Count(b, []byte("\n")) == n && bytes.Count(b, []byte("\r")) == n
 }
 
 // closing reports whether err leaves the connection unusable: a transport

@@ -1,12 +1,14 @@
 package relay
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/textproto"
 	"slices"
 	"strings"
 	"sync"
@@ -360,6 +362,49 @@ func TestCutShort(t *testing.T) {
 	} {
 		if got := cutShort(tc.claimed); got != tc.want {
 			t.Errorf("%s: cutShort = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestWriteBody: the body goes out dot-stuffed as textproto's DotWriter
+// would send it, whatever its lines start with, and a body with a bare CR
+// or LF goes through the DotWriter itself.
+func TestWriteBody(t *testing.T) {
+	t.Parallel()
+	for _, body := range []string{
+		"Subject: a\r\n\r\nhello\r\n",
+		".starts with a dot\r\n..two\r\nmid.dle\r\n.\r\n",
+		"Subject: a\r\n\r\n.\r\n..\r\n.x\r\nend\r\n",
+		"no final line end",
+		"",
+		"\r\n",
+		"bare\nLF\r\n.dot\r\n",
+		"bare\rCR\r\n.dot\r\n",
+		".\r\n",
+	} {
+		var want bytes.Buffer
+		tw := textproto.NewWriter(bufio.NewWriter(&want))
+		dw := tw.DotWriter()
+		if _, err := dw.Write([]byte(body)); err != nil {
+			t.Fatal(err)
+		}
+		if err := dw.Close(); err != nil {
+			t.Fatal(err)
+		}
+
+		// What go-smtp sends: our writes to the connection's buffer, then
+		// its DotWriter's, of which only Close is used for a CRLF body.
+		var got bytes.Buffer
+		gw := textproto.NewWriter(bufio.NewWriter(&got))
+		gdw := gw.DotWriter()
+		if err := writeBody(&got, gdw, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+		if err := gdw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if got.String() != want.String() {
+			t.Errorf("body %q:\nsent %q\nwant %q", body, got.String(), want.String())
 		}
 	}
 }
