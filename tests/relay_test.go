@@ -176,7 +176,7 @@ mode = "smarthost"
 smarthost = %q
 smarthost_tls = "none"
 workers = 16
-per_domain_concurrency = %d
+smarthost_concurrency = %d
 retry_initial = "200ms"
 retry_max = "1s"
 lease = "5s"
@@ -469,7 +469,7 @@ func TestKilledGatewayLosesNothing(t *testing.T) {
 				}
 			}
 			// Only transactions in flight at the kill can be repeated: at
-			// most per_domain_concurrency for one smarthost.
+			// most smarthost_concurrency.
 			if dups > 2 {
 				t.Errorf("%d messages delivered twice, want at most the 2 in flight at the kill", dups)
 			}
