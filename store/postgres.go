@@ -489,22 +489,52 @@ func utcRcpt(r *Recipient) {
 }
 
 // pgClaimDue leases due recipients: $1 owner, $2 lease end, $3 now, $4
-// limit, $5 domains to skip (never NULL: domain <> ALL(NULL) would skip
-// every row). The exclusion is a filter on the rows the recipients_due
-// index scan yields (TestClaimExcludePlan checks the plan).
-const pgClaimDue = `WITH due AS (
-			SELECT id FROM recipients
-			WHERE state IN ('queued', 'deferred') AND next_attempt <= $3
-				AND (lease_until IS NULL OR lease_until <= $3)
-				AND domain <> ALL($5::text[])
+// limit; ClaimDue puts its filters at pgClaimFilter: the domains to skip,
+// if there are any (a filter on an empty list would make the planner
+// expect no row at all and sort whatever it reads), and the message whose
+// rest it claims. Queued and deferred recipients are read apart, each
+// branch through recipients_due (state, next_attempt, id) in the order the
+// claim wants and stopping at the limit, then merged: one claim no longer
+// sorts every due recipient of the queue (issue 12). Each branch may lock
+// up to the limit; the locks of rows the merge leaves out end with the
+// statement. The exclusion is a filter on the rows the index scan yields
+// (TestClaimExcludePlan checks the plan).
+var pgClaimDue = `WITH due AS (
+			SELECT * FROM (` + pgClaimBranch + `) q
+			UNION ALL
+			SELECT * FROM (` + strings.Replace(pgClaimBranch, `state = 'queued'`, `state = 'deferred'`, 1) + `) d
 			ORDER BY next_attempt, id
-			LIMIT $4
-			FOR UPDATE SKIP LOCKED)
+			LIMIT $4)
 		UPDATE recipients r SET lease_owner = $1, lease_until = $2
 		FROM due, messages m
 		WHERE r.id = due.id AND m.id = r.message_id
 		RETURNING ` + pgRcptCols + `, m.mail_from, m.key_id, m.subaccount, m.campaign_id,
 			m.body_type, m.smtputf8, m.dsn_ret, m.dsn_envid, m.created_at, m.msys_api, m.info, m.size, m.body`
+
+// pgClaimBranch selects the due queued recipients to lease (and, with
+// 'deferred' for 'queued', the deferred ones).
+const (
+	pgClaimFilter = `/*filter*/`
+	pgClaimBranch = `SELECT id, next_attempt FROM recipients
+				WHERE state = 'queued' AND next_attempt <= $3
+					AND (lease_until IS NULL OR lease_until <= $3) ` + pgClaimFilter + `
+				ORDER BY next_attempt, id
+				LIMIT $4
+				FOR UPDATE SKIP LOCKED`
+)
+
+// pgClaimSQL returns the claim query with filter (conditions on
+// recipients, each starting with AND) in both branches.
+func pgClaimSQL(filter string) string {
+	return strings.ReplaceAll(pgClaimDue, pgClaimFilter, filter)
+}
+
+// pgClaimHint runs before the claim, in the same implicit transaction (one
+// pipelined batch): the claim is prepared once per connection, and a
+// generic plan cached while the queue was small would sort every due
+// recipient instead of reading recipients_due in order (see pgBatchTxStart).
+const pgClaimHint = `SELECT set_config('enable_seqscan', 'off', true) || set_config('enable_bitmapscan', 'off', true)
+	|| set_config('enable_hashjoin', 'off', true) || set_config('enable_mergejoin', 'off', true)`
 
 // ClaimDue implements Store.
 func (s *pgStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions) ([]*Claimed, error) {
@@ -512,47 +542,55 @@ func (s *pgStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions) ([
 		return nil, fmt.Errorf("claim due: need an owner, a positive limit and a positive lease")
 	}
 	now := utc(time.Now())
-	exclude := append([]string{}, o.ExcludeDomains...) // never nil (NULL)
-	q, args := pgClaimDue, []any{owner, now.Add(o.Lease), now, o.Limit, exclude}
+	args := pgArgs{owner, now.Add(o.Lease), now, o.Limit}
+	filter := ""
+	if len(o.ExcludeDomains) > 0 {
+		filter = "AND domain <> ALL(" + args.add(o.ExcludeDomains) + "::text[]) "
+	}
 	if o.MessageID != "" {
 		// The rest of one message: found through its recipients, not the
 		// due index.
-		cond := "AND message_id = $6"
-		args = append(args, o.MessageID)
+		filter += "AND message_id = " + args.add(o.MessageID) + " "
 		if o.Domain != "" {
-			cond += " AND domain = $7"
-			args = append(args, o.Domain)
-		}
-		q = strings.Replace(q, "AND domain <> ALL($5::text[])", "AND domain <> ALL($5::text[]) "+cond, 1)
-		if !strings.Contains(q, cond) {
-			return nil, errors.New("claim due: the claim query lost its domain filter; update ClaimDue's message filter")
+			filter += "AND domain = " + args.add(o.Domain) + " "
 		}
 	}
-	rows, err := s.pool.Query(ctx, q, args...)
-	if err != nil {
-		return nil, pgErr("claim due", err)
-	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Claimed, error) {
-		c := &Claimed{}
-		var msys, info *string
-		dest := append(rcptDest(&c.Recipient), &c.MailFrom, &c.KeyID, &c.Subaccount, &c.CampaignID,
-			&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &c.CreatedAt, &msys, &info, &c.Size, &c.Body)
-		if err := row.Scan(dest...); err != nil {
+	b := &pgx.Batch{}
+	b.Queue(pgClaimHint)
+	b.Queue(pgClaimSQL(filter), args...)
+	br := s.pool.SendBatch(ctx, b)
+	out, err := func() ([]*Claimed, error) {
+		if _, err := br.Exec(); err != nil {
 			return nil, err
 		}
-		if info != nil {
-			if err := decodeInfo([]byte(*info), &c.Info); err != nil {
+		rows, err := br.Query()
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Claimed, error) {
+			c := &Claimed{}
+			var msys, info *string
+			dest := append(rcptDest(&c.Recipient), &c.MailFrom, &c.KeyID, &c.Subaccount, &c.CampaignID,
+				&c.BodyType, &c.SMTPUTF8, &c.DSNRet, &c.DSNEnvID, &c.CreatedAt, &msys, &info, &c.Size, &c.Body)
+			if err := row.Scan(dest...); err != nil {
 				return nil, err
 			}
-		}
-		if msys != nil {
-			c.MsysAPI = json.RawMessage(*msys)
-		}
-		utcRcpt(&c.Recipient)
-		c.CreatedAt = c.CreatedAt.UTC()
-		return c, nil
-	})
-	if err != nil {
+			if info != nil {
+				if err := decodeInfo([]byte(*info), &c.Info); err != nil {
+					return nil, err
+				}
+			}
+			if msys != nil {
+				c.MsysAPI = json.RawMessage(*msys)
+			}
+			utcRcpt(&c.Recipient)
+			c.CreatedAt = c.CreatedAt.UTC()
+			return c, nil
+		})
+	}()
+	// Close ends the implicit transaction: the leases are stored only if
+	// it succeeds.
+	if err := errors.Join(err, br.Close()); err != nil {
 		return nil, pgErr("claim due", err)
 	}
 	sortClaimed(out)
