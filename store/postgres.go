@@ -435,8 +435,16 @@ func (s *pgStore) Enqueue(ctx context.Context, m *Message) error {
 // inserts and a NOTIFY in one transaction. A COMMIT whose answer is lost is
 // resolved (pgCommitTx): the waiters learn whether their messages are stored.
 func (s *pgStore) writeBatch(ctx context.Context, msgs []*Message) error {
-	return s.pgCommitTx(ctx, "write batch", func(tx pgx.Tx) error {
-		return insertPGMessages(ctx, tx, msgs, nil, true)
+	return s.pgCommitTx(ctx, "write batch", func(tx pgx.Tx, st *pgTxStart) error {
+		read, err := queuePGMessages(&st.Batch, msgs, nil, true)
+		if err != nil {
+			return err
+		}
+		br, err := st.send(ctx, tx)
+		if err != nil {
+			return err
+		}
+		return errors.Join(read(br), br.Close())
 	})
 }
 
@@ -629,63 +637,141 @@ const pgFinishUpdate = `UPDATE recipients SET state = $1,
 	WHERE id = $6 AND lease_owner = $7`
 
 // writeFinishes is the Finish committer's batch writer: the outcomes,
-// events and new messages of every op in one transaction, in a few
-// pipelined round trips (outcomes; lost leases, if any; events and
-// messages).
+// events and new messages of every op in one transaction. Usually one round
+// trip between BEGIN and COMMIT: the outcomes, the body drop and every
+// op's events go in the batch that learns the transaction id. If a lease
+// was lost, the events of its recipient are deleted again (another worker
+// owns it now and reports it); new messages (DSNs) are written once it is
+// known which ops applied something.
 func (s *pgStore) writeFinishes(ctx context.Context, ops []*finishOp) error {
-	return s.pgCommitTx(ctx, "write finish batch", func(tx pgx.Tx) error {
-		// 1. Every outcome.
-		lostLease, err := finishOutcomesPG(ctx, tx, ops)
-		if err != nil {
-			return err
+	return s.pgCommitTx(ctx, "write finish batch", func(tx pgx.Tx, st *pgTxStart) error {
+		outs := newPGOutcomes(ops)
+		var (
+			evs     []Event
+			evOwner []*finishOp // of each event in evs
+		)
+		for _, op := range ops {
+			evs = append(evs, op.evs...)
+			for range op.evs {
+				evOwner = append(evOwner, op)
+			}
 		}
-		// 2. Who the lost recipients are, to drop their events.
-		stale := map[*finishOp]map[staleRecipient]bool{}
-		if len(lostLease) > 0 {
-			b := &pgx.Batch{}
-			for _, l := range lostLease {
-				b.Queue(`SELECT message_id, address FROM recipients WHERE id = $1`, l.id)
+		finals := finalRecipientIDs(ops)
+		fast := !outs.dup
+		if fast {
+			if len(outs.ids) > 0 {
+				outs.queue(&st.Batch)
 			}
-			br := tx.SendBatch(ctx, b)
-			var err error
-			for _, l := range lostLease {
-				var sr staleRecipient
-				err = br.QueryRow().Scan(&sr.messageID, &sr.address)
-				if errors.Is(err, pgx.ErrNoRows) {
-					err = nil // deleted: nobody else reports it
-					continue
-				}
-				if err != nil {
-					break
-				}
-				if stale[l.op] == nil {
-					stale[l.op] = map[staleRecipient]bool{}
-				}
-				stale[l.op][sr] = true
+			if len(finals) > 0 {
+				st.Queue(pgDropBodies, finals)
 			}
-			if err := errors.Join(err, br.Close()); err != nil {
+			if err := queueBulkEvents(&st.Batch, evs); err != nil {
 				return err
 			}
 		}
-		// 3. Events and new messages.
-		var (
-			evs  []Event
-			msgs []*Message
-		)
+		br, err := st.send(ctx, tx)
+		if err != nil {
+			return err
+		}
+		applied, eids := map[int64]bool{}, []int64(nil)
+		if fast {
+			err = func() error {
+				if len(outs.ids) > 0 {
+					if applied, err = outs.read(br); err != nil {
+						return err
+					}
+				}
+				if len(finals) > 0 {
+					if _, err := br.Exec(); err != nil {
+						return fmt.Errorf("drop delivered bodies: %w", err)
+					}
+				}
+				if len(evs) > 0 {
+					eids, err = readIDs(br, len(evs), "events")
+				}
+				return err
+			}()
+		}
+		if err := errors.Join(err, br.Close()); err != nil {
+			return err
+		}
+		if !fast {
+			if applied, err = outs.writeDup(ctx, tx); err != nil {
+				return err
+			}
+		}
+		stale, err := staleRecipients(ctx, tx, countApplied(ops, applied))
+		if err != nil {
+			return err
+		}
+		var msgs []*Message
 		for _, op := range ops {
-			evs = append(evs, dropStaleEvents(op.evs, stale[op])...)
 			if op.writesMessages() && len(op.f.Enqueue) > 0 {
 				msgs = append(msgs, op.f.Enqueue...)
 				op.wrote = true
 			}
 		}
-		if ids := finalRecipientIDs(ops); len(ids) > 0 {
-			if _, err := tx.Exec(ctx, pgDropBodies, ids); err != nil {
-				return fmt.Errorf("drop delivered bodies: %w", err)
+		if !fast {
+			if len(finals) > 0 {
+				if _, err := tx.Exec(ctx, pgDropBodies, finals); err != nil {
+					return fmt.Errorf("drop delivered bodies: %w", err)
+				}
+			}
+			var keep []Event
+			for _, op := range ops {
+				keep = append(keep, dropStaleEvents(op.evs, stale[op])...)
+			}
+			return insertPGMessages(ctx, tx, msgs, keep, true)
+		}
+		if len(stale) > 0 {
+			var drop []int64
+			for i, e := range evs {
+				if e.Recipient != "" && stale[evOwner[i]][staleRecipient{e.MessageID, e.Recipient}] {
+					drop = append(drop, eids[i])
+				}
+			}
+			if len(drop) > 0 {
+				if _, err := tx.Exec(ctx, `DELETE FROM events WHERE id = ANY($1::bigint[])`, drop); err != nil {
+					return fmt.Errorf("drop events of lost leases: %w", err)
+				}
 			}
 		}
-		return insertPGMessages(ctx, tx, msgs, evs, true)
+		return insertPGMessages(ctx, tx, msgs, nil, true)
 	})
+}
+
+// staleRecipients returns, per op, who the recipients of lost are (those
+// still stored), to drop their events.
+func staleRecipients(ctx context.Context, tx pgx.Tx, lost []lostLease) (map[*finishOp]map[staleRecipient]bool, error) {
+	stale := map[*finishOp]map[staleRecipient]bool{}
+	if len(lost) == 0 {
+		return stale, nil
+	}
+	b := &pgx.Batch{}
+	for _, l := range lost {
+		b.Queue(`SELECT message_id, address FROM recipients WHERE id = $1`, l.id)
+	}
+	br := tx.SendBatch(ctx, b)
+	var err error
+	for _, l := range lost {
+		var sr staleRecipient
+		err = br.QueryRow().Scan(&sr.messageID, &sr.address)
+		if errors.Is(err, pgx.ErrNoRows) {
+			err = nil // deleted: nobody else reports it
+			continue
+		}
+		if err != nil {
+			break
+		}
+		if stale[l.op] == nil {
+			stale[l.op] = map[staleRecipient]bool{}
+		}
+		stale[l.op][sr] = true
+	}
+	if err := errors.Join(err, br.Close()); err != nil {
+		return nil, err
+	}
+	return stale, nil
 }
 
 // Queue administration.

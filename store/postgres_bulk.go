@@ -17,41 +17,76 @@ import (
 // A batch of the Enqueue group commit used to be one statement per message,
 // per recipient and per injection event: PostgreSQL spent more CPU per
 // message than the gateway. Now it is a fixed number of statements per
-// batch: the ids of the new recipients and events are taken from their
-// sequences first (one round trip), then one INSERT ... SELECT FROM
-// unnest(...) per table, pipelined with the NOTIFY. Taking the ids first
-// keeps them exactly as before (each row's own, in order), without relying
-// on the order of RETURNING.
+// batch: one INSERT ... SELECT FROM unnest(...) per table, pipelined with
+// the NOTIFY (and with the statement that learns the transaction id, see
+// pgTxStart), in one round trip. The recipients and events take their ids
+// from their sequences (the column default) in the order of the arrays
+// (ORDER BY the ordinality: the defaults are computed above the sort), so
+// the ids a statement returns, sorted, are its rows' in order, whatever the
+// order of RETURNING.
 
 const (
-	pgNextIDs = `SELECT array(SELECT nextval('recipients_id_seq') FROM generate_series(1, $1)),
-		array(SELECT nextval('events_id_seq') FROM generate_series(1, $2))`
 	pgBulkMessages = `INSERT INTO messages (id, key_id, subaccount, mail_from, body, size, smtputf8, body_type,
 		dsn_ret, dsn_envid, campaign_id, msys_api, created_at, info)
 		SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::bigint[],
 			$7::boolean[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::text[])`
-	pgBulkRecipients = `INSERT INTO recipients (id, message_id, address, domain, state, attempts, next_attempt,
+	pgBulkRecipients = `INSERT INTO recipients (message_id, address, domain, state, attempts, next_attempt,
 		last_reply, dsn_notify, dsn_orcpt, updated_at, lease_owner, lease_until)
-		SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[],
-			$7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::text[], $13::timestamptz[])`
-	pgBulkEvents = `INSERT INTO events (id, type, time, message_id, key_id, subaccount, recipient, campaign_id,
+		SELECT u.message_id, u.address, u.domain, u.state, u.attempts, u.next_attempt,
+			u.last_reply, u.dsn_notify, u.dsn_orcpt, u.updated_at, u.lease_owner, u.lease_until
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[],
+			$6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::text[], $12::timestamptz[])
+			WITH ORDINALITY AS u(message_id, address, domain, state, attempts, next_attempt,
+				last_reply, dsn_notify, dsn_orcpt, updated_at, lease_owner, lease_until, ord)
+		ORDER BY u.ord
+		RETURNING id`
+	pgBulkEvents = `INSERT INTO events (type, time, message_id, key_id, subaccount, recipient, campaign_id,
 		metadata, tags, reply, detail)
-		SELECT u.id, u.type, u.time, u.message_id, u.key_id, u.subaccount, u.recipient, u.campaign_id,
+		SELECT u.type, u.time, u.message_id, u.key_id, u.subaccount, u.recipient, u.campaign_id,
 			u.metadata::jsonb, CASE WHEN u.tags IS NULL THEN NULL
 				ELSE ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)) END, u.reply, u.detail
-		FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::bigint[],
-			$7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
-			AS u(id, type, time, message_id, key_id, subaccount, recipient, campaign_id, metadata, tags, reply, detail)`
+		FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[],
+			$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+			WITH ORDINALITY AS u(type, time, message_id, key_id, subaccount, recipient, campaign_id, metadata, tags, reply, detail, ord)
+		ORDER BY u.ord
+		RETURNING id`
 )
+
+// readIDs reads the ids a bulk insert of n rows returned, in the order of
+// its rows.
+func readIDs(br pgx.BatchResults, n int, what string) ([]int64, error) {
+	rows, err := br.Query()
+	if err != nil {
+		return nil, fmt.Errorf("insert %s: %w", what, err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("insert %s: %w", what, err)
+	}
+	if len(ids) != n {
+		return nil, fmt.Errorf("insert %s: got %d ids for %d rows", what, len(ids), n)
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
 
 // insertPGMessages writes messages, recipients (setting their ids),
 // injection events and the events extra (setting their ids) inside tx,
-// with a NOTIFY if notify is set and there are messages: one round trip
-// for the ids, one pipelined batch for the rest.
+// with a NOTIFY if notify is set and there are messages, in one round trip.
 func insertPGMessages(ctx context.Context, tx pgx.Tx, msgs []*Message, extra []Event, notify bool) error {
-	if len(msgs) == 0 && len(extra) == 0 {
-		return nil
+	b := &pgx.Batch{}
+	read, err := queuePGMessages(b, msgs, extra, notify)
+	if err != nil || b.Len() == 0 {
+		return err
 	}
+	br := tx.SendBatch(ctx, b)
+	return errors.Join(read(br), br.Close())
+}
+
+// queuePGMessages queues in b the inserts insertPGMessages makes; read
+// reads their results from the batch's results (after those of anything
+// queued before) and sets the ids.
+func queuePGMessages(b *pgx.Batch, msgs []*Message, extra []Event, notify bool) (read func(pgx.BatchResults) error, err error) {
 	var (
 		rcpts []*Recipient
 		evs   = slices.Clone(extra)
@@ -64,18 +99,9 @@ func insertPGMessages(ctx context.Context, tx pgx.Tx, msgs []*Message, extra []E
 		}
 		evs = append(evs, injectionEvents(m)...)
 	}
-	var rids, eids []int64
-	if err := tx.QueryRow(ctx, pgNextIDs, len(rcpts), len(evs)).Scan(&rids, &eids); err != nil {
-		return fmt.Errorf("insert messages: take ids: %w", err)
-	}
-	if len(rids) != len(rcpts) || len(eids) != len(evs) {
-		return fmt.Errorf("insert messages: got %d/%d ids for %d recipients and %d events", len(rids), len(eids), len(rcpts), len(evs))
-	}
-
-	b := &pgx.Batch{}
 	if len(msgs) > 0 {
 		if err := queueBulkMessages(b, msgs); err != nil {
-			return err
+			return nil, err
 		}
 	}
 
@@ -106,48 +132,53 @@ func insertPGMessages(ctx context.Context, tx pgx.Tx, msgs []*Message, extra []E
 			rc.orcpt = append(rc.orcpt, r.DSNOrcpt)
 			rc.updated = append(rc.updated, r.UpdatedAt)
 		}
-		b.Queue(pgBulkRecipients, rids, rc.msgID, rc.addr, rc.domain, rc.state, rc.attempts, rc.next,
+		b.Queue(pgBulkRecipients, rc.msgID, rc.addr, rc.domain, rc.state, rc.attempts, rc.next,
 			rc.reply, rc.notify, rc.orcpt, rc.updated, rc.leaseOwner, rc.leaseUntil)
 	}
-	if err := queueBulkEvents(b, evs, eids); err != nil {
-		return err
+	if err := queueBulkEvents(b, evs); err != nil {
+		return nil, err
 	}
 	if notify && len(msgs) > 0 {
 		b.Queue(pgNotify, notifyChannel)
 	}
-	br := tx.SendBatch(ctx, b)
-	err := func() error {
+	return func(br pgx.BatchResults) error {
+		var (
+			rids, eids []int64
+			err        error
+		)
 		if len(msgs) > 0 {
 			if _, err := br.Exec(); err != nil {
 				return fmt.Errorf("insert messages: %w", err)
 			}
 		}
 		if len(rcpts) > 0 {
-			if _, err := br.Exec(); err != nil {
-				return fmt.Errorf("insert recipients: %w", err)
+			if rids, err = readIDs(br, len(rcpts), "recipients"); err != nil {
+				return err
 			}
 		}
 		if len(evs) > 0 {
-			if _, err := br.Exec(); err != nil {
-				return fmt.Errorf("insert events: %w", err)
+			if eids, err = readIDs(br, len(evs), "events"); err != nil {
+				return err
 			}
 		}
+		if notify && len(msgs) > 0 {
+			if _, err := br.Exec(); err != nil {
+				return fmt.Errorf("notify: %w", err)
+			}
+		}
+		for i, r := range rcpts {
+			r.ID = rids[i]
+		}
+		for i := range extra {
+			extra[i].ID = eids[i]
+		}
 		return nil
-	}()
-	if err := errors.Join(err, br.Close()); err != nil {
-		return err
-	}
-	for i, r := range rcpts {
-		r.ID = rids[i]
-	}
-	for i := range extra {
-		extra[i].ID = eids[i]
-	}
-	return nil
+	}, nil
 }
 
-// queueBulkEvents adds one insert of every event in evs, with ids, to b.
-func queueBulkEvents(b *pgx.Batch, evs []Event, ids []int64) error {
+// queueBulkEvents adds one insert of every event in evs to b; it returns
+// their ids (readIDs).
+func queueBulkEvents(b *pgx.Batch, evs []Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
@@ -188,7 +219,7 @@ func queueBulkEvents(b *pgx.Batch, evs []Event, ids []int64) error {
 		ec.reply = append(ec.reply, e.Reply)
 		ec.detail = append(ec.detail, optString(detail))
 	}
-	b.Queue(pgBulkEvents, ids, ec.typ, ec.at, ec.msgID, ec.keyID, ec.sub, ec.rcpt, ec.campaign,
+	b.Queue(pgBulkEvents, ec.typ, ec.at, ec.msgID, ec.keyID, ec.sub, ec.rcpt, ec.campaign,
 		ec.meta, ec.tags, ec.reply, ec.detail)
 	return nil
 }
@@ -220,66 +251,83 @@ const pgBulkFinish = `UPDATE recipients r SET state = u.state,
 	WHERE r.id = u.id AND r.lease_owner = u.owner
 	RETURNING r.id`
 
-// finishOutcomesPG applies the outcomes of ops (counting each op's applied
-// ones) in one statement and returns those whose lease was lost. A batch
-// naming a recipient twice is written one statement per outcome, in order,
-// as a single UPDATE would apply only one of them.
-func finishOutcomesPG(ctx context.Context, tx pgx.Tx, ops []*finishOp) ([]lostLease, error) {
-	var (
-		ids                     []int64
-		states, replies, owners []string
-		setNext                 []bool
-		next, now               []time.Time
-	)
+// pgOutcomes are the outcomes of a Finish batch, as the arrays of
+// pgBulkFinish; dup reports whether one recipient is named twice.
+type pgOutcomes struct {
+	ids                     []int64
+	states, replies, owners []string
+	setNext                 []bool
+	next, now               []time.Time
+	dup                     bool
+}
+
+func newPGOutcomes(ops []*finishOp) *pgOutcomes {
+	o := &pgOutcomes{}
 	seen := map[int64]bool{}
-	dup := false
 	for _, op := range ops {
-		for _, o := range op.f.Outcomes {
-			n, set := op.outcomeNext(o)
-			ids = append(ids, o.RecipientID)
-			states = append(states, o.State)
-			setNext = append(setNext, set)
-			next = append(next, n)
-			replies = append(replies, o.Reply)
-			now = append(now, op.now)
-			owners = append(owners, op.owner)
-			dup = dup || seen[o.RecipientID]
-			seen[o.RecipientID] = true
+		for _, out := range op.f.Outcomes {
+			n, set := op.outcomeNext(out)
+			o.ids = append(o.ids, out.RecipientID)
+			o.states = append(o.states, out.State)
+			o.setNext = append(o.setNext, set)
+			o.next = append(o.next, n)
+			o.replies = append(o.replies, out.Reply)
+			o.now = append(o.now, op.now)
+			o.owners = append(o.owners, op.owner)
+			o.dup = o.dup || seen[out.RecipientID]
+			seen[out.RecipientID] = true
 		}
 	}
-	if len(ids) == 0 {
-		return nil, nil
+	return o
+}
+
+// queue adds the one statement of the outcomes (not dup) to b.
+func (o *pgOutcomes) queue(b *pgx.Batch) {
+	b.Queue(pgBulkFinish, o.ids, o.states, o.setNext, o.next, o.replies, o.now, o.owners)
+}
+
+// read reads the ids the statement of queue changed.
+func (o *pgOutcomes) read(br pgx.BatchResults) (map[int64]bool, error) {
+	rows, err := br.Query()
+	if err != nil {
+		return nil, err
 	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, err
+	}
+	applied := make(map[int64]bool, len(got))
+	for _, id := range got {
+		applied[id] = true
+	}
+	return applied, nil
+}
+
+// writeDup applies the outcomes (dup) one statement per outcome, in order,
+// as a single UPDATE would apply only one of those naming one recipient.
+func (o *pgOutcomes) writeDup(ctx context.Context, tx pgx.Tx) (map[int64]bool, error) {
 	applied := map[int64]bool{}
-	if !dup {
-		rows, err := tx.Query(ctx, pgBulkFinish, ids, states, setNext, next, replies, now, owners)
-		if err != nil {
-			return nil, err
-		}
-		got, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-		if err != nil {
-			return nil, err
-		}
-		for _, id := range got {
-			applied[id] = true
-		}
-	} else {
-		b := &pgx.Batch{}
-		for i := range ids {
-			b.Queue(pgFinishUpdate, states[i], setNext[i], next[i], replies[i], now[i], ids[i], owners[i])
-		}
-		br := tx.SendBatch(ctx, b)
-		var err error
-		for i := 0; i < len(ids) && err == nil; i++ {
-			var tag pgconn.CommandTag
-			if tag, err = br.Exec(); err == nil && tag.RowsAffected() == 1 {
-				applied[ids[i]] = true
-			}
-		}
-		if err := errors.Join(err, br.Close()); err != nil {
-			return nil, err
+	b := &pgx.Batch{}
+	for i := range o.ids {
+		b.Queue(pgFinishUpdate, o.states[i], o.setNext[i], o.next[i], o.replies[i], o.now[i], o.ids[i], o.owners[i])
+	}
+	br := tx.SendBatch(ctx, b)
+	var err error
+	for i := 0; i < len(o.ids) && err == nil; i++ {
+		var tag pgconn.CommandTag
+		if tag, err = br.Exec(); err == nil && tag.RowsAffected() == 1 {
+			applied[o.ids[i]] = true
 		}
 	}
+	if err := errors.Join(err, br.Close()); err != nil {
+		return nil, err
+	}
+	return applied, nil
+}
+
+// countApplied counts each op's applied outcomes and returns those whose
+// lease was lost.
+func countApplied(ops []*finishOp, applied map[int64]bool) []lostLease {
 	var out []lostLease
 	for _, op := range ops {
 		for _, o := range op.f.Outcomes {
@@ -291,7 +339,7 @@ func finishOutcomesPG(ctx context.Context, tx pgx.Tx, ops []*finishOp) ([]lostLe
 			out = append(out, lostLease{op, o.RecipientID})
 		}
 	}
-	return out, nil
+	return out
 }
 
 // queueBulkMessages adds the insert of msgs to b.

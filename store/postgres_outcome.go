@@ -44,8 +44,8 @@ const outcomeQueryTimeout = 5 * time.Second
 // the one place a duplicate can arise at injection.
 var ErrOutcomeUnknown = errors.New("outcome of commit unknown")
 
-// pgBatchTxStart begins every group-commit transaction: it learns the
-// transaction id and, for this transaction only, keeps the planner to
+// pgBatchTxBegin begins every group-commit transaction, in one round trip
+// (simple protocol), and for this transaction only keeps the planner to
 // index-driven plans. The batch statements (the Finish UPDATE joined to
 // unnest(...), the body drop, the foreign-key checks of the inserts) touch a
 // handful of rows by key, and pgx prepares them once per connection: after
@@ -55,27 +55,55 @@ var ErrOutcomeUnknown = errors.New("outcome of commit unknown")
 // them, each batch reading the whole queue, until autovacuum's next ANALYZE
 // of the table; with sequential scans, hash and merge joins off, the plan
 // is index lookups whatever the statistics say (issue 12).
-const pgBatchTxStart = `SELECT txid_current(), set_config('enable_seqscan', 'off', true)
-	|| set_config('enable_hashjoin', 'off', true) || set_config('enable_mergejoin', 'off', true)`
+const pgBatchTxBegin = `BEGIN; SELECT set_config('enable_seqscan', 'off', true),
+	set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)`
+
+// pgTxStart is the first batch of a group-commit transaction. Its first
+// statement learns the transaction id; the batch writer queues its own
+// statements after it and sends it with send, so learning the id costs no
+// round trip of its own.
+type pgTxStart struct {
+	pgx.Batch
+	xid  int64
+	sent bool
+}
+
+// send sends the batch in tx and reads the transaction id. The caller reads
+// the results of its own statements from br, then closes it.
+func (st *pgTxStart) send(ctx context.Context, tx pgx.Tx) (pgx.BatchResults, error) {
+	st.sent = true
+	br := tx.SendBatch(ctx, &st.Batch)
+	if err := br.QueryRow().Scan(&st.xid); err != nil {
+		return nil, errors.Join(err, br.Close())
+	}
+	return br, nil
+}
 
 // pgCommitTx runs fn in a transaction and commits it, like inTx, but
-// learns the transaction id first, so that a COMMIT whose answer is lost is
-// resolved (see resolveCommit) instead of reported as a failure.
-func (s *pgStore) pgCommitTx(ctx context.Context, op string, fn func(tx pgx.Tx) error) error {
-	tx, err := s.pool.Begin(ctx)
+// learns the transaction id first (in st, which fn sends with its first
+// statements; if fn does not, pgCommitTx sends it before the COMMIT), so
+// that a COMMIT whose answer is lost is resolved (see resolveCommit)
+// instead of reported as a failure.
+func (s *pgStore) pgCommitTx(ctx context.Context, op string, fn func(tx pgx.Tx, st *pgTxStart) error) error {
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{BeginQuery: pgBatchTxBegin})
 	if err != nil {
 		return pgErr(op, err)
 	}
-	var (
-		xid  int64
-		hint string
-	)
-	if err := tx.QueryRow(ctx, pgBatchTxStart).Scan(&xid, &hint); err != nil {
+	st := &pgTxStart{}
+	st.Queue(`SELECT txid_current()`)
+	if err := fn(tx, st); err != nil {
 		return pgErr(op, errors.Join(err, rollback(tx)))
 	}
-	if err := fn(tx); err != nil {
-		return pgErr(op, errors.Join(err, rollback(tx)))
+	if !st.sent {
+		br, err := st.send(ctx, tx)
+		if err == nil {
+			err = br.Close()
+		}
+		if err != nil {
+			return pgErr(op, errors.Join(err, rollback(tx)))
+		}
 	}
+	xid := st.xid
 	err = tx.Commit(ctx)
 	if err == nil {
 		return nil
