@@ -241,3 +241,37 @@ func TestEnqueueLeased(t *testing.T) {
 		}
 	})
 }
+
+// TestLeasedEnqueueWakesNoOne: a message stored leased went to its relay
+// already, so no relay is woken for it; an unleased one wakes them. (On
+// SQLite only: PostgreSQL's NOTIFY channel is shared by every schema of
+// the test database, so parallel tests wake each other.)
+func TestLeasedEnqueueWakesNoOne(t *testing.T) {
+	t.Parallel()
+	e := openEnv(t, "sqlite")
+	w := e.s.Wakeups()
+	drain := func() {
+		for {
+			select {
+			case <-w:
+			case <-time.After(300 * time.Millisecond):
+				return
+			}
+		}
+	}
+	drain()
+	m := newMsg(1)
+	m.Lease = &Lease{Owner: "node-a", Until: time.Now().Add(time.Minute)}
+	mustEnqueue(t, e.s, m)
+	select {
+	case <-w:
+		t.Error("a message stored leased woke the relays")
+	case <-time.After(300 * time.Millisecond):
+	}
+	mustEnqueue(t, e.s, newMsg(1))
+	select {
+	case <-w:
+	case <-time.After(10 * time.Second):
+		t.Error("an unleased message woke no relay")
+	}
+}

@@ -141,8 +141,15 @@ func messageSpec(write func(context.Context, []*Message) error, wakeCh chan stru
 		size:   messageSize,
 		label:  func(m *Message) string { return "enqueue " + m.ID },
 		undo:   func(m *Message) { undoRecipientIDs([]*Message{m}) },
-		onCommit: func([]*Message) {
-			wake(wakeCh)
+		onCommit: func(msgs []*Message) {
+			// Messages stored leased went to their relay already: a
+			// claim would find nothing.
+			for _, m := range msgs {
+				if m.Lease == nil {
+					wake(wakeCh)
+					return
+				}
+			}
 		},
 	}
 }

@@ -138,7 +138,9 @@ func queuePGMessages(b *pgx.Batch, msgs []*Message, extra []Event, notify bool) 
 	if err := queueBulkEvents(b, evs); err != nil {
 		return nil, err
 	}
-	if notify && len(msgs) > 0 {
+	if notify && slices.ContainsFunc(msgs, func(m *Message) bool { return m.Lease == nil }) {
+		// Messages stored leased went to their relay already: other
+		// nodes' claims would find nothing.
 		b.Queue(pgNotify, notifyChannel)
 	}
 	return func(br pgx.BatchResults) error {
