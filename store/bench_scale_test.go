@@ -68,8 +68,9 @@ func fillWaiting(b *testing.B, s Store, n int, due bool) {
 	}
 	fillSQL(b, s, `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?1)
 		INSERT INTO messages (id, body, size, created_at) SELECT 'big' || x, X'00', 1, x FROM c`,
-		`INSERT INTO messages (id, body, size, created_at)
-		SELECT 'big' || x, '\x00'::bytea, 1, now() - interval '1 hour' FROM generate_series(1, $1) x`, n)
+		`WITH m AS (INSERT INTO messages (id, size, created_at)
+			SELECT 'big' || x, 1, now() - interval '1 hour' FROM generate_series(1, $1) x RETURNING id)
+		INSERT INTO message_bodies (message_id, seq, chunk) SELECT id, 0, '\x00'::bytea FROM m`, n)
 	fillSQL(b, s, `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?1)
 		INSERT INTO recipients (message_id, address, domain, state, next_attempt, updated_at)
 		SELECT 'big' || x, 'r' || x || '@d' || (x % 1000) || '.example', 'd' || (x % 1000) || '.example',

@@ -517,7 +517,7 @@ var pgClaimDue = `WITH due AS (
 		FROM due, messages m
 		WHERE r.id = due.id AND m.id = r.message_id
 		RETURNING ` + pgRcptCols + `, m.mail_from, m.key_id, m.subaccount, m.campaign_id,
-			m.body_type, m.smtputf8, m.dsn_ret, m.dsn_envid, m.created_at, m.msys_api, m.info, m.size, m.body`
+			m.body_type, m.smtputf8, m.dsn_ret, m.dsn_envid, m.created_at, m.msys_api, m.info, m.size, ` + pgBodyExpr
 
 // pgClaimBranch selects the due queued recipients to lease (and, with
 // 'deferred' for 'queued', the deferred ones).
@@ -608,7 +608,7 @@ func (s *pgStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions) ([
 // MessageBody implements Store.
 func (s *pgStore) MessageBody(ctx context.Context, id string) ([]byte, error) {
 	var b []byte
-	err := s.pool.QueryRow(ctx, `SELECT body FROM messages WHERE id = $1`, id).Scan(&b)
+	err := s.pool.QueryRow(ctx, `SELECT `+pgBodyExpr+` FROM messages m WHERE m.id = $1`, id).Scan(&b)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("message body %s: %w", id, ErrNotFound)
 	}
@@ -886,7 +886,7 @@ func (s *pgStore) GetMessage(ctx context.Context, id string) (*Message, error) {
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
 		var body []byte
 		var err error
-		m, err = scanPGMsg(tx.QueryRow(ctx, `SELECT `+pgMsgCols+`, m.body FROM messages m WHERE m.id = $1`, id), &body)
+		m, err = scanPGMsg(tx.QueryRow(ctx, `SELECT `+pgMsgCols+`, `+pgBodyExpr+` FROM messages m WHERE m.id = $1`, id), &body)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("%s: %w", id, ErrNotFound)
 		}
@@ -949,7 +949,8 @@ func (s *pgStore) updateAndWake(ctx context.Context, op string, fn func(tx pgx.T
 
 // DeleteMessage implements Store.
 func (s *pgStore) DeleteMessage(ctx context.Context, id string) error {
-	tag, err := s.pool.Exec(ctx, `DELETE FROM messages WHERE id = $1`, id)
+	tag, err := s.pool.Exec(ctx, `WITH b AS (DELETE FROM message_bodies WHERE message_id = $1)
+		DELETE FROM messages WHERE id = $1`, id)
 	return pgOneRow("delete message", id, tag, err)
 }
 

@@ -26,10 +26,12 @@ import (
 // order of RETURNING.
 
 const (
-	pgBulkMessages = `INSERT INTO messages (id, key_id, subaccount, mail_from, body, size, smtputf8, body_type,
+	pgBulkMessages = `INSERT INTO messages (id, key_id, subaccount, mail_from, size, smtputf8, body_type,
 		dsn_ret, dsn_envid, campaign_id, msys_api, created_at, info)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::bigint[],
-			$7::boolean[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::text[])`
+		SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],
+			$6::boolean[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::text[])`
+	pgBulkBodies = `INSERT INTO message_bodies (message_id, seq, chunk)
+		SELECT * FROM unnest($1::text[], $2::integer[], $3::bytea[])`
 	pgBulkRecipients = `INSERT INTO recipients (message_id, address, domain, state, attempts, next_attempt,
 		last_reply, dsn_notify, dsn_orcpt, updated_at, lease_owner, lease_until)
 		SELECT u.message_id, u.address, u.domain, u.state, u.attempts, u.next_attempt,
@@ -99,8 +101,10 @@ func queuePGMessages(b *pgx.Batch, msgs []*Message, extra []Event, notify bool) 
 		}
 		evs = append(evs, injectionEvents(m)...)
 	}
+	chunks := 0
 	if len(msgs) > 0 {
-		if err := queueBulkMessages(b, msgs); err != nil {
+		var err error
+		if chunks, err = queueBulkMessages(b, msgs); err != nil {
 			return nil, err
 		}
 	}
@@ -151,6 +155,11 @@ func queuePGMessages(b *pgx.Batch, msgs []*Message, extra []Event, notify bool) 
 		if len(msgs) > 0 {
 			if _, err := br.Exec(); err != nil {
 				return fmt.Errorf("insert messages: %w", err)
+			}
+		}
+		if chunks > 0 {
+			if _, err := br.Exec(); err != nil {
+				return fmt.Errorf("insert message bodies: %w", err)
 			}
 		}
 		if len(rcpts) > 0 {
@@ -344,21 +353,31 @@ func countApplied(ops []*finishOp, applied map[int64]bool) []lostLease {
 	return out
 }
 
-// queueBulkMessages adds the insert of msgs to b.
-func queueBulkMessages(b *pgx.Batch, msgs []*Message) error {
+// pgBodyChunk is the size of the chunks a body is stored in
+// (message_bodies, migration 0012): a chunk and its row fit in one page.
+const pgBodyChunk = 8000
+
+// pgBodyExpr reads the body of message m.id from its chunks; a dropped body
+// reads as empty.
+const pgBodyExpr = `coalesce((SELECT string_agg(b.chunk, ''::bytea ORDER BY b.seq)
+	FROM message_bodies b WHERE b.message_id = m.id), ''::bytea)`
+
+// queueBulkMessages adds the inserts of msgs and of their bodies' chunks to
+// b; chunks is how many there are (none: no insert of chunks is queued).
+func queueBulkMessages(b *pgx.Batch, msgs []*Message) (chunks int, err error) {
 	var mc struct {
 		id, keyID, from, bodyType, dsnRet, dsnEnvID, campaign []string
 		msys, info                                            []*string
 		sub, size                                             []int64
 		utf8                                                  []bool
-		body                                                  [][]byte
 		created                                               []time.Time
 	}
+	var bc struct {
+		id    []string
+		seq   []int32
+		chunk [][]byte
+	}
 	for _, m := range msgs {
-		body := m.Body
-		if body == nil {
-			body = []byte{}
-		}
 		var msys *string
 		if len(m.MsysAPI) > 0 {
 			s := string(m.MsysAPI)
@@ -366,14 +385,13 @@ func queueBulkMessages(b *pgx.Batch, msgs []*Message) error {
 		}
 		info, err := encodeInfo(&m.Info)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		mc.id = append(mc.id, m.ID)
 		mc.keyID = append(mc.keyID, m.KeyID)
 		mc.sub = append(mc.sub, m.Subaccount)
 		mc.from = append(mc.from, m.MailFrom)
-		mc.body = append(mc.body, body)
-		mc.size = append(mc.size, int64(len(body)))
+		mc.size = append(mc.size, int64(len(m.Body)))
 		mc.utf8 = append(mc.utf8, m.SMTPUTF8)
 		mc.bodyType = append(mc.bodyType, m.BodyType)
 		mc.dsnRet = append(mc.dsnRet, m.DSNRet)
@@ -382,8 +400,16 @@ func queueBulkMessages(b *pgx.Batch, msgs []*Message) error {
 		mc.msys = append(mc.msys, msys)
 		mc.created = append(mc.created, m.CreatedAt)
 		mc.info = append(mc.info, optString(info))
+		for i := 0; i*pgBodyChunk < len(m.Body); i++ {
+			bc.id = append(bc.id, m.ID)
+			bc.seq = append(bc.seq, int32(i))
+			bc.chunk = append(bc.chunk, m.Body[i*pgBodyChunk:min((i+1)*pgBodyChunk, len(m.Body))])
+		}
 	}
-	b.Queue(pgBulkMessages, mc.id, mc.keyID, mc.sub, mc.from, mc.body, mc.size, mc.utf8, mc.bodyType,
+	b.Queue(pgBulkMessages, mc.id, mc.keyID, mc.sub, mc.from, mc.size, mc.utf8, mc.bodyType,
 		mc.dsnRet, mc.dsnEnvID, mc.campaign, mc.msys, mc.created, mc.info)
-	return nil
+	if len(bc.id) > 0 {
+		b.Queue(pgBulkBodies, bc.id, bc.seq, bc.chunk)
+	}
+	return len(bc.id), nil
 }

@@ -92,14 +92,14 @@ func jsonInts(ids []int64) string {
 	return string(append(b, ']'))
 }
 
-// pgDropBodies is sqliteDropBodies for PostgreSQL ($1: recipient ids). Two
+// pgDropBodies is sqliteDropBodies for PostgreSQL ($1: recipient ids): it
+// deletes the body's chunks (message_bodies, migration 0012). Two
 // nodes finishing a message's last two recipients at the same moment may
 // each still see the other's as waiting; that body then goes with the
 // message at relay.finished_retention, as before.
-const pgDropBodies = `UPDATE messages m SET body = ''::bytea
-	WHERE m.id IN (SELECT message_id FROM recipients WHERE id = ANY($1::bigint[]))
-		AND octet_length(m.body) > 0
-		AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+const pgDropBodies = `DELETE FROM message_bodies b
+	WHERE b.message_id IN (SELECT message_id FROM recipients WHERE id = ANY($1::bigint[]))
+		AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = b.message_id
 			AND r.state NOT IN ('delivered', 'bounced', 'expired'))`
 
 // sqliteVacuumReserve is how many free pages SQLite keeps for the next

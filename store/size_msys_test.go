@@ -66,7 +66,10 @@ func TestMigrationBackfillsSize(t *testing.T) {
 			_, err = s.w.ExecContext(ctx, `ALTER TABLE messages DROP COLUMN size;
 				DELETE FROM schema_migrations WHERE version = 2`)
 		case *pgStore:
+			// Bodies were in messages then (migration 0012 moved them).
 			_, err = s.pool.Exec(ctx, `ALTER TABLE messages DROP COLUMN size;
+				ALTER TABLE messages ADD COLUMN body bytea NOT NULL DEFAULT ''::bytea;
+				UPDATE messages m SET body = `+pgBodyExpr+`;
 				DELETE FROM schema_migrations WHERE version = 2`)
 		}
 		if err != nil {
@@ -123,4 +126,43 @@ func TestClaimedMsysAPI(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestMigrationMovesBodies runs migration 0012 on a PostgreSQL database
+// whose bodies are still in messages: every body (several chunks, exactly
+// one chunk, none) reads back the same after it.
+func TestMigrationMovesBodies(t *testing.T) {
+	e := openEnv(t, "postgres")
+	ctx := ctxT(t)
+	s := e.s.(*pgStore)
+	bodies := map[string][]byte{}
+	for _, n := range []int{2*pgBodyChunk + 123, pgBodyChunk, 1, 0} {
+		m := newMsg(1)
+		m.Body = bytes.Repeat([]byte{byte('a' + n%26)}, n)
+		for i := range m.Body {
+			m.Body[i] += byte(i % 7)
+		}
+		mustEnqueue(t, e.s, m)
+		bodies[m.ID] = m.Body
+	}
+	// Back to the schema before 0012: bodies in messages.
+	if _, err := s.pool.Exec(ctx, `ALTER TABLE messages ADD COLUMN body bytea NOT NULL DEFAULT ''::bytea;
+		UPDATE messages m SET body = `+pgBodyExpr+`;
+		DROP TABLE message_bodies;
+		DELETE FROM schema_migrations WHERE version = 12`); err != nil {
+		t.Fatalf("undo migration 0012: %v", err)
+	}
+	if err := e.s.Migrate(ctx); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	for id, want := range bodies {
+		got, err := e.s.MessageBody(ctx, id)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("body of %s after the migration: %d bytes, %v; want %d bytes", id, len(got), err, len(want))
+		}
+	}
+	var chunks int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM message_bodies`).Scan(&chunks); err != nil || chunks != 3+1+1 {
+		t.Errorf("%d chunks, %v; want 5", chunks, err)
+	}
 }
