@@ -142,9 +142,10 @@ func queuePGMessages(b *pgx.Batch, msgs []*Message, extra []Event, notify bool) 
 	if err := queueBulkEvents(b, evs); err != nil {
 		return nil, err
 	}
-	if notify && slices.ContainsFunc(msgs, func(m *Message) bool { return m.Lease == nil }) {
-		// Messages stored leased went to their relay already: other
-		// nodes' claims would find nothing.
+	// Messages stored leased went to their relay already: other nodes'
+	// claims would find nothing.
+	notify = notify && slices.ContainsFunc(msgs, func(m *Message) bool { return m.Lease == nil })
+	if notify {
 		b.Queue(pgNotify, notifyChannel)
 	}
 	return func(br pgx.BatchResults) error {
@@ -172,7 +173,7 @@ func queuePGMessages(b *pgx.Batch, msgs []*Message, extra []Event, notify bool) 
 				return err
 			}
 		}
-		if notify && len(msgs) > 0 {
+		if notify {
 			if _, err := br.Exec(); err != nil {
 				return fmt.Errorf("notify: %w", err)
 			}
