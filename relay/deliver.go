@@ -175,7 +175,7 @@ func (r *Relay) body(ctx context.Context, c *store.Claimed) ([]byte, error) {
 			return nil, fmt.Errorf("fetch body: %w", err)
 		}
 	}
-	signed, err := r.sign(sctx, body)
+	signed, err := r.sign(sctx, body, c.Info.FriendlyFrom)
 	if err != nil {
 		return nil, err
 	}

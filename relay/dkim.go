@@ -155,7 +155,18 @@ func (c *domainCache) get(ctx context.Context, name string) (domainEntry, bool, 
 // header is a sending domain. A message without a parsable From: is sent
 // unsigned; a store failure is returned (the attempt is deferred); a broken
 // key is logged and the message sent unsigned.
-func (r *Relay) sign(ctx context.Context, body []byte) ([]byte, error) {
+//
+// from, if not empty, is the first address of the From: header as the
+// SMTP server parsed it (store.MessageInfo.FriendlyFrom): when its domain
+// is not a sending domain with a key, the message goes unsigned without
+// its header being parsed again.
+func (r *Relay) sign(ctx context.Context, body []byte, from string) ([]byte, error) {
+	if from != "" {
+		e, badKey, err := r.domains.get(ctx, domainOf(from))
+		if err == nil && !badKey && (e.d == nil || e.signer == nil) {
+			return body, nil
+		}
+	}
 	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(body)))
 	if err != nil {
 		return body, nil

@@ -70,7 +70,15 @@ func TestDeliveredOnceSigned(t *testing.T) {
 
 				body := testBody("Alice <alice@Example.com>", "signed")
 				m := enqueue(t, st, "bounces@example.com", []string{"bob@dest.test", "carol@dest.test"}, body,
-					func(m *store.Message) { m.DSNRet = "HDRS"; m.DSNEnvID = "env-1" })
+					func(m *store.Message) {
+						m.DSNRet = "HDRS"
+						m.DSNEnvID = "env-1"
+						if alg == "rsa" {
+							// As the SMTP server stores it: the relay
+							// looks the domain up from it.
+							m.Info.FriendlyFrom = "alice@Example.com"
+						}
+					})
 				fm := waitFinal(t, st, m.ID)
 				for _, r := range fm.Recipients {
 					if r.State != store.StateDelivered {
@@ -124,9 +132,13 @@ func TestUnsignedWhenNotSendingDomain(t *testing.T) {
 	body := testBody("x@other.test", "unsigned")
 	m := enqueue(t, st, "x@other.test", []string{"bob@dest.test"}, body)
 	waitFinal(t, st, m.ID)
+	// With the From: address the SMTP server stored, the same.
+	m2 := enqueue(t, st, "x@other.test", []string{"bob@dest.test"}, body,
+		func(m *store.Message) { m.Info.FriendlyFrom = "x@other.test" })
+	waitFinal(t, st, m2.ID)
 	got := tg.messages()
-	if len(got) != 1 || string(got[0].data) != body {
-		t.Fatalf("want the body unchanged and unsigned; got %d messages", len(got))
+	if len(got) != 2 || string(got[0].data) != body || string(got[1].data) != body {
+		t.Fatalf("want the body unchanged and unsigned twice; got %d messages", len(got))
 	}
 }
 
