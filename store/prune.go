@@ -90,7 +90,8 @@ func (s *pgStore) PruneMessages(ctx context.Context, finishedBefore time.Time, l
 	tag, err := s.pool.Exec(ctx, `WITH done AS (
 			SELECT id FROM messages WHERE id IN (`+fmt.Sprintf(pruneCandidates, "$1", "$2", "")+`)
 			FOR UPDATE SKIP LOCKED),
-		bodies AS (DELETE FROM message_bodies b USING done WHERE b.message_id = done.id)
+		bodies AS (DELETE FROM message_bodies b USING done WHERE b.message_id = done.id),
+		rcpts AS (DELETE FROM recipients r USING done WHERE r.message_id = done.id)
 		DELETE FROM messages m USING done WHERE m.id = done.id`, utc(finishedBefore), limit)
 	if err != nil {
 		return 0, pgErr("prune messages", err)
