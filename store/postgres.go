@@ -949,7 +949,7 @@ func (s *pgStore) updateAndWake(ctx context.Context, op string, fn func(tx pgx.T
 
 // DeleteMessage implements Store.
 func (s *pgStore) DeleteMessage(ctx context.Context, id string) error {
-	// No foreign keys (migrations 0012, 0013): the body and the recipients
+	// No foreign keys (migrations 0012, 0014): the body and the recipients
 	// go in the same statement.
 	tag, err := s.pool.Exec(ctx, `WITH b AS (DELETE FROM message_bodies WHERE message_id = $1),
 			r AS (DELETE FROM recipients WHERE message_id = $1)
