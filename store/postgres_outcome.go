@@ -55,8 +55,10 @@ var ErrOutcomeUnknown = errors.New("outcome of commit unknown")
 // them, each batch reading the whole queue, until autovacuum's next ANALYZE
 // of the table; with sequential scans, hash and merge joins off, the plan
 // is index lookups whatever the statistics say (issue 12).
-const pgBatchTxBegin = `BEGIN; SELECT set_config('enable_seqscan', 'off', true),
-	set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)`
+// SET LOCAL rather than SELECT set_config(...): a simple-protocol query is
+// parsed anew each time, and a utility statement is not planned.
+const pgBatchTxBegin = `BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off;
+	SET LOCAL enable_mergejoin = off`
 
 // pgTxStart is the first batch of a group-commit transaction. Its first
 // statement learns the transaction id; the batch writer queues its own
