@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -273,5 +274,39 @@ func TestLeasedEnqueueWakesNoOne(t *testing.T) {
 	case <-w:
 	case <-time.After(10 * time.Second):
 		t.Error("an unleased message woke no relay")
+	}
+}
+
+// TestClaimHintScope: the planner settings the PostgreSQL claim sends
+// before its statement (pgClaimHint) hold for the statements of that batch
+// only, not for what the pooled connection runs next.
+func TestClaimHintScope(t *testing.T) {
+	t.Parallel()
+	e := openEnv(t, "postgres")
+	ctx := ctxT(t)
+	pg := e.s.(*pgStore)
+	conn, err := pg.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	b := &pgx.Batch{}
+	b.Queue(pgClaimHint)
+	b.Queue(`SELECT current_setting('enable_seqscan') || ' ' || current_setting('enable_bitmapscan')`)
+	br := conn.SendBatch(ctx, b)
+	var in string
+	_, err = br.Exec()
+	if err == nil {
+		err = br.QueryRow().Scan(&in)
+	}
+	if err := errors.Join(err, br.Close()); err != nil {
+		t.Fatal(err)
+	}
+	var after string
+	if err := conn.QueryRow(ctx, `SELECT current_setting('enable_seqscan') || ' ' || current_setting('enable_bitmapscan')`).Scan(&after); err != nil {
+		t.Fatal(err)
+	}
+	if in != "off off" || after != "on on" {
+		t.Errorf("enable_seqscan, enable_bitmapscan: %q in the claim's batch, %q after it; want \"off off\", \"on on\"", in, after)
 	}
 }
