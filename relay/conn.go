@@ -194,6 +194,9 @@ type conn struct {
 	local string
 	ext   map[string]bool // extensions offered after the final EHLO
 	idle  time.Time       // when it went back to the pool
+	// rd reads the replies of pipelined groups (pipeline.go); nil until
+	// the first.
+	rd *textproto.Reader
 }
 
 // has reports whether the server offered extension ext (upper case).

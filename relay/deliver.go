@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -282,6 +283,18 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 		pending[i] = i
 	}
 	for len(pending) > 0 {
+		group := make([]*store.Claimed, len(pending))
+		for k, i := range pending {
+			group[k] = j.rcpts[i]
+		}
+		if canPipeline(c, first.MailFrom, group) {
+			next, tr, done := r.transactPipelined(ctx, c, first.MailFrom, opts, j, pending, group, body, res, setAll)
+			if done {
+				return tr
+			}
+			pending = next
+			continue
+		}
 		if err := c.client.Mail(first.MailFrom, opts); err != nil {
 			setAll(classify(err))
 			if closing(err) {
@@ -329,6 +342,84 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 		pending = next
 	}
 	return txResult{reusable: true}
+}
+
+// transactPipelined is one transaction of transact with the recipients
+// pending (indexes into j.rcpts) sent pipelined: MAIL, RCPTs and DATA in
+// one write, then the body. It returns the recipients left for the next
+// transaction on the connection; done means transact returns tr.
+func (r *Relay) transactPipelined(ctx context.Context, c *conn, from string, opts *smtp.MailOptions, j *job,
+	pending []int, group []*store.Claimed, body []byte, res []result, setAll func(state, reply string)) (next []int, tr txResult, done bool) {
+	rep, err := r.pipeline(c, from, opts, group)
+	if err != nil {
+		// The connection broke before any body was sent: nothing was
+		// delivered, and a fresh connection may do (an idle one the
+		// server had closed, as for go-smtp's MAIL below).
+		setAll(classify(err))
+		return nil, txResult{retryFresh: ctx.Err() == nil && len(pending) == len(j.rcpts)}, true
+	}
+	if rep.mail != nil {
+		setAll(classify(rep.mail))
+		if closing(rep.mail) {
+			return nil, txResult{retryFresh: ctx.Err() == nil && len(pending) == len(j.rcpts)}, true
+		}
+		return nil, txResult{reusable: true}, true
+	}
+	accepted := 0
+	for k, i := range pending {
+		err := rep.rcpts[k]
+		if err == nil {
+			res[i] = result{state: "accepted", remoteMTA: c.host, sendingIP: c.local, dsnNotify: c.has("DSN")}
+			accepted++
+			continue
+		}
+		if closing(err) {
+			setAll(classify(err))
+			return nil, txResult{}, true
+		}
+		if tooManyRecipients(err) {
+			// Over the server's recipient limit: the next transaction
+			// (decided below, once it is known whether any was taken).
+			next = append(next, i)
+			continue
+		}
+		state, reply := classify(err)
+		res[i] = result{state: state, reply: reply, remoteMTA: c.host, sendingIP: c.local}
+	}
+	if accepted == 0 && len(next) > 0 {
+		// The limit refused every one of them: that is their answer.
+		for _, i := range next {
+			state, reply := classify(rep.rcpts[slices.Index(pending, i)])
+			res[i] = result{state: state, reply: reply, remoteMTA: c.host, sendingIP: c.local}
+		}
+		next = nil
+	}
+	if accepted == 0 {
+		if rep.data == nil {
+			// DATA accepted with no recipient: end it empty.
+			if err := r.endEmptyData(c); err != nil {
+				return nil, txResult{}, true
+			}
+			return nil, txResult{reusable: true}, true
+		}
+		return nil, txResult{reusable: c.client.Reset() == nil}, true
+	}
+	if rep.data != nil {
+		setAll(classify(rep.data))
+		return nil, txResult{reusable: !closing(rep.data) && c.client.Reset() == nil}, true
+	}
+	reply, err := r.sendBody(c, body)
+	if err != nil {
+		setAll(classify(err))
+		return nil, txResult{reusable: !closing(err)}, true
+	}
+	for i := range res {
+		if res[i].state == "accepted" {
+			res[i].state = store.StateDelivered
+			res[i].reply = reply
+		}
+	}
+	return next, txResult{}, false
 }
 
 // needsSMTPUTF8 reports whether j's envelope or its message's header has

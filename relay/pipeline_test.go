@@ -1,0 +1,126 @@
+package relay
+
+import (
+	"net/textproto"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/smtpgw/smtpgw/internal/storetest"
+	"github.com/smtpgw/smtpgw/store"
+)
+
+// TestPipelineCommands: the pipelined MAIL and RCPT carry the parameters
+// go-smtp's client would send, only those the server offers, xtext-encoded.
+func TestPipelineCommands(t *testing.T) {
+	t.Parallel()
+	all := &conn{ext: map[string]bool{"8BITMIME": true, "SIZE": true, "DSN": true, "SMTPUTF8": true, "PIPELINING": true}}
+	bare := &conn{ext: map[string]bool{"PIPELINING": true}}
+	opts := &smtp.MailOptions{Size: 1234, UTF8: true, Return: smtp.DSNReturnHeaders, EnvelopeID: "env+42 x=y"}
+	if got, want := mailCommand(all, "s@src.test", opts), "MAIL FROM:<s@src.test> BODY=8BITMIME SIZE=1234 SMTPUTF8 RET=HDRS ENVID=env+2B42+20x+3Dy"; got != want {
+		t.Errorf("MAIL\n got %q\nwant %q", got, want)
+	}
+	if got, want := mailCommand(bare, "", &smtp.MailOptions{Size: 1234}), "MAIL FROM:<>"; got != want {
+		t.Errorf("MAIL to a bare server\n got %q\nwant %q", got, want)
+	}
+	rc := &store.Claimed{Recipient: store.Recipient{Address: "b@dest.test", DSNNotify: "SUCCESS,FAILURE", DSNOrcpt: "rfc822;B+x@dest.test"}}
+	if got, want := rcptCommand(all, rc), "RCPT TO:<b@dest.test> NOTIFY=SUCCESS,FAILURE ORCPT=RFC822;B+2Bx@dest.test"; got != want {
+		t.Errorf("RCPT\n got %q\nwant %q", got, want)
+	}
+	if got, want := rcptCommand(bare, rc), "RCPT TO:<b@dest.test>"; got != want {
+		t.Errorf("RCPT to a server without DSN\n got %q\nwant %q", got, want)
+	}
+	utf8 := &store.Claimed{Recipient: store.Recipient{Address: "b@dest.test", DSNOrcpt: "utf-8;bé@dest.test"}}
+	if canPipeline(all, "s@src.test", []*store.Claimed{rc, utf8}) {
+		t.Error("a UTF-8 ORCPT must go through go-smtp's encoder")
+	}
+	if !canPipeline(all, "s@src.test", []*store.Claimed{rc}) {
+		t.Error("a plain group must go pipelined")
+	}
+	if canPipeline(&conn{ext: map[string]bool{"DSN": true}}, "s@src.test", []*store.Claimed{rc}) {
+		t.Error("pipelined to a server that does not offer PIPELINING")
+	}
+}
+
+// TestToSMTPError: a refusal read from a pipelined group is the
+// *smtp.SMTPError go-smtp's client would return.
+func TestToSMTPError(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		msg  string
+		want smtp.SMTPError
+	}{
+		{"5.1.1 no such user", smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}},
+		{"4.5.3 too many\n4.5.3 recipients", smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "too many\nrecipients"}},
+		{"try later", smtp.SMTPError{Code: 451, Message: "try later"}},
+		{"x.y.z bad code", smtp.SMTPError{Code: 451, Message: "x.y.z bad code"}},
+	} {
+		got := toSMTPError(&textproto.Error{Code: tc.want.Code, Msg: tc.msg})
+		if *got != tc.want {
+			t.Errorf("%q: got %+v, want %+v", tc.msg, *got, tc.want)
+		}
+	}
+}
+
+// TestPipelinedRefusalsKeepTheConnection: refusals inside pipelined groups
+// (a MAIL, every RCPT, one RCPT of two) leave the connection in step: the
+// next transactions on it succeed, and each recipient gets its own answer.
+func TestPipelinedRefusalsKeepTheConnection(t *testing.T) {
+	t.Parallel()
+	tg := newTarget(t, targetOpts{
+		mail: func(n int) error {
+			if n == 0 {
+				return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "not now")
+			}
+			return nil
+		},
+		rcpt: func(to string, n int) error {
+			if strings.HasPrefix(to, "bad") {
+				return smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such user")
+			}
+			return nil
+		},
+	})
+	st := storetest.Open(t, "sqlite")
+	cfg := smarthostConfig(t, tg)
+	cfg.Workers, cfg.SmarthostConcurrency = 1, 1 // one connection, in order
+	startRelay(t, cfg, st)
+
+	a := enqueue(t, st, "s@src.test", []string{"a@dest.test"}, testBody("s@src.test", "first"))
+	fa := waitFinal(t, st, a.ID) // MAIL refused once, then retried
+	b := enqueue(t, st, "s@src.test", []string{"bad1@dest.test", "bad2@dest.test"}, testBody("s@src.test", "all-bad"))
+	fb := waitFinal(t, st, b.ID)
+	c := enqueue(t, st, "s@src.test", []string{"bad3@dest.test", "c@dest.test"}, testBody("s@src.test", "mixed"))
+	fc := waitFinal(t, st, c.ID)
+
+	if s, reply := rcptState(t, fa, "a@dest.test"); s != store.StateDelivered {
+		t.Errorf("a: %s (%s), want delivered after the refused MAIL", s, reply)
+	}
+	for _, addr := range []string{"bad1@dest.test", "bad2@dest.test"} {
+		if s, reply := rcptState(t, fb, addr); s != store.StateBounced || !strings.HasPrefix(reply, "550 5.1.1") {
+			t.Errorf("%s: %s (%s), want bounced with the 550", addr, s, reply)
+		}
+	}
+	if s, reply := rcptState(t, fc, "bad3@dest.test"); s != store.StateBounced {
+		t.Errorf("bad3: %s (%s), want bounced", s, reply)
+	}
+	if s, reply := rcptState(t, fc, "c@dest.test"); s != store.StateDelivered {
+		t.Errorf("c: %s (%s), want delivered", s, reply)
+	}
+	var tos []string // of the messages relayed, DSNs (from <>) aside
+	for _, m := range tg.messages() {
+		if m.from != "" {
+			tos = append(tos, strings.Join(m.to, ","))
+		}
+	}
+	if strings.Join(tos, " ") != "a@dest.test c@dest.test" {
+		t.Errorf("the server took messages to %q, want first (to a) and mixed (to c only)", tos)
+	}
+	tg.mu.Lock()
+	conns := tg.conns
+	tg.mu.Unlock()
+	if conns != 1 {
+		t.Errorf("%d connections, want 1: a refusal inside a pipelined group must not spoil the connection", conns)
+	}
+}
