@@ -65,14 +65,8 @@ func (op *finishOp) outcomeNext(o Outcome) (time.Time, bool) {
 	return utc(next), o.State == StateDeferred || o.State == StateQueued
 }
 
-// finishCommitter returns the Finish committer of a backend whose batch
-// writer is write; commits that stored new messages wake relay workers
-// through wakeCh, and the results go to h.
-func finishCommitter(write func(context.Context, []*finishOp) error, wakeCh chan struct{}, h *health) *committer[*finishOp] {
-	return newCommitter(finishSpec(write, wakeCh, h))
-}
-
-// finishSpec is the commitSpec of finishCommitter.
+// finishSpec is the commitSpec of Finish's items: commits that stored new
+// messages wake relay workers through wakeCh, and the results go to h.
 func finishSpec(write func(context.Context, []*finishOp) error, wakeCh chan struct{}, h *health) commitSpec[*finishOp] {
 	return commitSpec[*finishOp]{
 		write:  write,

@@ -18,9 +18,9 @@ import (
 // concurrent SMTP sessions cost one fsync (SQLite) or one commit round trip
 // (PostgreSQL) instead of N, and none of them gets its 250 before its message
 // is durable. Finish goes through a committer too, so the outcomes of N
-// relay workers' attempts also share one transaction: on PostgreSQL a second
-// committer, on SQLite the same one (pairSpec), so that its single writer
-// commits the messages and the outcomes that arrived together at once.
+// relay workers' attempts also share one transaction, with the messages
+// that arrived together (pairSpec): one commit for both (SQLite: one
+// fsync; PostgreSQL: one WAL flush and one BEGIN/COMMIT).
 //
 // A waiter whose context ends before the committer took its item gets
 // ctx.Err() and its item is never written. Once taken, an item's fate is
@@ -126,14 +126,9 @@ func newCommitter[T any](spec commitSpec[T]) *committer[T] {
 	return c
 }
 
-// messageCommitter returns the Enqueue committer of a backend whose batch
-// writer is write; commits wake relay workers through wakeCh, and their
-// results go to h.
-func messageCommitter(write func(context.Context, []*Message) error, wakeCh chan struct{}, h *health) *committer[*Message] {
-	return newCommitter(messageSpec(write, wakeCh, h))
-}
-
-// messageSpec is the commitSpec of messageCommitter.
+// messageSpec is the commitSpec of Enqueue's items: commits wake relay
+// workers through wakeCh (unless every message was stored leased), and
+// their results go to h.
 func messageSpec(write func(context.Context, []*Message) error, wakeCh chan struct{}, h *health) commitSpec[*Message] {
 	return commitSpec[*Message]{
 		write:  write,

@@ -55,8 +55,7 @@ type pgStore struct {
 	pool      *pgxpool.Pool
 	listenCfg *pgx.ConnConfig // for the dedicated LISTEN connection
 	log       *slog.Logger
-	gc        *committer[*Message]  // group commit for Enqueue
-	fc        *committer[*finishOp] // group commit for Finish
+	wc        *committer[pgWrite] // group commit for Enqueue and Finish
 	wake      chan struct{}         // Wakeups, buffered 1
 	health    health                // whether writes commit (Ping)
 
@@ -98,8 +97,7 @@ func openPostgres(_ context.Context, url string) (*pgStore, error) {
 		stopListen: cancel,
 		listenDone: make(chan struct{}),
 	}
-	s.gc = messageCommitter(s.writeBatch, s.wake, &s.health)
-	s.fc = finishCommitter(s.writeFinishes, s.wake, &s.health)
+	s.wc = newCommitter(pairSpec(messageSpec(nil, s.wake, &s.health), finishSpec(nil, s.wake, &s.health), s.writeBatch))
 	return s, nil
 }
 
@@ -268,8 +266,7 @@ const pgWriteProbe = `INSERT INTO write_probe (id, at) VALUES (1, $1) ON CONFLIC
 // Close implements Store.
 func (s *pgStore) Close() error {
 	s.closeOnce.Do(func() {
-		s.gc.close()
-		s.fc.close()
+		s.wc.close()
 		s.stopListen()
 		s.startListen.Do(func() { close(s.listenDone) }) // never started
 		<-s.listenDone
@@ -428,23 +425,21 @@ func (s *pgStore) Enqueue(ctx context.Context, m *Message) error {
 	if err := prepareMessage(m, time.Now()); err != nil {
 		return fmt.Errorf("enqueue: %w", err)
 	}
-	return s.gc.add(ctx, m)
+	return s.wc.add(ctx, pgWrite{a: m})
 }
 
-// writeBatch is the group committer's batch writer: one pipelined batch of
-// inserts and a NOTIFY in one transaction. A COMMIT whose answer is lost is
-// resolved (pgCommitTx): the waiters learn whether their messages are stored.
-func (s *pgStore) writeBatch(ctx context.Context, msgs []*Message) error {
+// pgWrite is an item of the group committer: a message to enqueue or the
+// outcomes of a Finish call.
+type pgWrite = either[*Message, *finishOp]
+
+// writeBatch is the group committer's batch writer: new messages and
+// delivery outcomes that arrived together share one transaction (one
+// commit, one WAL flush), usually one round trip between BEGIN and COMMIT.
+// A COMMIT whose answer is lost is resolved (pgCommitTx): the waiters learn
+// whether their messages and outcomes are stored.
+func (s *pgStore) writeBatch(ctx context.Context, msgs []*Message, ops []*finishOp) error {
 	return s.pgCommitTx(ctx, "write batch", func(tx pgx.Tx, st *pgTxStart) error {
-		read, err := queuePGMessages(&st.Batch, msgs, nil, true)
-		if err != nil {
-			return err
-		}
-		br, err := st.send(ctx, tx)
-		if err != nil {
-			return err
-		}
-		return errors.Join(read(br), br.Close())
+		return writeFinishes(ctx, tx, st, ops, msgs)
 	})
 }
 
@@ -615,14 +610,14 @@ func (s *pgStore) MessageBody(ctx context.Context, id string) ([]byte, error) {
 	return b, pgErr("message body", err)
 }
 
-// Finish implements Store. Concurrent calls share a transaction (see
-// finishCommitter).
+// Finish implements Store. Concurrent calls share a transaction, with
+// the messages being enqueued (see writeBatch).
 func (s *pgStore) Finish(ctx context.Context, owner string, f Finish) (int, error) {
 	op, err := newFinishOp(owner, f, time.Now())
 	if err != nil {
 		return 0, err
 	}
-	if err := s.fc.add(ctx, op); err != nil {
+	if err := s.wc.add(ctx, pgWrite{b: op, isB: true}); err != nil {
 		return 0, err
 	}
 	return op.applied, nil
@@ -636,108 +631,120 @@ const pgFinishUpdate = `UPDATE recipients SET state = $1,
 	updated_at = $5
 	WHERE id = $6 AND lease_owner = $7`
 
-// writeFinishes is the Finish committer's batch writer: the outcomes,
-// events and new messages of every op in one transaction. Usually one round
-// trip between BEGIN and COMMIT: the outcomes, the body drop and every
-// op's events go in the batch that learns the transaction id. If a lease
-// was lost, the events of its recipient are deleted again (another worker
-// owns it now and reports it); new messages (DSNs) are written once it is
-// known which ops applied something.
-func (s *pgStore) writeFinishes(ctx context.Context, ops []*finishOp) error {
-	return s.pgCommitTx(ctx, "write finish batch", func(tx pgx.Tx, st *pgTxStart) error {
-		outs := newPGOutcomes(ops)
-		var (
-			evs     []Event
-			evOwner []*finishOp // of each event in evs
-		)
-		for _, op := range ops {
-			evs = append(evs, op.evs...)
-			for range op.evs {
-				evOwner = append(evOwner, op)
-			}
+// writeFinishes writes, in tx, the outcomes, events and new messages of
+// ops, and the messages msgs. Usually in the one batch st (sent with the
+// statement that learns the transaction id): the outcomes, the body drop,
+// every op's events and msgs. If a lease was lost, the events of its
+// recipient are deleted again (another worker owns it now and reports it);
+// the ops' new messages (DSNs) are written once it is known which ops
+// applied something. A batch naming a recipient twice takes a slower path.
+func writeFinishes(ctx context.Context, tx pgx.Tx, st *pgTxStart, ops []*finishOp, msgs []*Message) error {
+	outs := newPGOutcomes(ops)
+	var (
+		evs     []Event
+		evOwner []*finishOp // of each event in evs
+	)
+	for _, op := range ops {
+		evs = append(evs, op.evs...)
+		for range op.evs {
+			evOwner = append(evOwner, op)
 		}
-		finals := finalRecipientIDs(ops)
-		fast := !outs.dup
-		if fast {
+	}
+	finals := finalRecipientIDs(ops)
+	fast := !outs.dup
+	var readMsgs func(pgx.BatchResults) error
+	if fast {
+		if len(outs.ids) > 0 {
+			outs.queue(&st.Batch)
+		}
+		if len(finals) > 0 {
+			st.Queue(pgDropBodies, finals)
+		}
+		if err := queueBulkEvents(&st.Batch, evs); err != nil {
+			return err
+		}
+	}
+	if len(msgs) > 0 {
+		var err error
+		if readMsgs, err = queuePGMessages(&st.Batch, msgs, nil, true); err != nil {
+			return err
+		}
+	}
+	br, err := st.send(ctx, tx)
+	if err != nil {
+		return err
+	}
+	applied, eids := map[int64]bool{}, []int64(nil)
+	if fast {
+		err = func() error {
+			var err error
 			if len(outs.ids) > 0 {
-				outs.queue(&st.Batch)
+				if applied, err = outs.read(br); err != nil {
+					return err
+				}
 			}
 			if len(finals) > 0 {
-				st.Queue(pgDropBodies, finals)
-			}
-			if err := queueBulkEvents(&st.Batch, evs); err != nil {
-				return err
-			}
-		}
-		br, err := st.send(ctx, tx)
-		if err != nil {
-			return err
-		}
-		applied, eids := map[int64]bool{}, []int64(nil)
-		if fast {
-			err = func() error {
-				if len(outs.ids) > 0 {
-					if applied, err = outs.read(br); err != nil {
-						return err
-					}
-				}
-				if len(finals) > 0 {
-					if _, err := br.Exec(); err != nil {
-						return fmt.Errorf("drop delivered bodies: %w", err)
-					}
-				}
-				if len(evs) > 0 {
-					eids, err = readIDs(br, len(evs), "events")
-				}
-				return err
-			}()
-		}
-		if err := errors.Join(err, br.Close()); err != nil {
-			return err
-		}
-		if !fast {
-			if applied, err = outs.writeDup(ctx, tx); err != nil {
-				return err
-			}
-		}
-		stale, err := staleRecipients(ctx, tx, countApplied(ops, applied))
-		if err != nil {
-			return err
-		}
-		var msgs []*Message
-		for _, op := range ops {
-			if op.writesMessages() && len(op.f.Enqueue) > 0 {
-				msgs = append(msgs, op.f.Enqueue...)
-				op.wrote = true
-			}
-		}
-		if !fast {
-			if len(finals) > 0 {
-				if _, err := tx.Exec(ctx, pgDropBodies, finals); err != nil {
+				if _, err := br.Exec(); err != nil {
 					return fmt.Errorf("drop delivered bodies: %w", err)
 				}
 			}
-			var keep []Event
-			for _, op := range ops {
-				keep = append(keep, dropStaleEvents(op.evs, stale[op])...)
+			if len(evs) > 0 {
+				eids, err = readIDs(br, len(evs), "events")
 			}
-			return insertPGMessages(ctx, tx, msgs, keep, true)
+			return err
+		}()
+	}
+	if err == nil && readMsgs != nil {
+		err = readMsgs(br)
+	}
+	if err := errors.Join(err, br.Close()); err != nil {
+		return err
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	if !fast {
+		if applied, err = outs.writeDup(ctx, tx); err != nil {
+			return err
 		}
-		if len(stale) > 0 {
-			var drop []int64
-			for i, e := range evs {
-				if e.Recipient != "" && stale[evOwner[i]][staleRecipient{e.MessageID, e.Recipient}] {
-					drop = append(drop, eids[i])
-				}
-			}
-			if len(drop) > 0 {
-				if _, err := tx.Exec(ctx, `DELETE FROM events WHERE id = ANY($1::bigint[])`, drop); err != nil {
-					return fmt.Errorf("drop events of lost leases: %w", err)
-				}
+	}
+	stale, err := staleRecipients(ctx, tx, countApplied(ops, applied))
+	if err != nil {
+		return err
+	}
+	var dsns []*Message
+	for _, op := range ops {
+		if op.writesMessages() && len(op.f.Enqueue) > 0 {
+			dsns = append(dsns, op.f.Enqueue...)
+			op.wrote = true
+		}
+	}
+	if !fast {
+		if len(finals) > 0 {
+			if _, err := tx.Exec(ctx, pgDropBodies, finals); err != nil {
+				return fmt.Errorf("drop delivered bodies: %w", err)
 			}
 		}
-		return insertPGMessages(ctx, tx, msgs, nil, true)
-	})
+		var keep []Event
+		for _, op := range ops {
+			keep = append(keep, dropStaleEvents(op.evs, stale[op])...)
+		}
+		return insertPGMessages(ctx, tx, dsns, keep, true)
+	}
+	if len(stale) > 0 {
+		var drop []int64
+		for i, e := range evs {
+			if e.Recipient != "" && stale[evOwner[i]][staleRecipient{e.MessageID, e.Recipient}] {
+				drop = append(drop, eids[i])
+			}
+		}
+		if len(drop) > 0 {
+			if _, err := tx.Exec(ctx, `DELETE FROM events WHERE id = ANY($1::bigint[])`, drop); err != nil {
+				return fmt.Errorf("drop events of lost leases: %w", err)
+			}
+		}
+	}
+	return insertPGMessages(ctx, tx, dsns, nil, true)
 }
 
 // staleRecipients returns, per op, who the recipients of lost are (those
