@@ -56,8 +56,8 @@ type pgStore struct {
 	listenCfg *pgx.ConnConfig // for the dedicated LISTEN connection
 	log       *slog.Logger
 	wc        *committer[pgWrite] // group commit for Enqueue and Finish
-	wake      chan struct{}         // Wakeups, buffered 1
-	health    health                // whether writes commit (Ping)
+	wake      chan struct{}       // Wakeups, buffered 1
+	health    health              // whether writes commit (Ping)
 
 	listenCtx   context.Context    // the listener's lifetime
 	stopListen  context.CancelFunc // ends the listener
