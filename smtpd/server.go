@@ -751,6 +751,13 @@ type conn struct {
 	fireOnce        sync.Once   // a limit closes the connection once, with its reply
 	authTimer       *time.Timer // fires the auth deadline on a silent client
 
+	// Replies are held until the session next reads (or 4 KiB are
+	// waiting, or the connection closes): a client that pipelines MAIL,
+	// RCPT and DATA gets their three replies in one write, as RFC 2920
+	// §3.2 allows. go-smtp writes every reply at once; it is not forked.
+	wmu  sync.Mutex
+	wbuf []byte
+
 	mu     sync.Mutex
 	writer net.Conn // what replies are written to: c, or the TLS conn over it; nil while unknown
 	inTx   bool     // between MAIL and the end of the message or RSET
@@ -774,6 +781,9 @@ type conn struct {
 func (c *conn) Read(b []byte) (int, error) {
 	if e := c.expired(); e != nil {
 		return 0, c.fire(e)
+	}
+	if err := c.flush(); err != nil {
+		return 0, err
 	}
 	n, err := c.Conn.Read(b)
 	if n > 0 {
@@ -925,11 +935,39 @@ func (c *conn) Write(b []byte) (int, error) {
 		c.dataDeadline, c.dataReturned = time.Time{}, false
 	}
 	c.lmu.Unlock()
-	n, err := c.Conn.Write(b)
+	c.wmu.Lock()
+	c.wbuf = append(c.wbuf, b...)
+	var err error
+	if len(c.wbuf) >= maxHeldReplies {
+		err = c.flushLocked()
+	}
+	c.wmu.Unlock()
 	if c.closeAfterWrite.Load() {
 		_ = c.Close()
 	}
-	return n, err
+	if err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// maxHeldReplies is how many bytes of replies wait for the next read.
+const maxHeldReplies = 4 << 10
+
+// flush sends the replies held.
+func (c *conn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.flushLocked()
+}
+
+func (c *conn) flushLocked() error {
+	if len(c.wbuf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.wbuf)
+	c.wbuf = c.wbuf[:0]
+	return err
 }
 
 // Close closes the connection once and unregisters it.
@@ -940,6 +978,14 @@ func (c *conn) Close() error {
 		c.closed = true
 		c.mu.Unlock()
 		c.authTimer.Stop()
+		// The last replies (221, a 421) go out first, if the client
+		// takes them within a second.
+		c.wmu.Lock()
+		if len(c.wbuf) > 0 {
+			_ = c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = c.flushLocked()
+		}
+		c.wmu.Unlock()
 		err = c.Conn.Close()
 		c.srv.untrack(c)
 		c.log().Debug("connection closed")
