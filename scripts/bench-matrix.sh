@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Every measurement of docs/benchmarks.md, one after the other, each line
+# as scripts/bench.sh prints it (needs root; takes about half an hour on
+# two cores). Run it on a quiet machine:
+#
+#   scripts/bench-matrix.sh 2>&1 | tee bench-matrix.log
+#
+# RUNS (default 3) repeats the main comparison; SKIP_SCALE=1 leaves out the
+# store benchmarks at SMTPGW_BENCH_BIG rows (default 1,000,000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+RUNS=${RUNS:-3}
+bin=$(mktemp -d /tmp/smtpgw-matrix.XXXXXX)
+trap 'rm -rf "$bin"' EXIT
+go build -o "$bin/smtpgw" ./cmd/smtpgw
+b() { # title, then bench.sh settings
+  echo "## $1"; shift
+  env BIN="$bin/smtpgw" "$@" scripts/bench.sh 2>&1 | grep -v '^smtpgw: store:' || true
+}
+
+for i in $(seq "$RUNS"); do
+  b "main run $i: 10 KiB, 20 sessions" N=10000 SIZE=10240 S=20
+done
+b "half the peak rate" N=10000 SIZE=10240 S=20 POSTFIX=0 RATE=half
+b "1 session" N=2000 SIZE=10240 S=1
+b "200 sessions" N=10000 SIZE=10240 S=200
+b "1 KiB" N=10000 SIZE=1024 S=20
+b "100 KiB" N=3000 SIZE=102400 S=20
+b "1 MiB" N=500 SIZE=1048576 S=20
+b "gateways on one PostgreSQL" N=10000 SIZE=10240 S=20 POSTFIX=0 STORES=postgres GWS="1 2 4" PGTOP=8
+b "profile" N=10000 SIZE=10240 S=20 POSTFIX=0 PROFILE="$bin/prof"
+
+if [ "${SKIP_SCALE:-}" != 1 ]; then
+  echo "## store benchmarks at ${SMTPGW_BENCH_BIG:-1000000} rows"
+  go test -run '^$' -bench 'Scale' -benchtime 200x ./store/
+fi
