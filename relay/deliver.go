@@ -310,7 +310,7 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 			rc := j.rcpts[i]
 			err := c.client.Rcpt(rc.Address, rcptOptions(rc))
 			if err == nil {
-				res[i] = result{state: "accepted", remoteMTA: c.host, sendingIP: c.local, dsnNotify: c.has("DSN")}
+				res[i] = c.accepted()
 				accepted++
 				continue
 			}
@@ -322,8 +322,7 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 				next = pending[k:]
 				break
 			}
-			state, reply := classify(err)
-			res[i] = result{state: state, reply: reply, remoteMTA: c.host, sendingIP: c.local}
+			res[i] = c.refused(err)
 		}
 		if accepted == 0 {
 			return txResult{reusable: c.client.Reset() == nil}
@@ -342,6 +341,18 @@ func (r *Relay) transact(ctx context.Context, c *conn, j *job, body []byte, res 
 		pending = next
 	}
 	return txResult{reusable: true}
+}
+
+// accepted is the result of a recipient the server accepted on c, until
+// the DATA reply decides.
+func (c *conn) accepted() result {
+	return result{state: "accepted", remoteMTA: c.host, sendingIP: c.local, dsnNotify: c.has("DSN")}
+}
+
+// refused is the result of a recipient whose RCPT err refused on c.
+func (c *conn) refused(err error) result {
+	state, reply := classify(err)
+	return result{state: state, reply: reply, remoteMTA: c.host, sendingIP: c.local}
 }
 
 // transactPipelined is one transaction of transact with the recipients
@@ -369,7 +380,7 @@ func (r *Relay) transactPipelined(ctx context.Context, c *conn, from string, opt
 	for k, i := range pending {
 		err := rep.rcpts[k]
 		if err == nil {
-			res[i] = result{state: "accepted", remoteMTA: c.host, sendingIP: c.local, dsnNotify: c.has("DSN")}
+			res[i] = c.accepted()
 			accepted++
 			continue
 		}
@@ -383,14 +394,12 @@ func (r *Relay) transactPipelined(ctx context.Context, c *conn, from string, opt
 			next = append(next, i)
 			continue
 		}
-		state, reply := classify(err)
-		res[i] = result{state: state, reply: reply, remoteMTA: c.host, sendingIP: c.local}
+		res[i] = c.refused(err)
 	}
 	if accepted == 0 && len(next) > 0 {
 		// The limit refused every one of them: that is their answer.
 		for _, i := range next {
-			state, reply := classify(rep.rcpts[slices.Index(pending, i)])
-			res[i] = result{state: state, reply: reply, remoteMTA: c.host, sendingIP: c.local}
+			res[i] = c.refused(rep.rcpts[slices.Index(pending, i)])
 		}
 		next = nil
 	}

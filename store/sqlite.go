@@ -135,7 +135,13 @@ func fromNullUS(v sql.NullInt64) time.Time {
 
 // inTx runs fn in a write transaction and commits it.
 func (s *sqliteStore) inTx(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
-	tx, err := s.w.BeginTx(ctx, nil)
+	return runSQLiteTx(op, func() (*sql.Tx, error) { return s.w.BeginTx(ctx, nil) }, fn)
+}
+
+// runSQLiteTx begins a transaction, runs fn in it and commits it, or rolls
+// it back if fn fails.
+func runSQLiteTx(op string, begin func() (*sql.Tx, error), fn func(tx *sql.Tx) error) error {
+	tx, err := begin()
 	if err != nil {
 		return sqliteErr(op, err)
 	}
@@ -172,17 +178,7 @@ func (s *sqliteStore) inLeaseTx(ctx context.Context, op string, fn func(tx *sql.
 			err = errors.Join(err, sqliteErr(op, rerr))
 		}
 	}()
-	tx, err := c.BeginTx(ctx, nil)
-	if err != nil {
-		return sqliteErr(op, err)
-	}
-	if err := fn(tx); err != nil {
-		if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
-			err = errors.Join(err, rerr)
-		}
-		return sqliteErr(op, err)
-	}
-	return sqliteErr(op, tx.Commit())
+	return runSQLiteTx(op, func() (*sql.Tx, error) { return c.BeginTx(ctx, nil) }, fn)
 }
 
 // Migrate implements Store.
