@@ -728,8 +728,8 @@ func (s *sqliteStore) MessageBody(ctx context.Context, id string) ([]byte, error
 	return b, sqliteErr("message body", err)
 }
 
-// Finish implements Store. Concurrent calls share a transaction (see
-// finishCommitter).
+// Finish implements Store. Concurrent calls, and messages enqueued
+// meanwhile, share a transaction (see writeBatch).
 func (s *sqliteStore) Finish(ctx context.Context, owner string, f Finish) (int, error) {
 	op, err := newFinishOp(owner, f, time.Now())
 	if err != nil {

@@ -97,10 +97,15 @@ func checkReplies(t *testing.T, stored func(id string) bool, rs []reply) (ok, fa
 	return ok, failed
 }
 
-// slowCommit makes every COMMIT that stored a message take d on the
-// server, with a deferred constraint trigger: a freeze that starts just
-// after the client sent its message then catches the batch in the COMMIT.
-func slowCommit(t *testing.T, url string, d time.Duration) {
+// commitWaitsForStandby makes every COMMIT from now on wait for a
+// synchronous standby that does not exist (synchronous_standby_names), as
+// a primary does while its synchronous replica is away. Such a COMMIT has
+// committed locally and stays committed when its wait is cancelled — and
+// pgx cancels the statement of a connection it gives up on, as the
+// gateway's batch deadline makes it. (A slow deferred trigger, used here
+// before, could be cancelled while it still ran: a race with the cancel
+// after the thaw, and an honest 451 the test could not tell from a bug.)
+func commitWaitsForStandby(t *testing.T, url string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -109,27 +114,60 @@ func slowCommit(t *testing.T, url string, d time.Duration) {
 		t.Fatal(err)
 	}
 	defer func() { _ = conn.Close(context.Background()) }()
-	_, err = conn.Exec(ctx, fmt.Sprintf(`
-		CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN PERFORM pg_sleep(%f); RETURN NULL; END $$;
-		CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON messages
-			DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();`, d.Seconds()))
-	if err != nil {
-		t.Fatalf("install slow commit trigger: %v", err)
+	for _, q := range []string{`ALTER SYSTEM SET synchronous_standby_names = 'nobody'`, `SELECT pg_reload_conf()`} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	// Before the gateway stops (cleanups run last first): its later
+	// writes wait too, until the setting is gone.
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer func() { _ = conn.Close(context.Background()) }()
+		for _, q := range []string{`ALTER SYSTEM RESET synchronous_standby_names`, `SELECT pg_reload_conf()`} {
+			if _, err := conn.Exec(ctx, q); err != nil {
+				t.Errorf("%s: %v", q, err)
+			}
+		}
+	})
+	// Every backend applies the reload before its next statement; wait
+	// until a new session sees it.
+	for {
+		c, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v string
+		err = c.QueryRow(ctx, `SHOW synchronous_standby_names`).Scan(&v)
+		_ = c.Close(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v == "nobody" {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
 // TestFaultFrozenPostgresCommit freezes PostgreSQL (SIGSTOP) for
-// 35 s while a message's COMMIT is in progress: longer than the 30 s batch
-// deadline. The COMMIT completes when the server thaws, so the client must
-// get 250 — not 451, which would make it send the message again.
+// 35 s while a message's COMMIT is in progress (waiting for a synchronous
+// standby): longer than the 30 s batch deadline, so the gateway never gets
+// the COMMIT's answer. The transaction committed, so the client must get
+// 250 — not 451, which would make it send the message again.
 func TestFaultFrozenPostgresCommit(t *testing.T) {
 	t.Parallel()
 	pg := pgtest.NewCluster(t)
 	g := StartGateway(t, Options{Backend: "postgres", DatabaseURL: pg.URL, TOML: relayNowhere})
 	logsOnFailure(t, g)
 	key := g.CreateKey()
-	slowCommit(t, pg.URL, 3*time.Second)
+	commitWaitsForStandby(t, pg.URL)
 
 	c, err := smtp.DialStartTLS(g.Submission, g.Pair.Client())
 	if err != nil {
@@ -141,7 +179,7 @@ func TestFaultFrozenPostgresCommit(t *testing.T) {
 	}
 	got := make(chan reply, 1)
 	go func() { got <- sendRecord(c, "frozen@example.net") }()
-	time.Sleep(time.Second) // the batch is now in its 3 s COMMIT
+	time.Sleep(time.Second) // the batch is now in its COMMIT, waiting for the standby
 	pg.Freeze()
 	time.Sleep(35 * time.Second)
 	pg.Thaw()
