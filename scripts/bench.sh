@@ -177,6 +177,7 @@ url = "$url"
 submission_addr = "127.0.0.1:$((2586 + i))"
 allow_insecure_auth = true
 max_connections = 2000
+max_connections_per_ip = 2000
 [relay]
 mode = "smarthost"
 smarthost = "127.0.0.1:2527"
