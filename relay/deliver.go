@@ -492,6 +492,12 @@ func writeBody(nc io.Writer, w io.Writer, body []byte) error {
 		_, err := w.Write(body)
 		return err
 	}
+	return writeStuffed(nc, body)
+}
+
+// writeStuffed writes body, whose line ends are all CRLF, dot-stuffed and
+// less its final CRLF: what precedes "\r\n.\r\n" after DATA.
+func writeStuffed(nc io.Writer, body []byte) error {
 	body = bytes.TrimSuffix(body, []byte("\r\n"))
 	if len(body) > 0 && body[0] == '.' {
 		if _, err := io.WriteString(nc, "."); err != nil {

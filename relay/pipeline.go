@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net/textproto"
 	"strconv"
 	"strings"
@@ -168,11 +169,7 @@ func (r *Relay) sendBody(c *conn, body []byte) (string, error) {
 		return "", err
 	}
 	defer func() { _ = c.nc.SetDeadline(time.Time{}) }() // as go-smtp's client does after each command
-	dw := textproto.NewWriter(bufio.NewWriter(c.nc)).DotWriter()
-	if err := writeBody(c.nc, dw, body); err != nil {
-		return "", err
-	}
-	if err := dw.Close(); err != nil {
+	if err := writeData(c.nc, body); err != nil {
 		return "", err
 	}
 	_, msg, err := c.readReply(250)
@@ -180,6 +177,24 @@ func (r *Relay) sendBody(c *conn, body []byte) (string, error) {
 		return "", err
 	}
 	return oneLine("250 " + msg), nil
+}
+
+// writeData writes body and the ending dot to nc: a stored body (CRLF line
+// ends only) dot-stuffed here, anything else through textproto's
+// DotWriter.
+func writeData(nc io.Writer, body []byte) error {
+	if crlfOnly(body) {
+		if err := writeStuffed(nc, body); err != nil {
+			return err
+		}
+		_, err := io.WriteString(nc, "\r\n.\r\n")
+		return err
+	}
+	dw := textproto.NewWriter(bufio.NewWriter(nc)).DotWriter()
+	if _, err := dw.Write(body); err != nil {
+		return err
+	}
+	return dw.Close()
 }
 
 // endEmptyData ends a DATA that a server accepted although it had refused

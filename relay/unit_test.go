@@ -406,5 +406,13 @@ func TestWriteBody(t *testing.T) {
 		if got.String() != want.String() {
 			t.Errorf("body %q:\nsent %q\nwant %q", body, got.String(), want.String())
 		}
+		// What the pipelined transaction sends: the same bytes.
+		var piped bytes.Buffer
+		if err := writeData(&piped, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+		if piped.String() != want.String() {
+			t.Errorf("body %q pipelined:\nsent %q\nwant %q", body, piped.String(), want.String())
+		}
 	}
 }
