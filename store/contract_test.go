@@ -198,18 +198,22 @@ func TestOpen(t *testing.T) {
 			t.Errorf("%s mode %v, want %v", p, st.Mode().Perm(), want)
 		}
 	}
-	// WAL and synchronous=FULL are in effect.
+	// WAL, synchronous=FULL and (the writer's) temp_store=MEMORY are in
+	// effect.
 	ss := s.(*sqliteStore)
 	var mode string
-	var sync int
+	var sync, temp int
 	if err := ss.w.QueryRowContext(ctx, `PRAGMA journal_mode`).Scan(&mode); err != nil {
 		t.Fatal(err)
 	}
 	if err := ss.w.QueryRowContext(ctx, `PRAGMA synchronous`).Scan(&sync); err != nil {
 		t.Fatal(err)
 	}
-	if mode != "wal" || sync != 2 {
-		t.Errorf("journal_mode %q synchronous %d, want wal and 2 (FULL)", mode, sync)
+	if err := ss.w.QueryRowContext(ctx, `PRAGMA temp_store`).Scan(&temp); err != nil {
+		t.Fatal(err)
+	}
+	if mode != "wal" || sync != 2 || temp != 2 {
+		t.Errorf("journal_mode %q synchronous %d temp_store %d, want wal, 2 (FULL) and 2 (MEMORY)", mode, sync, temp)
 	}
 }
 

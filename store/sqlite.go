@@ -23,7 +23,12 @@ import (
 // BEGIN IMMEDIATE transaction, so writers queue in Go instead of spinning on
 // SQLITE_BUSY; a second pool of query_only connections serves reads, which
 // in WAL mode never wait for the writer. synchronous=FULL makes every commit
-// durable before it returns. Times are integer Unix microseconds (UTC).
+// durable before it returns. The writer keeps its temporary files in
+// memory (temp_store=MEMORY): a batch's multi-row statements each open a
+// statement journal, which otherwise spilled to a temporary file created,
+// written page by page and deleted in every transaction (about three
+// pwrite calls per message). It holds copies of the pages a statement
+// changes, so it is bounded by the batch (maxBatchBytes). Times are integer Unix microseconds (UTC).
 
 const (
 	// sqliteBusyTimeout is how long a connection waits for a lock another
@@ -58,7 +63,7 @@ func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
 	}
 	common := fmt.Sprintf("_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)", sqliteBusyTimeout.Milliseconds())
 	w, err := sql.Open("sqlite", path+"?"+common+
-		"&_pragma=auto_vacuum(INCREMENTAL)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_txlock=immediate")
+		"&_pragma=auto_vacuum(INCREMENTAL)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=temp_store(MEMORY)&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %q: %w", path, err)
 	}
