@@ -433,7 +433,10 @@ func (s *session) Data(r io.Reader) error {
 	s.conn.startData(start.Add(s.srv.cfg.DataTimeout))
 	defer s.conn.endData()
 	id := store.NewID()
-	m, err := s.data(r, id)
+	// Group commit may wait a little for this message (store.Arriving).
+	arrived := s.srv.st.Arriving()
+	defer arrived()
+	m, err := s.data(r, id, arrived)
 	if err == nil {
 		// Stored: the quota taken at MAIL is used for good.
 		s.mu.Lock()
@@ -471,7 +474,7 @@ func (s *session) Data(r io.Reader) error {
 }
 
 // data reads, checks, prepares and enqueues one message.
-func (s *session) data(r io.Reader, id string) (*store.Message, error) {
+func (s *session) data(r io.Reader, id string, arrived func()) (*store.Message, error) {
 	s.mu.Lock()
 	tx := s.tx
 	tx.rcpts = slices.Clone(tx.rcpts)
@@ -584,6 +587,7 @@ func (s *session) data(r io.Reader, id string) (*store.Message, error) {
 		}
 	}
 	t0 := time.Now()
+	arrived()
 	err = s.srv.st.Enqueue(ctx, m)
 	s.srv.metrics.enqueue.Observe(time.Since(t0).Seconds())
 	if leased {

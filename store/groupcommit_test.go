@@ -280,3 +280,100 @@ func TestGroupCommitOutcomeUnknownIsNotRewritten(t *testing.T) {
 		t.Errorf("%d transactions for a batch of 3 with an unknown outcome, want 1 (no item written again)", writes-1)
 	}
 }
+
+// gatherCommitter is a committer of ints whose batches go to the returned
+// channel, gathering announced items for up to gather.
+func gatherCommitter(t *testing.T, gather time.Duration) (*committer[int], <-chan []int) {
+	t.Helper()
+	batches := make(chan []int, 16)
+	c := newCommitter(commitSpec[int]{
+		write: func(_ context.Context, items []int) error {
+			batches <- append([]int(nil), items...)
+			return nil
+		},
+		size:     func(int) int { return 1 },
+		label:    func(i int) string { return fmt.Sprint("item ", i) },
+		undo:     func(int) {},
+		onCommit: func([]int) {},
+		gather:   gather,
+	})
+	t.Cleanup(c.close)
+	return c, batches
+}
+
+// nextBatch returns the next batch c wrote, failing after a long wait.
+func nextBatch(t *testing.T, batches <-chan []int, why string) []int {
+	t.Helper()
+	select {
+	case b := <-batches:
+		return b
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no batch written: %s", why)
+		return nil
+	}
+}
+
+// TestGroupCommitGathersAnnouncedItems checks a batch waits for the items
+// announced when it was taken, and they share its transaction.
+func TestGroupCommitGathersAnnouncedItems(t *testing.T) {
+	t.Parallel()
+	c, batches := gatherCommitter(t, time.Hour)
+	done2, done3 := c.arrive(), c.arrive()
+	errs := make(chan error, 3)
+	go func() { errs <- c.add(context.Background(), 1) }()
+	// 1 is taken; its batch waits for the two announced items.
+	awaitTaken(t, c, 1, 0)
+	done2()
+	done2() // a second call does nothing
+	go func() { errs <- c.add(context.Background(), 2) }()
+	awaitTaken(t, c, 2, 0)
+	select {
+	case b := <-batches:
+		t.Fatalf("batch %v written before the last announced item came", b)
+	default:
+	}
+	done3()
+	go func() { errs <- c.add(context.Background(), 3) }()
+	if b := nextBatch(t, batches, "announced items never joined"); len(b) != 3 {
+		t.Errorf("batch %v, want the 3 items in one transaction", b)
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if n := c.arriving.Load(); n != 0 {
+		t.Errorf("%d announcements left, want 0", n)
+	}
+}
+
+// TestGroupCommitGatherWaitsForNothingUnannounced checks a lone item
+// commits at once however long gather is: nothing was announced.
+func TestGroupCommitGatherWaitsForNothingUnannounced(t *testing.T) {
+	t.Parallel()
+	c, batches := gatherCommitter(t, time.Hour)
+	if err := c.add(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if b := nextBatch(t, batches, "lone item"); len(b) != 1 {
+		t.Errorf("batch %v, want [1]", b)
+	}
+}
+
+// TestGroupCommitGatherGivesUp checks an announcement withdrawn without an
+// item (the session failed) holds the batch back no longer than gather.
+func TestGroupCommitGatherGivesUp(t *testing.T) {
+	t.Parallel()
+	c, batches := gatherCommitter(t, 50*time.Millisecond)
+	done := c.arrive()
+	errs := make(chan error, 1)
+	go func() { errs <- c.add(context.Background(), 1) }()
+	awaitTaken(t, c, 1, 0)
+	done()
+	if b := nextBatch(t, batches, "batch held by a withdrawn announcement"); len(b) != 1 {
+		t.Errorf("batch %v, want [1]", b)
+	}
+	if err := <-errs; err != nil {
+		t.Error(err)
+	}
+}

@@ -85,6 +85,7 @@ func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
 	s := &sqliteStore{path: path, w: w, r: r, wake: make(chan struct{}, 1)}
 	spec := pairSpec(messageSpec(nil, s.wake, &s.health), finishSpec(nil, s.wake, &s.health), s.writeBatch)
 	spec.linger, spec.lingers = outcomeLinger, func(it sqliteWrite) bool { return it.isB }
+	spec.gather = gatherWait
 	s.wc = newCommitter(spec)
 	return s, nil
 }
@@ -402,6 +403,9 @@ func (s *sqliteStore) Enqueue(ctx context.Context, m *Message) error {
 	}
 	return s.wc.add(ctx, sqliteWrite{a: m})
 }
+
+// Arriving implements Store.
+func (s *sqliteStore) Arriving() (done func()) { return s.wc.arrive() }
 
 // outcomeLinger is how long a batch of delivery outcomes alone waits for a
 // message to share its transaction. Under load every batch holds both; at

@@ -329,6 +329,12 @@ type Store interface {
 	// (group commit: concurrent calls share one transaction). On error nothing
 	// of m is stored. It assigns Recipient.ID and wakes relay workers.
 	Enqueue(ctx context.Context, m *Message) error
+	// Arriving announces a message that is being received and is expected
+	// at Enqueue soon, so that the transaction being formed may wait a
+	// little for it (group commit, see groupcommit.go). The caller calls
+	// done once the message is read, just before Enqueue, or when it gives
+	// up; calling done again does nothing.
+	Arriving() (done func())
 	// Wakeups delivers a value (coalesced) whenever new mail may be due:
 	// after a local Enqueue commits and, on PostgreSQL, on NOTIFY from other
 	// nodes. The same channel is returned on every call.
