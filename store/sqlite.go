@@ -421,9 +421,17 @@ type sqliteWrite = either[*Message, *finishOp]
 // writeBatch is the group committer's batch writer: new messages and
 // delivery outcomes that arrived together share one transaction, so
 // under load the one writer commits (and syncs) once for both.
+//
+// ctx (the batch deadline) bounds the wait for the writer connection,
+// BEGIN and COMMIT; the statements between run without it: modernc's
+// driver watches a cancellable context with a goroutine per statement,
+// several per message, while nothing a deadline could stop happens there
+// (a lock another process holds already ends at busy_timeout, and a
+// stalled disk is not interruptible).
 func (s *sqliteStore) writeBatch(ctx context.Context, msgs []*Message, ops []*finishOp) error {
 	s.prepareHot(ctx)
 	return s.inTx(ctx, "write batch", func(tx *sql.Tx) error {
+		ctx := context.WithoutCancel(ctx)
 		if err := s.writeFinishes(ctx, tx, ops); err != nil {
 			return err
 		}
