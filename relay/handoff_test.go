@@ -44,7 +44,7 @@ func TestHandoff(t *testing.T) {
 			if cs, err := st.ClaimDue(context.Background(), "someone-else", store.ClaimOptions{Limit: 10, Lease: time.Minute}); err != nil || len(cs) != 0 {
 				t.Fatalf("claimed %d (%v) of a handed-off message", len(cs), err)
 			}
-			r.Handoff(l, m.Claimed())
+			r.Handoff(l, m.Claimed(false))
 			fm := waitFinal(t, st, m.ID)
 			for _, rc := range fm.Recipients {
 				if rc.State != store.StateDelivered {

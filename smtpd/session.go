@@ -594,9 +594,10 @@ func (s *session) data(r io.Reader, id string, arrived func()) (*store.Message, 
 		if err != nil {
 			ho.Release(len(m.Recipients))
 		} else {
-			// Claimed copies the body: its memory (or mapping) goes
-			// with the spool.
-			ho.Handoff(*m.Lease, m.Claimed())
+			// A body in memory goes to the relay as it is: nothing
+			// else uses it now. A mapped one is copied: the mapping
+			// goes with the spool.
+			ho.Handoff(*m.Lease, m.Claimed(sp.inMemory()))
 		}
 	}
 	// The body's memory (or mapping) goes with the spool.

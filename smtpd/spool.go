@@ -189,6 +189,11 @@ func (s *spool) message(header []byte, hdrLen int64) ([]byte, error) {
 	return m.data, nil
 }
 
+// inMemory reports whether the message is held in heap memory (not in a
+// file): release then only forgets it, and a body returned by message
+// stays valid for whoever keeps it.
+func (s *spool) inMemory() bool { return s.f == nil }
+
 // release frees everything the message holds: memory, mapping, file and
 // budget. Nothing returned by message may be used afterwards.
 func (s *spool) release() {

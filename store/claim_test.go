@@ -207,7 +207,7 @@ func TestEnqueueLeased(t *testing.T) {
 		m := newMsg(2)
 		m.Lease = &Lease{Owner: "node-a", Until: time.Now().Add(time.Minute)}
 		mustEnqueue(t, e.s, m)
-		cs := m.Claimed()
+		cs := m.Claimed(false)
 		if len(cs) != 2 {
 			t.Fatalf("Claimed gave %d recipients, want 2", len(cs))
 		}
@@ -308,5 +308,33 @@ func TestClaimHintScope(t *testing.T) {
 	}
 	if in != "off off" || after != "on on" {
 		t.Errorf("enable_seqscan, enable_bitmapscan: %q in the claim's batch, %q after it; want \"off off\", \"on on\"", in, after)
+	}
+}
+
+// TestClaimedBody: Claimed(false) copies the body, so the caller may reuse
+// its buffer; Claimed(true) hands the buffer over without a copy; a body
+// larger than a claim carries is left out either way.
+func TestClaimedBody(t *testing.T) {
+	t.Parallel()
+	m := newMsg(2)
+	m.Size = int64(len(m.Body))
+	copied, shared := m.Claimed(false), m.Claimed(true)
+	want := string(m.Body)
+	for i := range m.Body {
+		m.Body[i] = 'x'
+	}
+	for i := range copied {
+		if string(copied[i].Body) != want {
+			t.Errorf("Claimed(false)[%d] changed with the caller's buffer", i)
+		}
+		if &shared[i].Body[0] != &m.Body[0] {
+			t.Errorf("Claimed(true)[%d] holds a copy, want the caller's buffer", i)
+		}
+	}
+	m.Size = claimBodyMax + 1
+	for _, give := range []bool{false, true} {
+		if c := m.Claimed(give); c[0].Body != nil {
+			t.Errorf("Claimed(%v) of a %d-byte message carries its body", give, m.Size)
+		}
 	}
 }

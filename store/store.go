@@ -114,12 +114,18 @@ type Lease struct {
 }
 
 // Claimed returns m's recipients as a claim would have returned them,
-// once Enqueue stored m under m.Lease (their ids set). The body is a copy,
-// made only up to the size a claim returns (larger ones are read with
-// MessageBody when delivered): the caller may reuse m.Body.
-func (m *Message) Claimed() []*Claimed {
+// once Enqueue stored m under m.Lease (their ids set), with the body up
+// to the size a claim returns (larger ones are read with MessageBody when
+// delivered). If giveBody, the claims share m.Body: the caller hands its
+// memory over and must neither change nor reuse it. Otherwise they get a
+// copy (a body the caller reuses, or a mapping it unmaps).
+func (m *Message) Claimed(giveBody bool) []*Claimed {
 	var body []byte
-	if m.Size <= claimBodyMax {
+	switch {
+	case m.Size > claimBodyMax:
+	case giveBody:
+		body = m.Body
+	default:
 		body = append(make([]byte, 0, len(m.Body)), m.Body...)
 	}
 	out := make([]*Claimed, len(m.Recipients))
