@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every measurement of docs/benchmarks.md, one after the other, each line
-# as scripts/bench.sh prints it (needs root; about ten minutes on two
+# as scripts/bench.sh prints it (needs root; about fifteen minutes on two
 # cores). Run it on a quiet machine:
 #
 #   scripts/bench-matrix.sh 2>&1 | tee bench-matrix.log
