@@ -324,7 +324,14 @@ func (c *committer[T]) lingerOn(batch []*waiter[T]) []*waiter[T] {
 		time.Since(time.Unix(0, c.lastOther.Load())) > c.spec.linger {
 		return batch
 	}
-	t := time.NewTimer(c.spec.linger)
+	return c.collect(batch, c.spec.linger, func(_, more []*waiter[T]) bool { return !c.allLinger(more) })
+}
+
+// collect adds to batch what is added within d: it returns when done
+// reports true of the batch and the items just taken, the batch is full,
+// the time is up (with what is queued then) or the committer stops.
+func (c *committer[T]) collect(batch []*waiter[T], d time.Duration, done func(batch, more []*waiter[T]) bool) []*waiter[T] {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	for len(batch) < maxBatchMessages {
 		select {
@@ -336,7 +343,7 @@ func (c *committer[T]) lingerOn(batch []*waiter[T]) []*waiter[T] {
 		}
 		more := c.takeUpTo(maxBatchMessages - len(batch))
 		batch = append(batch, more...)
-		if !c.allLinger(more) {
+		if done(batch, more) {
 			return batch
 		}
 	}
@@ -372,19 +379,7 @@ func (c *committer[T]) gather(batch []*waiter[T]) []*waiter[T] {
 		return batch
 	}
 	want := min(len(batch)+int(n), maxBatchMessages)
-	t := time.NewTimer(c.spec.gather)
-	defer t.Stop()
-	for len(batch) < want {
-		select {
-		case <-c.kick:
-		case <-t.C:
-			return append(batch, c.takeUpTo(maxBatchMessages-len(batch))...)
-		case <-c.stop:
-			return batch
-		}
-		batch = append(batch, c.takeUpTo(maxBatchMessages-len(batch))...)
-	}
-	return batch
+	return c.collect(batch, c.spec.gather, func(b, _ []*waiter[T]) bool { return len(b) >= want })
 }
 
 // allLinger reports whether every item of ws lingers.
