@@ -521,10 +521,24 @@ func writeStuffed(nc io.Writer, body []byte) error {
 	return err
 }
 
-// crlfOnly reports whether every CR and LF of b is part of a CRLF.
+// crlfOnly reports whether every CR and LF of b is part of a CRLF. It
+// runs once per delivered message over the whole body: single-byte counts
+// (vectorised) first, then one jump per line to check each LF follows a
+// CR; with as many CRs as LFs, every CR is then followed by an LF.
 func crlfOnly(b []byte) bool {
-	n := bytes.Count(b, []byte("\r\n"))
-	return bytes.Count(b, []byte("\n")) == n && bytes.Count(b, []byte("\r")) == n
+	if bytes.Count(b, []byte{'\r'}) != bytes.Count(b, []byte{'\n'}) {
+		return false
+	}
+	for i := 0; ; {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return true
+		}
+		if i+j == 0 || b[i+j-1] != '\r' {
+			return false
+		}
+		i += j + 1
+	}
 }
 
 // closing reports whether err leaves the connection unusable: a transport

@@ -416,3 +416,25 @@ func TestWriteBody(t *testing.T) {
 		}
 	}
 }
+
+func TestCRLFOnly(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want bool
+	}{
+		{"", true},
+		{"no line end", true},
+		{"a\r\nb\r\n", true},
+		{"\r\n\r\n", true},
+		{"a\nb\r\n", false},   // bare LF
+		{"a\rb\r\n", false},   // bare CR
+		{"\na", false},        // LF first
+		{"a\r", false},        // CR last
+		{"a\n\rb", false},     // LF CR, as many of each
+		{"a\r\r\n\nb", false}, // CR CRLF LF
+	} {
+		if got := crlfOnly([]byte(c.in)); got != c.want {
+			t.Errorf("crlfOnly(%q) = %v, want %v", c.in, got, c.want)
+		}
+	}
+}
