@@ -26,7 +26,10 @@
 # Settings: N, SIZE, S, TLS (starttls|none|"starttls none"), STORES
 # ("sqlite postgres"), GWS (gateway processes sharing the PostgreSQL
 # database, e.g. "1 2 4"), POSTFIX=0 skips the baseline, CHUNKING=1 makes
-# the load client send with BDAT, PGTOP=N lists PostgreSQL's costliest
+# the load client send with BDAT, TO=ADDRESS sets its recipient (a %d in
+# it is the message's number: TO='r%d@example.net' gives every message a
+# recipient of its own, as real traffic has; Postfix's smtp-source keeps
+# one), PGTOP=N lists PostgreSQL's costliest
 # statements, PROFILE=DIR writes each gateway's CPU profile there (serve
 # --cpuprofile) and prints its top functions.
 # RATE=R paces the smtpgw load open-loop at R messages per second in all
@@ -210,7 +213,7 @@ TOML
     SMTPGW_KEY="$key" cg_run "client$name" "$gw" bench --addr "127.0.0.1:$((2586 + i))" \
       --conns $(( (S + gws - 1) / gws )) --messages $(( N / gws )) --size "$SIZE" --tls "$tls" \
       --rate "$(awk -v r="$rate" -v g="$gws" 'BEGIN {printf "%.3f", r / g}')" \
-      --insecure-skip-verify ${CHUNKING:+--chunking} >"$dir/bench-$i.out" &
+      --insecure-skip-verify ${CHUNKING:+--chunking} ${TO:+--to "g$i.$TO"} >"$dir/bench-$i.out" &
     bpids+=($!)
   done
   for p in "${bpids[@]}"; do wait "$p" || true; done

@@ -130,7 +130,7 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	insecure := fs.Bool("insecure-skip-verify", false, "do not verify the gateway's certificate")
 	caFile := fs.String("ca", "", "PEM certificate(s) to trust besides the system's (default: the gateway's self-signed data_dir/tls/cert.pem when it has no smtp.tls_cert)")
 	fs.StringVar(&o.From, "from", "bench@example.com", "envelope sender and From:")
-	fs.StringVar(&o.To, "to", "sink@example.net", "envelope recipient")
+	fs.StringVar(&o.To, "to", "sink@example.net", "envelope recipient; a %d in it is replaced by the message's number, so each message has a recipient of its own")
 	fs.BoolVar(&o.Chunking, "chunking", false, "send with BDAT (RFC 3030) when the server offers CHUNKING")
 	fs.Float64Var(&o.Rate, "rate", 0, "messages per second in all, paced open-loop over the sessions (0: as fast as possible)")
 	pos, err := parse(fs, benchUsage, args, e)
@@ -150,6 +150,8 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 		return usagef("bench: --rate must be a number of messages per second, 0 for as fast as possible, not %v", o.Rate)
 	case o.TLS != "starttls" && o.TLS != "implicit" && o.TLS != "none":
 		return usagef("bench: --tls must be starttls, implicit or none, not %q", o.TLS)
+	case strings.Count(o.To, "%") > 1 || strings.Contains(o.To, "%") && !strings.Contains(o.To, "%d"):
+		return usagef("bench: --to %q: the only %% it may hold is one %%d (the message's number)", o.To)
 	}
 	host, _, err := net.SplitHostPort(o.Addr)
 	if err != nil {
@@ -272,7 +274,7 @@ func runBench(ctx context.Context, o benchOptions) benchResult {
 					if due.IsZero() {
 						due = t0
 					}
-					err = c.send()
+					err = c.send(i + 1)
 					lat = time.Since(due)
 				}
 				mu.Lock()
@@ -324,10 +326,13 @@ type benchConn struct {
 	conn     net.Conn
 	r        *textproto.Reader
 	envelope []byte // MAIL, RCPT and DATA (or BDAT LAST), pipelined
-	data     []byte // the dot-stuffed message and its end marker (DATA only)
-	pipeline bool   // the server offers PIPELINING
-	chunking bool   // send with BDAT
-	timeout  time.Duration
+	// With a --to holding %d, envelope is rebuilt for each message:
+	// envHead, the recipient (toFmt with the message's number), envTail.
+	toFmt, envHead, envTail string
+	data                    []byte // the dot-stuffed message and its end marker (DATA only)
+	pipeline                bool   // the server offers PIPELINING
+	chunking                bool   // send with BDAT
+	timeout                 time.Duration
 }
 
 // benchDial opens one authenticated session ready to send body.
@@ -380,12 +385,17 @@ func benchDial(o benchOptions, body []byte) (*benchConn, error) {
 	_, c.pipeline = ext["PIPELINING"]
 	_, chunking := ext["CHUNKING"]
 	c.chunking = chunking && o.Chunking && c.pipeline
-	env := fmt.Sprintf("MAIL FROM:<%s> SIZE=%d\r\nRCPT TO:<%s>\r\n", o.From, len(body), o.To)
+	c.envHead = fmt.Sprintf("MAIL FROM:<%s> SIZE=%d\r\nRCPT TO:<", o.From, len(body))
 	if c.chunking {
-		c.envelope = append([]byte(env+fmt.Sprintf("BDAT %d LAST\r\n", len(body))), body...)
+		c.envTail = fmt.Sprintf(">\r\nBDAT %d LAST\r\n", len(body)) + string(body)
 	} else {
-		c.envelope = []byte(env + "DATA\r\n")
+		c.envTail = ">\r\nDATA\r\n"
 		c.data = append(dotStuff(body), ".\r\n"...)
+	}
+	if strings.Contains(o.To, "%d") {
+		c.toFmt = o.To
+	} else {
+		c.envelope = []byte(c.envHead + o.To + c.envTail)
 	}
 	return c, nil
 }
@@ -428,8 +438,12 @@ func (c *benchConn) reply(want int) (string, error) {
 	return msg, err
 }
 
-// send sends one message and waits for the server's answer to it.
-func (c *benchConn) send() error {
+// send sends message n and waits for the server's answer to it.
+func (c *benchConn) send(n int64) error {
+	if c.toFmt != "" {
+		c.envelope = fmt.Appendf(append(c.envelope[:0], c.envHead...), c.toFmt, n)
+		c.envelope = append(c.envelope, c.envTail...)
+	}
 	if !c.pipeline {
 		lines := strings.SplitAfter(string(c.envelope), "\r\n")
 		for i, want := range []int{250, 250, 354} {

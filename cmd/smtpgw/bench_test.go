@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -23,6 +24,7 @@ import (
 type sinkBackend struct {
 	mu     sync.Mutex
 	bodies [][]byte
+	rcpts  []string
 	key    string
 	stall  time.Duration // the first message's DATA waits this long
 }
@@ -50,7 +52,12 @@ func (s *sinkSession) Mail(string, *smtp.MailOptions) error {
 	}
 	return nil
 }
-func (s *sinkSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (s *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.b.mu.Lock()
+	s.b.rcpts = append(s.b.rcpts, to)
+	s.b.mu.Unlock()
+	return nil
+}
 func (s *sinkSession) Data(r io.Reader) error {
 	b, err := io.ReadAll(r)
 	if err != nil {
@@ -76,17 +83,7 @@ func TestBenchSends(t *testing.T) {
 	for _, chunking := range []bool{false, true} {
 		t.Run(map[bool]string{false: "data", true: "bdat"}[chunking], func(t *testing.T) {
 			be := &sinkBackend{key: "k3y"}
-			srv := smtp.NewServer(be)
-			srv.Domain = "sink.test"
-			srv.TLSConfig = pair.Server()
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			go func() { _ = srv.Serve(ln) }()
-			t.Cleanup(func() { _ = srv.Close() })
-
-			o := benchOptions{Addr: ln.Addr().String(), Key: "k3y", Username: "u", Conns: 3, Messages: 25,
+			o := benchOptions{Addr: startSink(t, be, pair), Key: "k3y", Username: "u", Conns: 3, Messages: 25,
 				Size: 3000, TLS: "starttls", TLSConfig: pair.Client(), From: "a@b.test", To: "c@d.test",
 				Chunking: chunking}
 			res := runBench(context.Background(), o)
@@ -112,6 +109,35 @@ func TestBenchSends(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestBenchDistinctRecipients: a --to holding %d gives each message its
+// own recipient, numbered from 1, with DATA and with BDAT.
+func TestBenchDistinctRecipients(t *testing.T) {
+	pair := tlstest.New(t)
+	for _, chunking := range []bool{false, true} {
+		be := &sinkBackend{key: "k3y"}
+		o := benchOptions{Addr: startSink(t, be, pair), Key: "k3y", Username: "u", Conns: 3, Messages: 20,
+			Size: 500, TLS: "starttls", TLSConfig: pair.Client(), From: "a@b.test", To: "r%d@d.test",
+			Chunking: chunking}
+		if res := runBench(context.Background(), o); res.Failed != 0 || res.Sent != 20 {
+			t.Fatalf("chunking %v: sent %d, failed %d (%q)", chunking, res.Sent, res.Failed, res.FirstError)
+		}
+		be.mu.Lock()
+		got := map[string]bool{}
+		for _, r := range be.rcpts {
+			got[r] = true
+		}
+		be.mu.Unlock()
+		for i := 1; i <= 20; i++ {
+			if r := fmt.Sprintf("r%d@d.test", i); !got[r] {
+				t.Errorf("chunking %v: no message to %s (got %v)", chunking, r, got)
+			}
+		}
+		if len(got) != 20 {
+			t.Errorf("chunking %v: %d distinct recipients, want 20", chunking, len(got))
+		}
 	}
 }
 
@@ -189,11 +215,17 @@ func TestBenchKeySources(t *testing.T) {
 	}
 }
 
-// startSink serves be on a loopback port without TLS and returns its address.
-func startSink(t *testing.T, be *sinkBackend) string {
+// startSink serves be on a loopback port until the test ends and returns
+// its address: with STARTTLS from pair, or without TLS if pair is nil.
+func startSink(t *testing.T, be *sinkBackend, pair *tlstest.Pair) string {
+	t.Helper()
 	srv := smtp.NewServer(be)
 	srv.Domain = "sink.test"
-	srv.AllowInsecureAuth = true
+	if pair != nil {
+		srv.TLSConfig = pair.Server()
+	} else {
+		srv.AllowInsecureAuth = true
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -208,7 +240,7 @@ func startSink(t *testing.T, be *sinkBackend) string {
 // a non-negative number is a usage error.
 func TestBenchRate(t *testing.T) {
 	be := &sinkBackend{key: "k3y"}
-	addr := startSink(t, be)
+	addr := startSink(t, be, nil)
 	var out bytes.Buffer
 	e := env{stdout: &out, stderr: io.Discard, environ: []string{"SMTPGW_KEY=k3y"}}
 	err := cmdBench(context.Background(), []string{"--addr", addr, "--tls", "none", "--insecure-skip-verify",
@@ -245,7 +277,7 @@ func TestBenchRate(t *testing.T) {
 func TestBenchRateCountsStall(t *testing.T) {
 	const stall = 300 * time.Millisecond
 	be := &sinkBackend{key: "k3y", stall: stall}
-	res := runBench(context.Background(), benchOptions{Addr: startSink(t, be), Key: "k3y", Conns: 1, Messages: 5,
+	res := runBench(context.Background(), benchOptions{Addr: startSink(t, be, nil), Key: "k3y", Conns: 1, Messages: 5,
 		Size: 300, TLS: "none", From: "a@b.test", To: "c@d.test", Rate: 1000})
 	if res.Sent != 5 || res.Failed != 0 {
 		t.Fatalf("sent %d failed %d (%s), want 5 sent", res.Sent, res.Failed, res.FirstError)
