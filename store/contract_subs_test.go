@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -185,6 +186,18 @@ func TestSuppressions(t *testing.T) {
 		}
 		if got, err := e.s.SuppressionsFor(ctx, []int64{5}, []string{"a@example.com"}); err != nil || len(got) != 0 {
 			t.Errorf("SuppressionsFor other account = %+v, %v", got, err)
+		}
+		// Quotes, backslashes and non-ASCII survive the lookup (SQLite
+		// passes the list as JSON).
+		odd := `"o'q\\x"@exämple.com`
+		if err := e.s.UpsertSuppressions(ctx, []Suppression{{Recipient: odd, Type: SuppressTransactional, Source: SourceManual}}); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := e.s.SuppressionsFor(ctx, []int64{0}, []string{strings.ToUpper(odd)}); err != nil || len(got) != 1 || got[0].Recipient != strings.ToLower(odd) {
+			t.Errorf("SuppressionsFor(%q) = %+v, %v; want its entry", odd, got, err)
+		}
+		if _, err := e.s.DeleteSuppressions(ctx, 0, odd, ""); err != nil {
+			t.Fatal(err)
 		}
 		if n, err := e.s.DeleteSuppressions(ctx, 0, "A@example.com", SuppressTransactional); err != nil || n != 1 {
 			t.Errorf("delete one type = %d, %v", n, err)

@@ -733,7 +733,7 @@ const sqliteMessageBody = `SELECT body FROM messages WHERE id = ?`
 
 // MessageBody implements Store.
 func (s *sqliteStore) MessageBody(ctx context.Context, id string) ([]byte, error) {
-	st, err := s.bodyStmt(ctx)
+	st, err := s.readStmt(ctx, sqliteMessageBody)
 	if err != nil {
 		return nil, sqliteErr("message body", err)
 	}

@@ -15,7 +15,8 @@ import (
 // outcome were parsed again every time. The statements below are prepared
 // once per connection and reused: [sqliteStore.txStmt] hands a transaction
 // the writer's prepared copy (tx.StmtContext reuses it, it does not prepare
-// again), and the body read uses a statement on the read pool.
+// again), and the hot reads (a message's body, the suppression lookup of
+// each RCPT) use statements on the read pool ([sqliteStore.readStmt]).
 //
 // Preparing needs a connection, and the writer has only one: a statement
 // is never prepared while the caller holds a transaction, or it would wait
@@ -32,7 +33,7 @@ type sqliteStmts struct {
 	w atomic.Pointer[map[string]*sql.Stmt] // on the writer, for its transactions; read-only once set
 
 	mu     sync.Mutex
-	body   *sql.Stmt // sqliteMessageBody on the read pool
+	read   map[string]*sql.Stmt // on the read pool, by text (readStmt)
 	closed bool
 }
 
@@ -78,21 +79,27 @@ func (s *sqliteStore) txStmt(ctx context.Context, tx *sql.Tx, q string) (*sql.St
 	return tx.PrepareContext(ctx, q)
 }
 
-// bodyStmt returns the prepared body read on the read pool.
-func (s *sqliteStore) bodyStmt(ctx context.Context) (*sql.Stmt, error) {
+// readStmt returns q prepared on the read pool (database/sql prepares it
+// on each connection once, as that connection first runs it). q must be a
+// constant: one statement per text is kept for the store's life.
+func (s *sqliteStore) readStmt(ctx context.Context, q string) (*sql.Stmt, error) {
 	s.stmts.mu.Lock()
 	defer s.stmts.mu.Unlock()
 	if s.stmts.closed {
 		return nil, errClosed
 	}
-	if s.stmts.body == nil {
-		st, err := s.r.PrepareContext(ctx, sqliteMessageBody)
-		if err != nil {
-			return nil, err
-		}
-		s.stmts.body = st
+	if st := s.stmts.read[q]; st != nil {
+		return st, nil
 	}
-	return s.stmts.body, nil
+	st, err := s.r.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if s.stmts.read == nil {
+		s.stmts.read = map[string]*sql.Stmt{}
+	}
+	s.stmts.read[q] = st
+	return st, nil
 }
 
 // closeStmts closes the prepared statements (before the pools close).
@@ -105,8 +112,8 @@ func (s *sqliteStore) closeStmts() {
 			_ = st.Close()
 		}
 	}
-	if s.stmts.body != nil {
-		_ = s.stmts.body.Close()
-		s.stmts.body = nil
+	for q, st := range s.stmts.read {
+		_ = st.Close()
+		delete(s.stmts.read, q)
 	}
 }

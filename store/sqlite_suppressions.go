@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 )
@@ -152,21 +154,33 @@ func (s *sqliteStore) SuppressionsFor(ctx context.Context, subaccounts []int64, 
 	if len(subaccounts) == 0 || len(recipients) == 0 {
 		return nil, nil
 	}
-	args := make([]any, 0, len(subaccounts)+len(recipients))
-	for _, r := range recipients {
-		args = append(args, strings.ToLower(r))
+	lower := make([]string, len(recipients))
+	for i, r := range recipients {
+		lower[i] = strings.ToLower(r)
 	}
-	for _, sub := range subaccounts {
-		args = append(args, sub)
+	rcpts, err := json.Marshal(lower)
+	if err != nil {
+		return nil, fmt.Errorf("suppressions for: %w", err)
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT `+sqliteSuppCols+` FROM suppressions
-		WHERE recipient IN (`+placeholders(len(recipients))+`) AND subaccount IN (`+placeholders(len(subaccounts))+`)`, args...)
+	st, err := s.readStmt(ctx, sqliteSuppressionsFor)
+	if err != nil {
+		return nil, sqliteErr("suppressions for", err)
+	}
+	// A point lookup per RCPT: without ctx's cancellation, the driver
+	// starts no goroutine to watch it (see writeBatch).
+	rows, err := st.QueryContext(context.WithoutCancel(ctx), string(rcpts), jsonInts(subaccounts))
 	if err != nil {
 		return nil, sqliteErr("suppressions for", err)
 	}
 	out, err := collectSQLiteSupp(rows)
 	return out, sqliteErr("suppressions for", err)
 }
+
+// sqliteSuppressionsFor is SuppressionsFor's query: the recipients (?1) and
+// the accounts (?2) are JSON arrays, so that its text is fixed and it is
+// prepared once (an index search per recipient and account).
+const sqliteSuppressionsFor = `SELECT ` + sqliteSuppCols + ` FROM suppressions
+	WHERE recipient IN (SELECT value FROM json_each(?1)) AND subaccount IN (SELECT value FROM json_each(?2))`
 
 // DeleteSuppressions implements Store.
 func (s *sqliteStore) DeleteSuppressions(ctx context.Context, subaccount int64, recipient, typ string) (int64, error) {
