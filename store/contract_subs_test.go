@@ -272,3 +272,63 @@ func TestDomainUpdateAndStatus(t *testing.T) {
 		}
 	})
 }
+
+// TestSuppressionsDigest: the digest changes when an entry is added,
+// updated or deleted, and not otherwise; AllSuppressions returns every
+// account's entries with the same digest, or none past its max.
+func TestSuppressionsDigest(t *testing.T) {
+	both(t, func(t *testing.T, e *env) {
+		ctx := ctxT(t)
+		digest := func() SuppressionDigest {
+			t.Helper()
+			d, err := e.s.SuppressionsDigest(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+		empty := digest()
+		if empty != (SuppressionDigest{}) {
+			t.Errorf("digest of no entries = %+v, want zero", empty)
+		}
+		in := []Suppression{
+			{Recipient: "a@example.com", Type: SuppressTransactional, Source: SourceManual},
+			{Subaccount: 4, Recipient: "b@example.com", Type: SuppressNonTransactional, Source: SourceBounce},
+		}
+		if err := e.s.UpsertSuppressions(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+		added := digest()
+		if added == empty || added.Count != 2 || digest() != added {
+			t.Errorf("after adding 2: %+v (before %+v), want a new, stable digest counting 2", added, empty)
+		}
+		all, d, err := e.s.AllSuppressions(ctx, 2)
+		if err != nil || d != added || len(all) != 2 {
+			t.Fatalf("AllSuppressions(2) = %+v, %+v, %v; want both entries and %+v", all, d, err, added)
+		}
+		for _, x := range all {
+			if !(x.Subaccount == 0 && x.Recipient == "a@example.com" && x.Type == SuppressTransactional ||
+				x.Subaccount == 4 && x.Recipient == "b@example.com" && x.Type == SuppressNonTransactional) {
+				t.Errorf("AllSuppressions entry %+v", x)
+			}
+		}
+		if all, d, err := e.s.AllSuppressions(ctx, 1); err != nil || len(all) != 0 || d != added {
+			t.Errorf("AllSuppressions(1) = %+v, %+v, %v; want no entries and %+v", all, d, err, added)
+		}
+		time.Sleep(2 * time.Millisecond) // a later UpdatedAt
+		in[0].Description = "updated"
+		if err := e.s.UpsertSuppressions(ctx, in[:1]); err != nil {
+			t.Fatal(err)
+		}
+		updated := digest()
+		if updated == added || updated.Count != 2 {
+			t.Errorf("after an update: %+v, want a new digest counting 2 (was %+v)", updated, added)
+		}
+		if _, err := e.s.DeleteSuppressions(ctx, 4, "b@example.com", ""); err != nil {
+			t.Fatal(err)
+		}
+		if deleted := digest(); deleted == updated || deleted.Count != 1 {
+			t.Errorf("after a delete: %+v, want a new digest counting 1 (was %+v)", deleted, updated)
+		}
+	})
+}

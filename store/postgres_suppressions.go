@@ -125,6 +125,47 @@ func (s *pgStore) SuppressionsFor(ctx context.Context, subaccounts []int64, reci
 	return out, pgErr("suppressions for", err)
 }
 
+// pgSuppDigest is SuppressionsDigest's query (see SuppressionDigest), in
+// Unix microseconds as on SQLite.
+const pgSuppDigest = `SELECT count(*),
+		coalesce((extract(epoch FROM max(updated_at)) * 1000000)::bigint, 0),
+		coalesce(sum((extract(epoch FROM updated_at) * 1000000)::bigint % 1000003), 0)::bigint
+	FROM suppressions`
+
+// SuppressionsDigest implements Store.
+func (s *pgStore) SuppressionsDigest(ctx context.Context) (SuppressionDigest, error) {
+	var d SuppressionDigest
+	err := s.pool.QueryRow(ctx, pgSuppDigest).Scan(&d.Count, &d.Latest, &d.Sum)
+	return d, pgErr("suppressions digest", err)
+}
+
+// AllSuppressions implements Store: one repeatable-read transaction, so
+// the entries are those the digest describes.
+func (s *pgStore) AllSuppressions(ctx context.Context, max int) ([]Suppression, SuppressionDigest, error) {
+	var d SuppressionDigest
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, d, pgErr("all suppressions", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if err := tx.QueryRow(ctx, pgSuppDigest).Scan(&d.Count, &d.Latest, &d.Sum); err != nil {
+		return nil, d, pgErr("all suppressions", err)
+	}
+	if d.Count > int64(max) {
+		return nil, d, nil
+	}
+	rows, err := tx.Query(ctx, `SELECT subaccount, recipient, type FROM suppressions`)
+	if err != nil {
+		return nil, d, pgErr("all suppressions", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Suppression, error) {
+		var e Suppression
+		err := r.Scan(&e.Subaccount, &e.Recipient, &e.Type)
+		return e, err
+	})
+	return out, d, pgErr("all suppressions", err)
+}
+
 // DeleteSuppressions implements Store.
 func (s *pgStore) DeleteSuppressions(ctx context.Context, subaccount int64, recipient, typ string) (int64, error) {
 	q := `DELETE FROM suppressions WHERE recipient = $1 AND subaccount = $2`

@@ -182,6 +182,47 @@ func (s *sqliteStore) SuppressionsFor(ctx context.Context, subaccounts []int64, 
 const sqliteSuppressionsFor = `SELECT ` + sqliteSuppCols + ` FROM suppressions
 	WHERE recipient IN (SELECT value FROM json_each(?1)) AND subaccount IN (SELECT value FROM json_each(?2))`
 
+// sqliteSuppDigest is SuppressionsDigest's query (see SuppressionDigest).
+const sqliteSuppDigest = `SELECT count(*), coalesce(max(updated_at), 0), coalesce(sum(updated_at % 1000003), 0)
+	FROM suppressions`
+
+// SuppressionsDigest implements Store.
+func (s *sqliteStore) SuppressionsDigest(ctx context.Context) (SuppressionDigest, error) {
+	var d SuppressionDigest
+	err := s.r.QueryRowContext(ctx, sqliteSuppDigest).Scan(&d.Count, &d.Latest, &d.Sum)
+	return d, sqliteErr("suppressions digest", err)
+}
+
+// AllSuppressions implements Store: one read transaction, so the entries
+// are those the digest describes.
+func (s *sqliteStore) AllSuppressions(ctx context.Context, max int) ([]Suppression, SuppressionDigest, error) {
+	var d SuppressionDigest
+	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, d, sqliteErr("all suppressions", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if err := tx.QueryRowContext(ctx, sqliteSuppDigest).Scan(&d.Count, &d.Latest, &d.Sum); err != nil {
+		return nil, d, sqliteErr("all suppressions", err)
+	}
+	if d.Count > int64(max) {
+		return nil, d, nil
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT subaccount, recipient, type FROM suppressions`)
+	if err != nil {
+		return nil, d, sqliteErr("all suppressions", err)
+	}
+	out := make([]Suppression, 0, d.Count)
+	for rows.Next() {
+		var e Suppression
+		if err := rows.Scan(&e.Subaccount, &e.Recipient, &e.Type); err != nil {
+			return nil, d, sqliteErr("all suppressions", errors.Join(err, rows.Close()))
+		}
+		out = append(out, e)
+	}
+	return out, d, sqliteErr("all suppressions", errors.Join(rows.Err(), rows.Close()))
+}
+
 // DeleteSuppressions implements Store.
 func (s *sqliteStore) DeleteSuppressions(ctx context.Context, subaccount int64, recipient, typ string) (int64, error) {
 	var n int64

@@ -45,6 +45,14 @@ type SuppressionFilter struct {
 	Limit int // 0: 1000
 }
 
+// SuppressionDigest summarises the suppression lists: how many entries,
+// the latest UpdatedAt and a sum over every entry's UpdatedAt (Unix
+// microseconds modulo a prime), so that an entry deleted while another
+// was added with an older clock still changes it.
+type SuppressionDigest struct {
+	Count, Latest, Sum int64
+}
+
 // SuppressionStore is the suppression list part of [Store].
 type SuppressionStore interface {
 	// UpsertSuppressions inserts the entries or updates source,
@@ -57,6 +65,14 @@ type SuppressionStore interface {
 	// given recipients (lowercased), in one query: the batched lookup of
 	// the SMTP path.
 	SuppressionsFor(ctx context.Context, subaccounts []int64, recipients []string) ([]Suppression, error)
+	// SuppressionsDigest summarises every account's suppression list so
+	// that a node holding the lists in memory can tell, cheaply, whether
+	// they changed: an entry added, deleted or updated changes it.
+	SuppressionsDigest(ctx context.Context) (SuppressionDigest, error)
+	// AllSuppressions returns every account's entries (Subaccount,
+	// Recipient and Type set) and their digest, read together; if there
+	// are more than max entries it returns the digest and no entries.
+	AllSuppressions(ctx context.Context, max int) ([]Suppression, SuppressionDigest, error)
 	// DeleteSuppressions deletes the entries of recipient in subaccount's
 	// list, of type typ ("" both); it returns how many it deleted.
 	DeleteSuppressions(ctx context.Context, subaccount int64, recipient, typ string) (int64, error)

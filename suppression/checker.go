@@ -18,13 +18,38 @@ const DefaultTTL = 5 * time.Second
 // and, if none were, the cache starts over.
 const maxCached = 200_000
 
+// DefaultSnapshotMax is how many entries the suppression lists (every
+// account's together) may hold for a Checker to keep them whole in memory;
+// about 100 bytes each. Past it, each lookup asks the store.
+const DefaultSnapshotMax = 100_000
+
+// bigRecheck is how often a Checker whose lists were too large to hold
+// asks again how large they are: counting them is a scan.
+const bigRecheck = 10 * time.Minute
+
 // Checker answers "is this recipient suppressed for this account?" on the
 // SMTP path. It is safe for concurrent use.
+//
+// While the lists hold at most SnapshotMax entries, it keeps them whole in
+// memory (a snapshot) and answers every lookup from there, so a message to
+// a recipient never seen before costs no query; every ttl it asks the
+// store for the lists' digest (a count and two aggregates over one table)
+// and reloads them only if that changed. Larger lists are looked up per
+// recipient, each answer cached for ttl. Either way a change made
+// elsewhere applies within ttl, and one made here at once (Evict).
 type Checker struct {
 	st  store.Store
-	ttl time.Duration // <= 0: no cache
+	ttl time.Duration // <= 0: no cache, no snapshot
 
-	mu sync.Mutex
+	// SnapshotMax is DefaultSnapshotMax unless set before the first
+	// Lookup (tests lower it).
+	SnapshotMax int
+
+	refresh sync.Mutex // held while a snapshot is refreshed
+
+	mu   sync.Mutex
+	snap *snapshot // nil: none yet, or evicted
+	gen  uint64    // incremented by Evict, so a refresh begun before it does not keep old data
 	// m maps a lowercased recipient to what is known of it per account
 	// asked for (the account of the message, whose lists include the
 	// master account's).
@@ -36,13 +61,22 @@ type cachedTypes struct {
 	expires time.Time
 }
 
+// snapshot is the suppression lists as of checked (immutable once made).
+type snapshot struct {
+	digest  store.SuppressionDigest
+	checked time.Time
+	// m maps a recipient to its types per account; nil: the lists were
+	// larger than SnapshotMax, look each recipient up.
+	m map[string]map[int64]Types
+}
+
 // NewChecker returns a Checker on st caching lookups for ttl (0:
 // DefaultTTL; negative: no cache).
 func NewChecker(st store.Store, ttl time.Duration) *Checker {
 	if ttl == 0 {
 		ttl = DefaultTTL
 	}
-	return &Checker{st: st, ttl: ttl, m: make(map[string]map[int64]cachedTypes)}
+	return &Checker{st: st, ttl: ttl, SnapshotMax: DefaultSnapshotMax, m: make(map[string]map[int64]cachedTypes)}
 }
 
 // Lookup returns, for each of addrs, the types it is suppressed for in a
@@ -51,9 +85,22 @@ func NewChecker(st store.Store, ttl time.Duration) *Checker {
 // store query.
 func (c *Checker) Lookup(ctx context.Context, sub int64, addrs []string) ([]Types, error) {
 	out := make([]Types, len(addrs))
+	now := time.Now()
+	if c.ttl > 0 {
+		snap, err := c.current(ctx, now)
+		if err != nil {
+			return nil, fmt.Errorf("look up suppression list: %w", err)
+		}
+		if snap.m != nil {
+			for i, a := range addrs {
+				per := snap.m[strings.ToLower(a)]
+				out[i] = per[0] | per[sub]
+			}
+			return out, nil
+		}
+	}
 	keys := make([]string, len(addrs))
 	var miss []string
-	now := time.Now()
 	c.mu.Lock()
 	for i, a := range addrs {
 		k := strings.ToLower(a)
@@ -101,12 +148,77 @@ func (c *Checker) Lookup(ctx context.Context, sub int64, addrs []string) ([]Type
 	return out, nil
 }
 
-// Evict forgets what is cached of recipient (any account), so a change
-// made in this process applies to the next lookup.
+// Evict forgets what is cached of recipient (any account), and the
+// snapshot, so a change made in this process applies to the next lookup.
 func (c *Checker) Evict(recipient string) {
 	c.mu.Lock()
 	delete(c.m, strings.ToLower(recipient))
+	c.snap = nil
+	c.gen++
 	c.mu.Unlock()
+}
+
+// current returns a snapshot checked within ttl, refreshing it if needed:
+// the digest first, the lists only if it changed. One refresh runs at a
+// time; the others wait for it.
+func (c *Checker) current(ctx context.Context, now time.Time) (*snapshot, error) {
+	fresh := func() *snapshot {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		s := c.snap
+		if s == nil {
+			return nil
+		}
+		if age := now.Sub(s.checked); age < c.ttl || s.m == nil && age < bigRecheck {
+			return s
+		}
+		return nil
+	}
+	if s := fresh(); s != nil {
+		return s, nil
+	}
+	c.refresh.Lock()
+	defer c.refresh.Unlock()
+	if s := fresh(); s != nil {
+		return s, nil
+	}
+	c.mu.Lock()
+	old, gen := c.snap, c.gen
+	c.mu.Unlock()
+	d, err := c.st.SuppressionsDigest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var s *snapshot
+	switch max := c.SnapshotMax; {
+	case old != nil && old.m != nil && old.digest == d:
+		s = &snapshot{digest: d, checked: now, m: old.m}
+	case d.Count > int64(max):
+		s = &snapshot{digest: d, checked: now}
+	default:
+		all, d, err := c.st.AllSuppressions(ctx, max)
+		if err != nil {
+			return nil, err
+		}
+		s = &snapshot{digest: d, checked: now}
+		if d.Count <= int64(max) {
+			s.m = make(map[string]map[int64]Types, len(all))
+			for _, e := range all {
+				per := s.m[e.Recipient]
+				if per == nil {
+					per = make(map[int64]Types, 1)
+					s.m[e.Recipient] = per
+				}
+				per[e.Subaccount] |= typeOf(e.Type)
+			}
+		}
+	}
+	c.mu.Lock()
+	if c.gen == gen {
+		c.snap = s
+	}
+	c.mu.Unlock()
+	return s, nil
 }
 
 // size is the number of cached recipients (c.mu held).

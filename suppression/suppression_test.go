@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -160,9 +161,10 @@ func TestSearchPages(t *testing.T) {
 	})
 }
 
-// BenchmarkLookup measures the RCPT-time check: a recipient whose answer
-// is cached (the common case within the TTL), and one that goes to the
-// store (SQLite), which the cache spares later RCPTs.
+// BenchmarkLookup measures the RCPT-time check with 10,000 entries: a
+// recipient whose answer is cached, recipients never seen before answered
+// from the snapshot of the lists (both the common case), and one that goes
+// to the store (SQLite: no cache, or lists past SnapshotMax).
 func BenchmarkLookup(b *testing.B) {
 	st := storetest.Open(b, "sqlite")
 	ctx := context.Background()
@@ -189,6 +191,21 @@ func BenchmarkLookup(b *testing.B) {
 			}
 		})
 	})
+	b.Run("snapshot-new-recipients", func(b *testing.B) {
+		c := NewChecker(st, time.Hour)
+		addrs := make([][]string, 1024)
+		for i := range addrs {
+			addrs[i] = []string{fmt.Sprintf("new%d@example.net", i)}
+		}
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if _, err := c.Lookup(ctx, 0, addrs[i%len(addrs)]); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
 	b.Run("store", func(b *testing.B) {
 		c := NewChecker(st, -1)
 		addr := []string{"someone@example.net"}
@@ -210,6 +227,110 @@ func BenchmarkLookup(b *testing.B) {
 			if _, err := c.Lookup(ctx, 7, addrs); err != nil {
 				b.Fatal(err)
 			}
+		}
+	})
+}
+
+// countingStore is a real store that counts the suppression reads the
+// Checker makes.
+type countingStore struct {
+	store.Store
+	mu               sync.Mutex
+	lookups, digests int
+	loads            int
+}
+
+func (s *countingStore) SuppressionsFor(ctx context.Context, subs []int64, rcpts []string) ([]store.Suppression, error) {
+	s.mu.Lock()
+	s.lookups++
+	s.mu.Unlock()
+	return s.Store.SuppressionsFor(ctx, subs, rcpts)
+}
+
+func (s *countingStore) SuppressionsDigest(ctx context.Context) (store.SuppressionDigest, error) {
+	s.mu.Lock()
+	s.digests++
+	s.mu.Unlock()
+	return s.Store.SuppressionsDigest(ctx)
+}
+
+func (s *countingStore) AllSuppressions(ctx context.Context, max int) ([]store.Suppression, store.SuppressionDigest, error) {
+	s.mu.Lock()
+	s.loads++
+	s.mu.Unlock()
+	return s.Store.AllSuppressions(ctx, max)
+}
+
+func (s *countingStore) counts() (lookups, digests, loads int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lookups, s.digests, s.loads
+}
+
+// TestCheckerSnapshot: small lists are held whole, so recipients never
+// seen before cost no query and the lists are read again only when their
+// digest changes; lists past SnapshotMax are looked up per recipient.
+func TestCheckerSnapshot(t *testing.T) {
+	t.Parallel()
+	storetest.ForEach(t, func(t *testing.T, st store.Store) {
+		ctx := context.Background()
+		if err := st.UpsertSuppressions(ctx, []store.Suppression{
+			{Recipient: "a@example.com", Type: store.SuppressTransactional, Source: store.SourceManual},
+			{Subaccount: 3, Recipient: "b@example.com", Type: store.SuppressNonTransactional, Source: store.SourceManual},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		cs := &countingStore{Store: st}
+		c := NewChecker(cs, 30*time.Millisecond)
+		for i := range 50 {
+			got, err := c.Lookup(ctx, 3, []string{fmt.Sprintf("new%d@example.com", i), "A@example.com", "b@EXAMPLE.com"})
+			if err != nil || fmt.Sprint(got) != fmt.Sprint([]Types{0, Transactional, NonTransactional}) {
+				t.Fatalf("lookup %d: %v, %v", i, got, err)
+			}
+		}
+		if got, _ := c.Lookup(ctx, 4, []string{"b@example.com"}); got[0] != 0 {
+			t.Errorf("subaccount 3's entry applied to 4: %v", got)
+		}
+		if l, _, loads := cs.counts(); l != 0 || loads != 1 {
+			t.Errorf("51 lookups made %d store lookups and %d loads, want 0 and 1", l, loads)
+		}
+		// Unchanged lists: the digest is asked again after ttl, the lists
+		// are not read again.
+		time.Sleep(40 * time.Millisecond)
+		if _, err := c.Lookup(ctx, 0, []string{"x@example.com"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, digests, loads := cs.counts(); digests < 2 || loads != 1 {
+			t.Errorf("after ttl: %d digests and %d loads, want at least 2 and still 1", digests, loads)
+		}
+		// A change made elsewhere (no Evict here) is seen after ttl.
+		if err := st.UpsertSuppressions(ctx, []store.Suppression{
+			{Recipient: "x@example.com", Type: store.SuppressNonTransactional, Source: store.SourceBounce},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(40 * time.Millisecond)
+		if got, err := c.Lookup(ctx, 0, []string{"x@example.com"}); err != nil || got[0] != NonTransactional {
+			t.Errorf("after a change elsewhere and ttl: %v, %v", got, err)
+		}
+		if _, _, loads := cs.counts(); loads != 2 {
+			t.Errorf("after a change: %d loads, want 2", loads)
+		}
+
+		// Past SnapshotMax: one lookup per recipient not cached.
+		big := &countingStore{Store: st}
+		bc := NewChecker(big, time.Hour)
+		bc.SnapshotMax = 1
+		for _, a := range []string{"a@example.com", "n1@example.com", "n2@example.com"} {
+			if _, err := bc.Lookup(ctx, 0, []string{a}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got, _ := bc.Lookup(ctx, 0, []string{"a@example.com"}); got[0] != Transactional {
+			t.Errorf("big lists: a@example.com = %v, want Transactional", got)
+		}
+		if l, _, loads := big.counts(); l != 3 || loads != 0 {
+			t.Errorf("big lists: %d lookups and %d loads, want 3 (the fourth cached) and 0", l, loads)
 		}
 	})
 }
