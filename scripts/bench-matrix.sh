@@ -24,6 +24,7 @@ for i in $(seq "$RUNS"); do
 done
 b "half the peak rate" N=10000 SIZE=10240 S=20 POSTFIX=0 RATE=half
 b "BDAT (CHUNKING) instead of DATA" N=10000 SIZE=10240 S=20 POSTFIX=0 CHUNKING=1
+b "a recipient per message (smtpgw only: smtp-source has one)" N=10000 SIZE=10240 S=20 POSTFIX=0 TO='r%d@example.net'
 b "1 session" N=2000 SIZE=10240 S=1
 b "200 sessions" N=10000 SIZE=10240 S=200
 b "1 KiB" N=10000 SIZE=1024 S=20
