@@ -65,9 +65,15 @@ type cachedTypes struct {
 type snapshot struct {
 	digest  store.SuppressionDigest
 	checked time.Time
-	// m maps a recipient to its types per account; nil: the lists were
+	// m maps a recipient in an account to its types; nil: the lists were
 	// larger than SnapshotMax, look each recipient up.
-	m map[string]map[int64]Types
+	m map[entryKey]Types
+}
+
+// entryKey is a recipient (lowercased) in an account's list.
+type entryKey struct {
+	recipient string
+	account   int64
 }
 
 // NewChecker returns a Checker on st caching lookups for ttl (0:
@@ -93,8 +99,8 @@ func (c *Checker) Lookup(ctx context.Context, sub int64, addrs []string) ([]Type
 		}
 		if snap.m != nil {
 			for i, a := range addrs {
-				per := snap.m[strings.ToLower(a)]
-				out[i] = per[0] | per[sub]
+				k := strings.ToLower(a)
+				out[i] = snap.m[entryKey{k, 0}] | snap.m[entryKey{k, sub}]
 			}
 			return out, nil
 		}
@@ -202,14 +208,9 @@ func (c *Checker) current(ctx context.Context, now time.Time) (*snapshot, error)
 		}
 		s = &snapshot{digest: d, checked: now}
 		if d.Count <= int64(max) {
-			s.m = make(map[string]map[int64]Types, len(all))
+			s.m = make(map[entryKey]Types, len(all))
 			for _, e := range all {
-				per := s.m[e.Recipient]
-				if per == nil {
-					per = make(map[int64]Types, 1)
-					s.m[e.Recipient] = per
-				}
-				per[e.Subaccount] |= typeOf(e.Type)
+				s.m[entryKey{e.Recipient, e.Subaccount}] |= typeOf(e.Type)
 			}
 		}
 	}
