@@ -38,6 +38,8 @@ default) sends as fast as the sessions can, each message timed from its MAIL.
 A paced run uses one processor (GOMAXPROCS=1, unless the environment sets
 GOMAXPROCS): idle between messages, the client would otherwise wake a
 second thread to spin for work at every reply.
+A %d in --to is replaced by the message's number (from 1), so that each
+message has a recipient of its own: --to 'r%d@example.net'.
 The API key (grant smtp/inject) is read from --key-file FILE, else from the
 SMTPGW_KEY environment variable. --key KEY also works but is discouraged:
 every user of the machine sees a command line's arguments (ps).`
