@@ -36,7 +36,8 @@ const bigRecheck = 10 * time.Minute
 // store for the lists' digest (a count and two aggregates over one table)
 // and reloads them only if that changed. Larger lists are looked up per
 // recipient, each answer cached for ttl. Either way a change made
-// elsewhere applies within ttl, and one made here at once (Evict).
+// elsewhere applies within ttl, and one made here at once (Evict: the
+// recipient is looked up in the store until the next snapshot).
 type Checker struct {
 	st  store.Store
 	ttl time.Duration // <= 0: no cache, no snapshot
@@ -48,8 +49,11 @@ type Checker struct {
 	refresh sync.Mutex // held while a snapshot is refreshed
 
 	mu   sync.Mutex
-	snap *snapshot // nil: none yet, or evicted
-	gen  uint64    // incremented by Evict, so a refresh begun before it does not keep old data
+	snap *snapshot // nil: none yet
+	// gen counts Evict calls; dirty holds each evicted recipient with the
+	// gen of its eviction, until a snapshot read after it is in place.
+	gen   uint64
+	dirty map[string]uint64
 	// m maps a lowercased recipient to what is known of it per account
 	// asked for (the account of the message, whose lists include the
 	// master account's).
@@ -87,39 +91,62 @@ func NewChecker(st store.Store, ttl time.Duration) *Checker {
 
 // Lookup returns, for each of addrs, the types it is suppressed for in a
 // message of subaccount sub: the union of sub's list and the master
-// account's. Cached answers are used; the others are looked up in one
-// store query.
+// account's. The snapshot answers, or else cached answers; the others are
+// looked up in one store query.
 func (c *Checker) Lookup(ctx context.Context, sub int64, addrs []string) ([]Types, error) {
 	out := make([]Types, len(addrs))
+	keys := make([]string, len(addrs))
+	for i, a := range addrs {
+		keys[i] = strings.ToLower(a)
+	}
 	now := time.Now()
+	ask := make([]int, 0, len(addrs)) // indexes the snapshot does not answer
 	if c.ttl > 0 {
 		snap, err := c.current(ctx, now)
 		if err != nil {
 			return nil, fmt.Errorf("look up suppression list: %w", err)
 		}
 		if snap.m != nil {
-			for i, a := range addrs {
-				k := strings.ToLower(a)
+			c.mu.Lock()
+			for i, k := range keys {
+				if _, changed := c.dirty[k]; changed {
+					ask = append(ask, i)
+					continue
+				}
 				out[i] = snap.m[entryKey{k, 0}] | snap.m[entryKey{k, sub}]
 			}
-			return out, nil
+			c.mu.Unlock()
+			if len(ask) == 0 {
+				return out, nil
+			}
 		}
 	}
-	keys := make([]string, len(addrs))
+	if len(ask) == 0 {
+		for i := range keys {
+			ask = append(ask, i)
+		}
+	}
+	if err := c.lookupStore(ctx, now, sub, keys, ask, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// lookupStore fills out[i] for each i of ask from the per-recipient
+// cache, and from one store query for the rest, which it caches.
+func (c *Checker) lookupStore(ctx context.Context, now time.Time, sub int64, keys []string, ask []int, out []Types) error {
 	var miss []string
 	c.mu.Lock()
-	for i, a := range addrs {
-		k := strings.ToLower(a)
-		keys[i] = k
-		if e, ok := c.m[k][sub]; ok && c.ttl > 0 && now.Before(e.expires) {
+	for _, i := range ask {
+		if e, ok := c.m[keys[i]][sub]; ok && c.ttl > 0 && now.Before(e.expires) {
 			out[i] = e.types
 			continue
 		}
-		miss = append(miss, k)
+		miss = append(miss, keys[i])
 	}
 	c.mu.Unlock()
 	if len(miss) == 0 {
-		return out, nil
+		return nil
 	}
 	accounts := []int64{0}
 	if sub != 0 {
@@ -127,7 +154,7 @@ func (c *Checker) Lookup(ctx context.Context, sub int64, addrs []string) ([]Type
 	}
 	rows, err := c.st.SuppressionsFor(ctx, accounts, dedup(miss))
 	if err != nil {
-		return nil, fmt.Errorf("look up suppression list: %w", err)
+		return fmt.Errorf("look up suppression list: %w", err)
 	}
 	found := make(map[string]Types, len(rows))
 	for _, r := range rows {
@@ -138,7 +165,8 @@ func (c *Checker) Lookup(ctx context.Context, sub int64, addrs []string) ([]Type
 	if c.ttl > 0 && c.size() > maxCached {
 		c.sweep(now)
 	}
-	for i, k := range keys {
+	for _, i := range ask {
+		k := keys[i]
 		if t, ok := found[k]; ok {
 			out[i] = t
 		}
@@ -151,16 +179,24 @@ func (c *Checker) Lookup(ctx context.Context, sub int64, addrs []string) ([]Type
 			per[sub] = cachedTypes{types: out[i], expires: now.Add(c.ttl)}
 		}
 	}
-	return out, nil
+	return nil
 }
 
-// Evict forgets what is cached of recipient (any account), and the
-// snapshot, so a change made in this process applies to the next lookup.
+// Evict forgets what is cached of recipient (any account) and marks it
+// changed, so a change made in this process applies to the next lookup:
+// until a snapshot read after the change replaces the current one (at the
+// next refresh, within ttl), the recipient is looked up in the store. The
+// snapshot itself stays: a node that adds a suppression for every hard
+// bounce must not read the lists again for each.
 func (c *Checker) Evict(recipient string) {
+	k := strings.ToLower(recipient)
 	c.mu.Lock()
-	delete(c.m, strings.ToLower(recipient))
-	c.snap = nil
+	delete(c.m, k)
 	c.gen++
+	if c.dirty == nil {
+		c.dirty = make(map[string]uint64)
+	}
+	c.dirty[k] = c.gen
 	c.mu.Unlock()
 }
 
@@ -188,6 +224,8 @@ func (c *Checker) current(ctx context.Context, now time.Time) (*snapshot, error)
 	if s := fresh(); s != nil {
 		return s, nil
 	}
+	// What was evicted before this point is in what is read below: Evict
+	// comes after its change committed.
 	c.mu.Lock()
 	old, gen := c.snap, c.gen
 	c.mu.Unlock()
@@ -215,8 +253,11 @@ func (c *Checker) current(ctx context.Context, now time.Time) (*snapshot, error)
 		}
 	}
 	c.mu.Lock()
-	if c.gen == gen {
-		c.snap = s
+	c.snap = s
+	for k, g := range c.dirty {
+		if g <= gen {
+			delete(c.dirty, k)
+		}
 	}
 	c.mu.Unlock()
 	return s, nil

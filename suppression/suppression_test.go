@@ -317,6 +317,51 @@ func TestCheckerSnapshot(t *testing.T) {
 			t.Errorf("after a change: %d loads, want 2", loads)
 		}
 
+		// A change made here (Evict after it) shows at the next lookup,
+		// from the store, without reading the lists again; the others are
+		// still answered from the snapshot.
+		here := &countingStore{Store: st}
+		hc := NewChecker(here, time.Hour)
+		if _, err := hc.Lookup(ctx, 0, []string{"y@example.com"}); err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			if err := st.UpsertSuppressions(ctx, []store.Suppression{
+				{Recipient: "y@example.com", Type: store.SuppressTransactional, Source: store.SourceManual},
+			}); err != nil {
+				t.Fatal(err)
+			}
+			hc.Evict("Y@example.com")
+		}
+		if got, err := hc.Lookup(ctx, 0, []string{"y@example.com", "a@example.com"}); err != nil ||
+			fmt.Sprint(got) != fmt.Sprint([]Types{Transactional, Transactional}) {
+			t.Errorf("after a change here: %v, %v", got, err)
+		}
+		if l, _, loads := here.counts(); l != 1 || loads != 1 {
+			t.Errorf("three evictions then a lookup: %d store lookups and %d loads, want 1 and 1", l, loads)
+		}
+
+		// The next snapshot, read after the eviction, answers for the
+		// evicted recipient again.
+		short := &countingStore{Store: st}
+		sc := NewChecker(short, 30*time.Millisecond)
+		if _, err := sc.Lookup(ctx, 0, []string{"z@example.com"}); err != nil {
+			t.Fatal(err)
+		}
+		sc.Evict("z@example.com")
+		if _, err := sc.Lookup(ctx, 0, []string{"z@example.com"}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(40 * time.Millisecond)
+		for range 2 {
+			if _, err := sc.Lookup(ctx, 0, []string{"z@example.com"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if l, _, _ := short.counts(); l != 1 {
+			t.Errorf("evicted, then a refresh: %d store lookups, want 1 (before the refresh only)", l)
+		}
+
 		// Past SnapshotMax: one lookup per recipient not cached.
 		big := &countingStore{Store: st}
 		bc := NewChecker(big, time.Hour)
