@@ -28,7 +28,8 @@ import (
 // statement journal, which otherwise spilled to a temporary file created,
 // written page by page and deleted in every transaction (about three
 // pwrite calls per message). It holds copies of the pages a statement
-// changes, so it is bounded by the batch (maxBatchBytes). Times are integer Unix microseconds (UTC).
+// changes, so it is bounded by the batch (maxBatchBytes). Times are
+// integer Unix microseconds (UTC).
 
 const (
 	// sqliteBusyTimeout is how long a connection waits for a lock another
