@@ -352,14 +352,17 @@ func TestCheckerSnapshot(t *testing.T) {
 		if _, err := sc.Lookup(ctx, 0, []string{"z@example.com"}); err != nil {
 			t.Fatal(err)
 		}
+		// (A slow machine may have refreshed already: then it asked the
+		// store nothing; either way it asks nothing from here on.)
+		before, _, _ := short.counts()
 		time.Sleep(40 * time.Millisecond)
 		for range 2 {
 			if _, err := sc.Lookup(ctx, 0, []string{"z@example.com"}); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if l, _, _ := short.counts(); l != 1 {
-			t.Errorf("evicted, then a refresh: %d store lookups, want 1 (before the refresh only)", l)
+		if l, _, _ := short.counts(); l != before || before > 1 {
+			t.Errorf("evicted, then a refresh: %d store lookups before it and %d after, want at most 1 and no more", before, l)
 		}
 
 		// Past SnapshotMax: one lookup per recipient not cached.
