@@ -225,7 +225,23 @@ func countByState(t *testing.T, e *env) map[string]int64 {
 	t.Helper()
 	const q = `SELECT state, count(*) FROM recipients GROUP BY state`
 	out := map[string]int64{}
-	add := func(state string, n int64) { out[state] = n }
+	read := func(rows interface {
+		Next() bool
+		Scan(...any) error
+		Err() error
+	}) {
+		for rows.Next() {
+			var state string
+			var n int64
+			if err := rows.Scan(&state, &n); err != nil {
+				t.Fatal(err)
+			}
+			out[state] = n
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	switch s := e.s.(type) {
 	case *sqliteStore:
 		rows, err := s.r.QueryContext(ctxT(t), q)
@@ -233,34 +249,14 @@ func countByState(t *testing.T, e *env) map[string]int64 {
 			t.Fatal(err)
 		}
 		defer rows.Close()
-		for rows.Next() {
-			var state string
-			var n int64
-			if err := rows.Scan(&state, &n); err != nil {
-				t.Fatal(err)
-			}
-			add(state, n)
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
+		read(rows)
 	case *pgStore:
 		rows, err := s.pool.Query(ctxT(t), q)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer rows.Close()
-		for rows.Next() {
-			var state string
-			var n int64
-			if err := rows.Scan(&state, &n); err != nil {
-				t.Fatal(err)
-			}
-			add(state, n)
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
+		read(rows)
 	default:
 		t.Fatalf("unknown store %T", e.s)
 	}
