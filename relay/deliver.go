@@ -95,7 +95,7 @@ const (
 // store calls.
 func (r *Relay) runJob(loop, base context.Context, j *job, t *ticket) {
 	first := j.rcpts[0]
-	log := r.log.With("msg_id", first.MessageID, "domain", j.domain, "rcpts", len(j.rcpts))
+	log := withLazy(r.log, slog.String("msg_id", first.MessageID), slog.String("domain", j.domain), slog.Int("rcpts", len(j.rcpts)))
 	actx, acancel := context.WithDeadline(loop, j.deadline)
 	defer acancel()
 	gaveUp := func(waitingFor string) {
