@@ -49,8 +49,8 @@ func checkPruneLimit(limit int) error {
 	return nil
 }
 
-// PruneMessages implements Store. Recipients go with their message
-// (ON DELETE CASCADE; the connections enable foreign keys).
+// PruneMessages implements Store. Recipients go with their message (the
+// trigger messages_delete_recipients, migration 0015).
 func (s *sqliteStore) PruneMessages(ctx context.Context, finishedBefore time.Time, limit int) (int64, error) {
 	if err := checkPruneLimit(limit); err != nil {
 		return 0, err

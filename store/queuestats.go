@@ -56,7 +56,7 @@ func finalRecipientIDs(ops []*finishOp) []int64 {
 // sqliteDropBodies empties the body of every message of the recipients
 // whose ids are in the JSON array ?1 that has no recipient left that is not
 // final.
-const sqliteDropBodies = `UPDATE messages SET body = X''
+const sqliteDropBodies = `UPDATE OR FAIL messages SET body = X''
 	WHERE id IN (SELECT message_id FROM recipients WHERE id IN (SELECT value FROM json_each(?1)))
 		AND length(body) > 0
 		AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id

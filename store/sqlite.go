@@ -440,11 +440,16 @@ func (s *sqliteStore) writeBatch(ctx context.Context, msgs []*Message, ops []*fi
 	})
 }
 
+// The hot statements that write recipients (or several messages) say OR
+// FAIL: with the default (ABORT) SQLite copies every page such a statement
+// changes to a statement journal, so that it can undo that statement alone
+// and keep the transaction; here any failure fails the whole batch, which
+// is rolled back (migration 0015 has the rest).
 const (
 	sqliteInsertMessage = `INSERT INTO messages (id, key_id, subaccount, mail_from, body,
 		size, smtputf8, body_type, dsn_ret, dsn_envid, campaign_id, msys_api, created_at, info)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	sqliteInsertRecipient = `INSERT INTO recipients (message_id, address, domain, state,
+	sqliteInsertRecipient = `INSERT OR FAIL INTO recipients (message_id, address, domain, state,
 		attempts, next_attempt, last_reply, dsn_notify, dsn_orcpt, updated_at, lease_owner, lease_until)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	sqliteInsertEvent = `INSERT INTO events (type, time, message_id, key_id, subaccount,
@@ -759,7 +764,7 @@ func (s *sqliteStore) Finish(ctx context.Context, owner string, f Finish) (int, 
 	return op.applied, nil
 }
 
-const sqliteFinishRecipient = `UPDATE recipients SET state = ?,
+const sqliteFinishRecipient = `UPDATE OR FAIL recipients SET state = ?,
 	next_attempt = CASE WHEN ? THEN ? ELSE next_attempt END,
 	last_reply = ?, attempts = attempts + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?
 	WHERE id = ? AND lease_owner = ?`
