@@ -443,7 +443,7 @@ type pgWrite = either[*Message, *finishOp]
 // A COMMIT whose answer is lost is resolved (pgCommitTx): the waiters learn
 // whether their messages and outcomes are stored.
 func (s *pgStore) writeBatch(ctx context.Context, msgs []*Message, ops []*finishOp) error {
-	return s.pgCommitTx(ctx, "write batch", func(tx pgx.Tx, st *pgTxStart) error {
+	return s.pgCommitTx(ctx, "write batch", func(tx pgTx, st *pgTxStart) error {
 		return writeFinishes(ctx, tx, st, ops, msgs)
 	})
 }
@@ -643,7 +643,7 @@ const pgFinishUpdate = `UPDATE recipients SET state = $1,
 // recipient are deleted again (another worker owns it now and reports it);
 // the ops' new messages (DSNs) are written once it is known which ops
 // applied something. A batch naming a recipient twice takes a slower path.
-func writeFinishes(ctx context.Context, tx pgx.Tx, st *pgTxStart, ops []*finishOp, msgs []*Message) error {
+func writeFinishes(ctx context.Context, tx pgTx, st *pgTxStart, ops []*finishOp, msgs []*Message) error {
 	outs := newPGOutcomes(ops)
 	var (
 		evs     []Event
@@ -754,7 +754,7 @@ func writeFinishes(ctx context.Context, tx pgx.Tx, st *pgTxStart, ops []*finishO
 
 // staleRecipients returns, per op, who the recipients of lost are (those
 // still stored), to drop their events.
-func staleRecipients(ctx context.Context, tx pgx.Tx, lost []lostLease) (map[*finishOp]map[staleRecipient]bool, error) {
+func staleRecipients(ctx context.Context, tx pgTx, lost []lostLease) (map[*finishOp]map[staleRecipient]bool, error) {
 	stale := map[*finishOp]map[staleRecipient]bool{}
 	if len(lost) == 0 {
 		return stale, nil

@@ -75,7 +75,7 @@ func readIDs(br pgx.BatchResults, n int, what string) ([]int64, error) {
 // insertPGMessages writes messages, recipients (setting their ids),
 // injection events and the events extra (setting their ids) inside tx,
 // with a NOTIFY if notify is set and there are messages, in one round trip.
-func insertPGMessages(ctx context.Context, tx pgx.Tx, msgs []*Message, extra []Event, notify bool) error {
+func insertPGMessages(ctx context.Context, tx pgTx, msgs []*Message, extra []Event, notify bool) error {
 	b := &pgx.Batch{}
 	read, err := queuePGMessages(b, msgs, extra, notify)
 	if err != nil || b.Len() == 0 {
@@ -317,7 +317,7 @@ func (o *pgOutcomes) read(br pgx.BatchResults) (map[int64]bool, error) {
 
 // writeDup applies the outcomes (dup) one statement per outcome, in order,
 // as a single UPDATE would apply only one of those naming one recipient.
-func (o *pgOutcomes) writeDup(ctx context.Context, tx pgx.Tx) (map[int64]bool, error) {
+func (o *pgOutcomes) writeDup(ctx context.Context, tx pgTx) (map[int64]bool, error) {
 	applied := map[int64]bool{}
 	b := &pgx.Batch{}
 	for i := range o.ids {

@@ -44,70 +44,104 @@ const outcomeQueryTimeout = 5 * time.Second
 // the one place a duplicate can arise at injection.
 var ErrOutcomeUnknown = errors.New("outcome of commit unknown")
 
-// pgBatchTxBegin begins every group-commit transaction, in one round trip
-// (simple protocol), and for this transaction only keeps the planner to
-// index-driven plans. The batch statements (the Finish UPDATE joined to
-// unnest(...), the body drop, the foreign-key checks of the inserts) touch a
-// handful of rows by key, and pgx prepares them once per connection: after
-// five executions PostgreSQL caches a generic plan, costed with the table
-// sizes of that moment. A gateway starting on a new or emptied queue would
-// cache hash joins over sequential scans of recipients and messages and keep
-// them, each batch reading the whole queue, until autovacuum's next ANALYZE
-// of the table; with sequential scans, hash and merge joins off, the plan
-// is index lookups whatever the statistics say (issue 12).
-// SET LOCAL rather than SELECT set_config(...): a simple-protocol query is
-// parsed anew each time, and a utility statement is not planned.
-const pgBatchTxBegin = `BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off;
-	SET LOCAL enable_mergejoin = off`
+// pgTx is what a group-commit transaction's statements are sent through:
+// a connection inside the transaction (pgCommitTx), or a pgx.Tx.
+type pgTx interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
 
-// pgTxStart is the first batch of a group-commit transaction. Its first
-// statement learns the transaction id; the batch writer queues its own
-// statements after it and sends it with send, so learning the id costs no
-// round trip of its own.
+// pgBatchTxStart follows BEGIN in every group-commit transaction: it learns
+// the transaction id and, for this transaction only, keeps the planner to
+// index-driven plans. The batch statements (the Finish UPDATE joined to
+// unnest(...), the body drop) touch a handful of rows by key, and pgx
+// prepares them once per connection: after five executions PostgreSQL
+// caches a generic plan, costed with the table sizes of that moment. A
+// gateway starting on a new or emptied queue would cache hash joins over
+// sequential scans of recipients and messages and keep them, each batch
+// reading the whole queue, until autovacuum's next ANALYZE of the table;
+// with sequential scans, hash and merge joins off, the plan is index
+// lookups whatever the statistics say (issue 12).
+const pgBatchTxStart = `SELECT txid_current(), set_config('enable_seqscan', 'off', true)
+	|| set_config('enable_hashjoin', 'off', true) || set_config('enable_mergejoin', 'off', true)`
+
+// pgTxStart is the first batch of a group-commit transaction: BEGIN, then
+// pgBatchTxStart. The batch writer queues its own statements after them and
+// sends it with send, so beginning the transaction and learning its id cost
+// no round trip of their own: a transaction is this batch and its COMMIT.
 type pgTxStart struct {
 	pgx.Batch
 	xid  int64
 	sent bool
 }
 
-// send sends the batch in tx and reads the transaction id. The caller reads
-// the results of its own statements from br, then closes it.
-func (st *pgTxStart) send(ctx context.Context, tx pgx.Tx) (pgx.BatchResults, error) {
+// newPGTxStart returns the start of a transaction, to which the writer
+// adds its statements.
+func newPGTxStart() *pgTxStart {
+	st := &pgTxStart{}
+	st.Queue(`BEGIN`)
+	st.Queue(pgBatchTxStart)
+	return st
+}
+
+// send sends the batch on tx and reads BEGIN's result and the transaction
+// id. The caller reads the results of its own statements from br, then
+// closes it.
+func (st *pgTxStart) send(ctx context.Context, tx pgTx) (pgx.BatchResults, error) {
 	st.sent = true
 	br := tx.SendBatch(ctx, &st.Batch)
-	if err := br.QueryRow().Scan(&st.xid); err != nil {
+	if _, err := br.Exec(); err != nil {
+		return nil, errors.Join(err, br.Close())
+	}
+	var planner string
+	if err := br.QueryRow().Scan(&st.xid, &planner); err != nil {
 		return nil, errors.Join(err, br.Close())
 	}
 	return br, nil
 }
 
-// pgCommitTx runs fn in a transaction and commits it, like inTx, but
-// learns the transaction id first (in st, which fn sends with its first
-// statements; if fn does not, pgCommitTx sends it before the COMMIT), so
-// that a COMMIT whose answer is lost is resolved (see resolveCommit)
-// instead of reported as a failure.
-func (s *pgStore) pgCommitTx(ctx context.Context, op string, fn func(tx pgx.Tx, st *pgTxStart) error) error {
-	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{BeginQuery: pgBatchTxBegin})
+// pgCommitTx runs fn in a transaction and commits it, like inTx, but in as
+// few round trips as it can: the transaction begins with fn's first batch
+// (st, which fn sends before anything else; if fn sends nothing,
+// pgCommitTx sends it before the COMMIT), and it learns the transaction id
+// there, so that a COMMIT whose answer is lost is resolved (see
+// resolveCommit) instead of reported as a failure.
+func (s *pgStore) pgCommitTx(ctx context.Context, op string, fn func(tx pgTx, st *pgTxStart) error) error {
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return pgErr(op, err)
 	}
-	st := &pgTxStart{}
-	st.Queue(`SELECT txid_current()`)
-	if err := fn(tx, st); err != nil {
-		return pgErr(op, errors.Join(err, rollback(tx)))
+	// A connection left inside a transaction (its ROLLBACK failed) is
+	// closed by the pool, not handed out again.
+	defer conn.Release()
+	st := newPGTxStart()
+	fail := func(err error) error {
+		if st.sent {
+			err = errors.Join(err, rollback(conn))
+		}
+		return pgErr(op, err)
+	}
+	if err := fn(conn, st); err != nil {
+		return fail(err)
 	}
 	if !st.sent {
-		br, err := st.send(ctx, tx)
+		br, err := st.send(ctx, conn)
 		if err == nil {
 			err = br.Close()
 		}
 		if err != nil {
-			return pgErr(op, errors.Join(err, rollback(tx)))
+			return fail(err)
 		}
 	}
 	xid := st.xid
-	err = tx.Commit(ctx)
+	tag, err := conn.Exec(ctx, "COMMIT")
 	if err == nil {
+		if tag.String() != "COMMIT" {
+			// The transaction had failed: COMMIT rolled it back.
+			return pgErr(op, pgx.ErrTxCommitRollback)
+		}
 		return nil
 	}
 	var pe *pgconn.PgError
@@ -119,12 +153,12 @@ func (s *pgStore) pgCommitTx(ctx context.Context, op string, fn func(tx pgx.Tx, 
 	return s.resolveCommit(op, xid, err)
 }
 
-// rollback rolls tx back with a short deadline of its own (the caller's
-// context may be what failed).
-func rollback(tx pgx.Tx) error {
+// rollback rolls back the transaction tx is in, with a short deadline of
+// its own (the caller's context may be what failed).
+func rollback(tx pgTx) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if err := tx.Rollback(ctx); err != nil && !errors.Is(err, pgx.ErrTxClosed) && !pgUnreachable(err) {
+	if _, err := tx.Exec(ctx, "ROLLBACK"); err != nil && !pgUnreachable(err) {
 		return err
 	}
 	return nil
