@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"sync/atomic"
 	"time"
@@ -49,6 +50,7 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 	if len(pos) > 0 {
 		return usagef("serve: unexpected argument %q\n%s", pos[0], serveUsage)
 	}
+	tuneGC()
 	if *cpuprofile != "" {
 		stop, err := startCPUProfile(*cpuprofile)
 		if err != nil {
@@ -471,6 +473,23 @@ func isPrivateListener(addr net.Addr) bool {
 	}
 	a := ap.Addr().Unmap()
 	return a.IsLoopback() || a.IsPrivate()
+}
+
+// serveGCPercent is the garbage collector's target (GOGC) for serve when
+// the environment sets none. The heap is mostly short-lived message
+// buffers (a session's spool, the encoding of a batch), so Go's default of
+// 100 collects often while little of it survives: at 200 the gateway spent
+// 10-17 % less CPU per message on PostgreSQL under smtpgw bench (pgx
+// builds each batch in freshly grown buffers), no measurable difference on
+// SQLite, for 8-13 MB more resident memory (docs/benchmarks.md). GOGC in the environment wins, as for any Go
+// program.
+const serveGCPercent = 200
+
+// tuneGC sets serveGCPercent unless GOGC is set.
+func tuneGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(serveGCPercent)
+	}
 }
 
 // startCPUProfile profiles the process into path until the returned stop
