@@ -8,6 +8,7 @@ import (
 	"net/mail"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-message/charset"
@@ -35,6 +36,11 @@ type prepared struct {
 	subject    string   // the Subject: header, RFC 2047 words decoded
 }
 
+// headerReaders are the readers prepareHeader parses headers with: a new
+// one was a 4 KiB buffer per message, and textproto.ReadHeader copies what
+// it keeps out of it.
+var headerReaders = sync.Pool{New: func() any { return bufio.NewReader(nil) }}
+
 // prepareHeader turns a message's header block as received (line ends
 // already CRLF) into the stored form: parsed losslessly (textproto keeps
 // every field's raw bytes), X-MSYS-API parsed and removed, Message-ID: and
@@ -42,7 +48,11 @@ type prepared struct {
 // More than maxReceived Received: fields is a mail loop. The body is not
 // touched: the caller puts the new header in front of it.
 func prepareHeader(hdr []byte, tr traceInfo, maxReceived int) (*prepared, error) {
-	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(hdr)))
+	br := headerReaders.Get().(*bufio.Reader)
+	br.Reset(bytes.NewReader(hdr))
+	h, err := textproto.ReadHeader(br)
+	br.Reset(nil)
+	headerReaders.Put(br)
 	if err != nil {
 		return nil, fmt.Errorf("read message header: %w: %w", ErrMalformedMessage, err)
 	}
