@@ -13,32 +13,39 @@ import (
 )
 
 // BenchmarkRelay measures relay throughput: b.N queued 10 KiB messages,
-// one recipient each, delivered to a local go-smtp sink. Run with
+// one recipient each, delivered to a local go-smtp sink, as BDAT (the sink
+// offers CHUNKING) and as DATA (it does not). Run with
 // go test -bench Relay -run '^$' ./relay/.
 func BenchmarkRelay(b *testing.B) {
 	for _, kind := range storetest.Backends {
-		b.Run(kind, func(b *testing.B) {
-			st := storetest.Open(b, kind)
-			tg := newTarget(b, targetOpts{})
-			body := testBody("s@src.test", "bench") + strings.Repeat(strings.Repeat("x", 78)+"\r\n", 10240/80)
-			enqueueMany(b, st, b.N, body)
-			cfg := smarthostConfig(b, tg)
-			cfg.Workers = 32
-			cfg.Logger = slog.New(slog.DiscardHandler)
-			r, err := New(cfg, st, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.ResetTimer()
-			if err := r.Start(context.Background()); err != nil {
-				b.Fatal(err)
-			}
-			tg.waitFor(b, fmt.Sprintf("%d messages", b.N), func(g []received) bool { return len(g) >= b.N })
-			b.StopTimer()
-			r.Stop()
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
-		})
+		for _, transfer := range []string{"bdat", "data"} {
+			b.Run(kind+"/"+transfer, func(b *testing.B) {
+				benchRelay(b, kind, transfer == "data")
+			})
+		}
 	}
+}
+
+func benchRelay(b *testing.B, kind string, noChunking bool) {
+	st := storetest.Open(b, kind)
+	tg := newTarget(b, targetOpts{noChunking: noChunking})
+	body := testBody("s@src.test", "bench") + strings.Repeat(strings.Repeat("x", 78)+"\r\n", 10240/80)
+	enqueueMany(b, st, b.N, body)
+	cfg := smarthostConfig(b, tg)
+	cfg.Workers = 32
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	r, err := New(cfg, st, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	if err := r.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	tg.waitFor(b, fmt.Sprintf("%d messages", b.N), func(g []received) bool { return len(g) >= b.N })
+	b.StopTimer()
+	r.Stop()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
 
 // enqueueMany queues n messages concurrently (so group commit batches them).

@@ -278,7 +278,7 @@ func (r *Relay) dialTLS(ctx context.Context, rt route, mode string) (_ *conn, er
 		return nil, fmt.Errorf("EHLO: %w", err)
 	}
 	c := &conn{client: client, nc: nc, host: rt.host, local: localIP(raw), ext: make(map[string]bool)}
-	for _, ext := range []string{"SMTPUTF8", "DSN", "8BITMIME", "SIZE", "PIPELINING", "AUTH"} {
+	for _, ext := range []string{"SMTPUTF8", "DSN", "8BITMIME", "SIZE", "PIPELINING", "CHUNKING", "AUTH"} {
 		if ok, _ := client.Extension(ext); ok {
 			c.ext[ext] = true
 		}

@@ -361,13 +361,19 @@ func (c *conn) refused(err error) result {
 // transaction on the connection; done means transact returns tr.
 func (r *Relay) transactPipelined(ctx context.Context, c *conn, from string, opts *smtp.MailOptions, j *job,
 	pending []int, group []*store.Claimed, body []byte, res []result, setAll func(state, reply string)) (next []int, tr txResult, done bool) {
-	rep, err := r.pipeline(c, from, opts, group)
+	chunk := canChunk(c, body)
+	rep, err := r.pipeline(c, from, opts, group, body, chunk)
 	if err != nil {
-		// The connection broke before any body was sent: nothing was
-		// delivered, and a fresh connection may do (an idle one the
-		// server had closed, as for go-smtp's MAIL below).
+		// The connection broke before the group's last reply. With DATA
+		// no body was sent: nothing was delivered, and a fresh connection
+		// may do (an idle one the server had closed, as for go-smtp's
+		// MAIL below). With BDAT the body was sent: only if not even
+		// MAIL was answered is a fresh connection tried at once; else, as
+		// after a DATA whose final reply was lost, the recipients wait
+		// for their retry.
 		setAll(classify(err))
-		return nil, txResult{retryFresh: ctx.Err() == nil && len(pending) == len(j.rcpts)}, true
+		fresh := ctx.Err() == nil && len(pending) == len(j.rcpts) && !(chunk && rep.answered)
+		return nil, txResult{retryFresh: fresh}, true
 	}
 	if rep.mail != nil {
 		setAll(classify(rep.mail))
@@ -404,7 +410,7 @@ func (r *Relay) transactPipelined(ctx context.Context, c *conn, from string, opt
 		next = nil
 	}
 	if accepted == 0 {
-		if rep.data == nil {
+		if rep.data == nil && !chunk {
 			// DATA accepted with no recipient: end it empty.
 			if err := r.endEmptyData(c); err != nil {
 				return nil, txResult{}, true
@@ -417,10 +423,12 @@ func (r *Relay) transactPipelined(ctx context.Context, c *conn, from string, opt
 		setAll(classify(rep.data))
 		return nil, txResult{reusable: !closing(rep.data) && c.client.Reset() == nil}, true
 	}
-	reply, err := r.sendBody(c, body)
-	if err != nil {
-		setAll(classify(err))
-		return nil, txResult{reusable: !closing(err)}, true
+	reply := rep.final
+	if !chunk {
+		if reply, err = r.sendBody(c, body); err != nil {
+			setAll(classify(err))
+			return nil, txResult{reusable: !closing(err)}, true
+		}
 	}
 	for i := range res {
 		if res[i].state == "accepted" {

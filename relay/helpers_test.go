@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -53,6 +54,9 @@ type targetOpts struct {
 	// maxRcpts is the server's recipient limit per transaction (go-smtp
 	// answers 452 4.5.3 past it); 0: none.
 	maxRcpts int
+	// noChunking keeps CHUNKING out of the EHLO reply (go-smtp always
+	// offers it), so that clients send DATA.
+	noChunking bool
 }
 
 // target is a go-smtp server standing in for a smarthost or an MX; it
@@ -67,6 +71,46 @@ type target struct {
 	rcpts map[string]int
 	datas int
 	conns int
+	// Commands seen on plain connections (sniffConn): BDAT and DATA.
+	bdatCmds, dataCmds int
+}
+
+// sniffListener gives a target's connections a sniffConn.
+type sniffListener struct {
+	net.Listener
+	tg *target
+}
+
+func (l sniffListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &sniffConn{Conn: c, tg: l.tg}, nil
+}
+
+// sniffConn counts the BDAT and DATA commands a client sends (on a plain
+// connection; a TLS one shows only ciphertext) and, for noChunking,
+// renames CHUNKING in what the server writes.
+type sniffConn struct {
+	net.Conn
+	tg *target
+}
+
+func (c *sniffConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.tg.mu.Lock()
+	c.tg.bdatCmds += bytes.Count(p[:n], []byte("BDAT "))
+	c.tg.dataCmds += bytes.Count(p[:n], []byte("DATA\r\n"))
+	c.tg.mu.Unlock()
+	return n, err
+}
+
+func (c *sniffConn) Write(p []byte) (int, error) {
+	if c.tg.opts.noChunking {
+		p = bytes.ReplaceAll(p, []byte("CHUNKING"), []byte("XHUNKING"))
+	}
+	return c.Conn.Write(p)
 }
 
 func newTarget(t testing.TB, opts targetOpts) *target {
@@ -92,14 +136,13 @@ func newTarget(t testing.TB, opts targetOpts) *target {
 		addr = "127.0.0.1:0"
 	}
 	var l net.Listener
-	var err error
-	if opts.implicitTLS {
-		l, err = tls.Listen("tcp", addr, opts.tlsConfig)
-	} else {
-		l, err = net.Listen("tcp", addr)
-	}
+	raw, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("target listen: %v", err)
+	}
+	l = sniffListener{Listener: raw, tg: tg}
+	if opts.implicitTLS {
+		l = tls.NewListener(l, opts.tlsConfig)
 	}
 	tg.srv = srv
 	tg.addr = l.Addr().String()

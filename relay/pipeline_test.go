@@ -65,62 +65,126 @@ func TestToSMTPError(t *testing.T) {
 
 // TestPipelinedRefusalsKeepTheConnection: refusals inside pipelined groups
 // (a MAIL, every RCPT, one RCPT of two) leave the connection in step: the
-// next transactions on it succeed, and each recipient gets its own answer.
+// next transactions on it succeed, and each recipient gets its own answer;
+// with the message sent as BDAT (CHUNKING offered) and with DATA.
 func TestPipelinedRefusalsKeepTheConnection(t *testing.T) {
 	t.Parallel()
-	tg := newTarget(t, targetOpts{
-		mail: func(n int) error {
-			if n == 0 {
-				return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "not now")
-			}
-			return nil
-		},
-		rcpt: func(to string, n int) error {
-			if strings.HasPrefix(to, "bad") {
-				return smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such user")
-			}
-			return nil
-		},
-	})
-	st := storetest.Open(t, "sqlite")
-	cfg := smarthostConfig(t, tg)
-	cfg.Workers, cfg.SmarthostConcurrency = 1, 1 // one connection, in order
-	startRelay(t, cfg, st)
+	for _, chunking := range []bool{true, false} {
+		t.Run(map[bool]string{true: "bdat", false: "data"}[chunking], func(t *testing.T) {
+			t.Parallel()
+			tg := newTarget(t, targetOpts{
+				noChunking: !chunking,
+				mail: func(n int) error {
+					if n == 0 {
+						return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "not now")
+					}
+					return nil
+				},
+				rcpt: func(to string, n int) error {
+					if strings.HasPrefix(to, "bad") {
+						return smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such user")
+					}
+					return nil
+				},
+			})
+			st := storetest.Open(t, "sqlite")
+			cfg := smarthostConfig(t, tg)
+			cfg.Workers, cfg.SmarthostConcurrency = 1, 1 // one connection, in order
+			startRelay(t, cfg, st)
 
-	a := enqueue(t, st, "s@src.test", []string{"a@dest.test"}, testBody("s@src.test", "first"))
-	fa := waitFinal(t, st, a.ID) // MAIL refused once, then retried
-	b := enqueue(t, st, "s@src.test", []string{"bad1@dest.test", "bad2@dest.test"}, testBody("s@src.test", "all-bad"))
-	fb := waitFinal(t, st, b.ID)
-	c := enqueue(t, st, "s@src.test", []string{"bad3@dest.test", "c@dest.test"}, testBody("s@src.test", "mixed"))
-	fc := waitFinal(t, st, c.ID)
+			a := enqueue(t, st, "s@src.test", []string{"a@dest.test"}, testBody("s@src.test", "first"))
+			fa := waitFinal(t, st, a.ID) // MAIL refused once, then retried
+			b := enqueue(t, st, "s@src.test", []string{"bad1@dest.test", "bad2@dest.test"}, testBody("s@src.test", "all-bad"))
+			fb := waitFinal(t, st, b.ID)
+			c := enqueue(t, st, "s@src.test", []string{"bad3@dest.test", "c@dest.test"}, testBody("s@src.test", "mixed"))
+			fc := waitFinal(t, st, c.ID)
 
-	if s, reply := rcptState(t, fa, "a@dest.test"); s != store.StateDelivered {
-		t.Errorf("a: %s (%s), want delivered after the refused MAIL", s, reply)
+			if s, reply := rcptState(t, fa, "a@dest.test"); s != store.StateDelivered {
+				t.Errorf("a: %s (%s), want delivered after the refused MAIL", s, reply)
+			}
+			for _, addr := range []string{"bad1@dest.test", "bad2@dest.test"} {
+				if s, reply := rcptState(t, fb, addr); s != store.StateBounced || !strings.HasPrefix(reply, "550 5.1.1") {
+					t.Errorf("%s: %s (%s), want bounced with the 550", addr, s, reply)
+				}
+			}
+			if s, reply := rcptState(t, fc, "bad3@dest.test"); s != store.StateBounced {
+				t.Errorf("bad3: %s (%s), want bounced", s, reply)
+			}
+			if s, reply := rcptState(t, fc, "c@dest.test"); s != store.StateDelivered {
+				t.Errorf("c: %s (%s), want delivered", s, reply)
+			}
+			var tos []string // of the messages relayed, DSNs (from <>) aside
+			for _, m := range tg.messages() {
+				if m.from != "" {
+					tos = append(tos, strings.Join(m.to, ","))
+				}
+			}
+			if strings.Join(tos, " ") != "a@dest.test c@dest.test" {
+				t.Errorf("the server took messages to %q, want first (to a) and mixed (to c only)", tos)
+			}
+			tg.mu.Lock()
+			conns := tg.conns
+			tg.mu.Unlock()
+			if conns != 1 {
+				t.Errorf("%d connections, want 1: a refusal inside a pipelined group must not spoil the connection", conns)
+			}
+		})
 	}
-	for _, addr := range []string{"bad1@dest.test", "bad2@dest.test"} {
-		if s, reply := rcptState(t, fb, addr); s != store.StateBounced || !strings.HasPrefix(reply, "550 5.1.1") {
-			t.Errorf("%s: %s (%s), want bounced with the 550", addr, s, reply)
-		}
-	}
-	if s, reply := rcptState(t, fc, "bad3@dest.test"); s != store.StateBounced {
-		t.Errorf("bad3: %s (%s), want bounced", s, reply)
-	}
-	if s, reply := rcptState(t, fc, "c@dest.test"); s != store.StateDelivered {
-		t.Errorf("c: %s (%s), want delivered", s, reply)
-	}
-	var tos []string // of the messages relayed, DSNs (from <>) aside
-	for _, m := range tg.messages() {
-		if m.from != "" {
-			tos = append(tos, strings.Join(m.to, ","))
-		}
-	}
-	if strings.Join(tos, " ") != "a@dest.test c@dest.test" {
-		t.Errorf("the server took messages to %q, want first (to a) and mixed (to c only)", tos)
-	}
-	tg.mu.Lock()
-	conns := tg.conns
-	tg.mu.Unlock()
-	if conns != 1 {
-		t.Errorf("%d connections, want 1: a refusal inside a pipelined group must not spoil the connection", conns)
+}
+
+// TestRelayChunking: to a server that offers CHUNKING the message goes as
+// one BDAT LAST chunk, byte for byte (leading dots are not stuffed); to one
+// that does not, as DATA, dot-stuffed, and received the same. A refused
+// transfer is that message's answer and leaves the connection in step for
+// the next one.
+func TestRelayChunking(t *testing.T) {
+	t.Parallel()
+	for _, chunking := range []bool{true, false} {
+		t.Run(map[bool]string{true: "bdat", false: "data"}[chunking], func(t *testing.T) {
+			t.Parallel()
+			tg := newTarget(t, targetOpts{
+				noChunking: !chunking,
+				data: func(n int) error {
+					if n == 0 {
+						return smtpErr(554, smtp.EnhancedCode{5, 6, 0}, "content refused")
+					}
+					return nil
+				},
+			})
+			st := storetest.Open(t, "sqlite")
+			cfg := smarthostConfig(t, tg)
+			cfg.Workers, cfg.SmarthostConcurrency = 1, 1 // one connection, in order
+			startRelay(t, cfg, st)
+
+			refused := enqueue(t, st, "s@src.test", []string{"a@dest.test"}, testBody("s@src.test", "refused"))
+			fr := waitFinal(t, st, refused.ID)
+			if s, reply := rcptState(t, fr, "a@dest.test"); s != store.StateBounced || !strings.HasPrefix(reply, "554 5.6.0") {
+				t.Errorf("refused: %s (%s), want bounced with the 554", s, reply)
+			}
+			body := testBody("s@src.test", "dots") + ".\r\n..two\r\n.three.\r\nlast line\r\n"
+			m := enqueue(t, st, "s@src.test", []string{"b@dest.test"}, body)
+			if s, reply := rcptState(t, waitFinal(t, st, m.ID), "b@dest.test"); s != store.StateDelivered {
+				t.Fatalf("dots: %s (%s), want delivered", s, reply)
+			}
+			var got []byte
+			for _, r := range tg.messages() {
+				if r.from == "s@src.test" {
+					got = r.data
+				}
+			}
+			if string(got) != body {
+				t.Errorf("the server received\n%q\nwant\n%q", got, body)
+			}
+			tg.mu.Lock()
+			bdats, datas, conns := tg.bdatCmds, tg.dataCmds, tg.conns
+			tg.mu.Unlock()
+			// DSNs for the refused message go the same way.
+			if chunking && (bdats < 2 || datas != 0) || !chunking && (bdats != 0 || datas < 2) {
+				t.Errorf("%d BDAT and %d DATA commands; CHUNKING offered: %v", bdats, datas, chunking)
+			}
+			if conns != 1 {
+				t.Errorf("%d connections, want 1", conns)
+			}
+		})
 	}
 }
