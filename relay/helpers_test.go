@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/store"
 )
 
@@ -150,6 +151,24 @@ func newTarget(t testing.TB, opts targetOpts) *target {
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return tg
+}
+
+// connCount returns how many connections the target has taken.
+func (tg *target) connCount() int {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	return tg.conns
+}
+
+// relayInOrder starts a relay to tg over one connection (one worker), so
+// messages go in the order they are queued, and returns its store.
+func relayInOrder(t testing.TB, tg *target) store.Store {
+	t.Helper()
+	st := storetest.Open(t, "sqlite")
+	cfg := smarthostConfig(t, tg)
+	cfg.Workers, cfg.SmarthostConcurrency = 1, 1
+	startRelay(t, cfg, st)
+	return st
 }
 
 // messages returns a copy of what was received so far.

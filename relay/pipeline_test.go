@@ -7,7 +7,6 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/store"
 )
 
@@ -87,10 +86,7 @@ func TestPipelinedRefusalsKeepTheConnection(t *testing.T) {
 					return nil
 				},
 			})
-			st := storetest.Open(t, "sqlite")
-			cfg := smarthostConfig(t, tg)
-			cfg.Workers, cfg.SmarthostConcurrency = 1, 1 // one connection, in order
-			startRelay(t, cfg, st)
+			st := relayInOrder(t, tg)
 
 			a := enqueue(t, st, "s@src.test", []string{"a@dest.test"}, testBody("s@src.test", "first"))
 			fa := waitFinal(t, st, a.ID) // MAIL refused once, then retried
@@ -122,10 +118,7 @@ func TestPipelinedRefusalsKeepTheConnection(t *testing.T) {
 			if strings.Join(tos, " ") != "a@dest.test c@dest.test" {
 				t.Errorf("the server took messages to %q, want first (to a) and mixed (to c only)", tos)
 			}
-			tg.mu.Lock()
-			conns := tg.conns
-			tg.mu.Unlock()
-			if conns != 1 {
+			if conns := tg.connCount(); conns != 1 {
 				t.Errorf("%d connections, want 1: a refusal inside a pipelined group must not spoil the connection", conns)
 			}
 		})
@@ -151,10 +144,7 @@ func TestRelayChunking(t *testing.T) {
 					return nil
 				},
 			})
-			st := storetest.Open(t, "sqlite")
-			cfg := smarthostConfig(t, tg)
-			cfg.Workers, cfg.SmarthostConcurrency = 1, 1 // one connection, in order
-			startRelay(t, cfg, st)
+			st := relayInOrder(t, tg)
 
 			refused := enqueue(t, st, "s@src.test", []string{"a@dest.test"}, testBody("s@src.test", "refused"))
 			fr := waitFinal(t, st, refused.ID)
@@ -176,13 +166,13 @@ func TestRelayChunking(t *testing.T) {
 				t.Errorf("the server received\n%q\nwant\n%q", got, body)
 			}
 			tg.mu.Lock()
-			bdats, datas, conns := tg.bdatCmds, tg.dataCmds, tg.conns
+			bdats, datas := tg.bdatCmds, tg.dataCmds
 			tg.mu.Unlock()
 			// DSNs for the refused message go the same way.
 			if chunking && (bdats < 2 || datas != 0) || !chunking && (bdats != 0 || datas < 2) {
 				t.Errorf("%d BDAT and %d DATA commands; CHUNKING offered: %v", bdats, datas, chunking)
 			}
-			if conns != 1 {
+			if conns := tg.connCount(); conns != 1 {
 				t.Errorf("%d connections, want 1", conns)
 			}
 		})

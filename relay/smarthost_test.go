@@ -150,10 +150,7 @@ func TestSmarthostConcurrencyAndReuse(t *testing.T) {
 	if p := peak.Load(); p != 1 {
 		t.Errorf("peak parallel transactions %d, want 1 with SmarthostConcurrency=1", p)
 	}
-	tg.mu.Lock()
-	conns := tg.conns
-	tg.mu.Unlock()
-	if conns >= n {
+	if conns := tg.connCount(); conns >= n {
 		t.Errorf("%d connections for %d messages: connections are not reused", conns, n)
 	}
 	if got := len(tg.messages()); got != n {
@@ -299,10 +296,7 @@ func TestReusedConnectionClosedByServer(t *testing.T) {
 	if ev := eventTypes(t, st, b.ID, "b@dest.test"); strings.Join(ev, ",") != "injection,delivery" {
 		t.Errorf("events %v: the 421 on a reused connection should be retried at once on a new one", ev)
 	}
-	tg.mu.Lock()
-	conns := tg.conns
-	tg.mu.Unlock()
-	if conns != 2 || closed.Load() != 1 {
+	if conns := tg.connCount(); conns != 2 || closed.Load() != 1 {
 		t.Errorf("%d connections and %d 421 replies, want 2 and 1 (reuse, 421, a fresh connection)", conns, closed.Load())
 	}
 }

@@ -47,10 +47,7 @@ func TestOneMessageFewestTransactions(t *testing.T) {
 				if fmt.Sprint(sizes) != fmt.Sprint(want) {
 					t.Errorf("transactions of %v recipients, want %v", sizes, want)
 				}
-				tg.mu.Lock()
-				conns := tg.conns
-				tg.mu.Unlock()
-				if conns != 1 {
+				if conns := tg.connCount(); conns != 1 {
 					t.Errorf("%d connections, want 1", conns)
 				}
 			})
