@@ -274,6 +274,9 @@ type Relay struct {
 	ConnectTimeout Duration `toml:"connect_timeout"`
 	// CommandTimeout bounds each SMTP command to an upstream server.
 	CommandTimeout Duration `toml:"command_timeout"`
+	// DisableChunking sends every message with DATA, even to servers that
+	// offer CHUNKING (BDAT): for a next hop whose CHUNKING is broken.
+	DisableChunking bool `toml:"disable_chunking"`
 }
 
 // Webhooks is the [webhooks] section (package webhooks).

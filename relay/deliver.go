@@ -361,7 +361,7 @@ func (c *conn) refused(err error) result {
 // transaction on the connection; done means transact returns tr.
 func (r *Relay) transactPipelined(ctx context.Context, c *conn, from string, opts *smtp.MailOptions, j *job,
 	pending []int, group []*store.Claimed, body []byte, res []result, setAll func(state, reply string)) (next []int, tr txResult, done bool) {
-	chunk := canChunk(c, body)
+	chunk := !r.conf().DisableChunking && canChunk(c, body)
 	rep, err := r.pipeline(c, from, opts, group, body, chunk)
 	if err != nil {
 		// The connection broke before the group's last reply. With DATA

@@ -161,12 +161,16 @@ func (tg *target) connCount() int {
 }
 
 // relayInOrder starts a relay to tg over one connection (one worker), so
-// messages go in the order they are queued, and returns its store.
-func relayInOrder(t testing.TB, tg *target) store.Store {
+// messages go in the order they are queued, and returns its store. Each
+// tune, if any, adjusts the relay's configuration first.
+func relayInOrder(t testing.TB, tg *target, tune ...func(*Config)) store.Store {
 	t.Helper()
 	st := storetest.Open(t, "sqlite")
 	cfg := smarthostConfig(t, tg)
 	cfg.Workers, cfg.SmarthostConcurrency = 1, 1
+	for _, f := range tune {
+		f(&cfg)
+	}
 	startRelay(t, cfg, st)
 	return st
 }

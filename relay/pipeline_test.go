@@ -127,16 +127,17 @@ func TestPipelinedRefusalsKeepTheConnection(t *testing.T) {
 
 // TestRelayChunking: to a server that offers CHUNKING the message goes as
 // one BDAT LAST chunk, byte for byte (leading dots are not stuffed); to one
-// that does not, as DATA, dot-stuffed, and received the same. A refused
-// transfer is that message's answer and leaves the connection in step for
-// the next one.
+// that does not, or with relay.disable_chunking, as DATA, dot-stuffed, and
+// received the same. A refused transfer is that message's answer and
+// leaves the connection in step for the next one.
 func TestRelayChunking(t *testing.T) {
 	t.Parallel()
-	for _, chunking := range []bool{true, false} {
-		t.Run(map[bool]string{true: "bdat", false: "data"}[chunking], func(t *testing.T) {
+	for _, mode := range []string{"bdat", "data", "disabled"} {
+		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
+			chunking := mode == "bdat"
 			tg := newTarget(t, targetOpts{
-				noChunking: !chunking,
+				noChunking: mode == "data",
 				data: func(n int) error {
 					if n == 0 {
 						return smtpErr(554, smtp.EnhancedCode{5, 6, 0}, "content refused")
@@ -144,7 +145,7 @@ func TestRelayChunking(t *testing.T) {
 					return nil
 				},
 			})
-			st := relayInOrder(t, tg)
+			st := relayInOrder(t, tg, func(c *Config) { c.DisableChunking = mode == "disabled" })
 
 			refused := enqueue(t, st, "s@src.test", []string{"a@dest.test"}, testBody("s@src.test", "refused"))
 			fr := waitFinal(t, st, refused.ID)

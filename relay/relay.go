@@ -248,6 +248,9 @@ type Config struct {
 	// smarthost mode, where all mail shares that one destination, chosen
 	// by the operator; 0 means Workers.
 	SmarthostConcurrency int
+	// DisableChunking sends DATA to every server, even those that offer
+	// CHUNKING (see canChunk).
+	DisableChunking bool
 	// RetryInitial is the first retry delay; it doubles per attempt.
 	RetryInitial time.Duration
 	// RetryMax caps the retry delay.

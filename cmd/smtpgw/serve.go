@@ -315,6 +315,7 @@ func relayConfig(cfg *config.Config, log *slog.Logger) relay.Config {
 		Lease:                       r.Lease.Duration,
 		ConnectTimeout:              r.ConnectTimeout.Duration,
 		CommandTimeout:              r.CommandTimeout.Duration,
+		DisableChunking:             r.DisableChunking,
 		DNSResolver:                 r.DNSResolver,
 		MXPort:                      r.MXPort,
 		EventRetention:              cfg.Events.Retention.Duration,
