@@ -42,12 +42,20 @@ type pipeReplies struct {
 	answered bool   // MAIL's reply was read (the server took the group)
 }
 
+// chunkMax is the largest body sent as BDAT in the pipelined group. The
+// body goes before any reply is read, so if the server refuses MAIL or
+// every RCPT it is sent (and discarded) for nothing; a larger one waits
+// for DATA's 354 instead, where one round trip more matters less than its
+// transfer.
+const chunkMax = 1 << 20
+
 // canChunk reports whether the message body can go to c as one BDAT LAST
 // chunk in the pipelined group: c offers CHUNKING (and PIPELINING, for the
-// group), and the body's line ends are all CRLF (a chunk goes as it is;
-// anything else goes through DATA's dot-stuffing writer, which mends it).
+// group), the body is at most chunkMax, and its line ends are all CRLF (a
+// chunk goes as it is; anything else goes through DATA's dot-stuffing
+// writer, which mends it).
 func canChunk(c *conn, body []byte) bool {
-	return c.has("CHUNKING") && crlfOnly(body)
+	return c.has("CHUNKING") && len(body) <= chunkMax && crlfOnly(body)
 }
 
 // canPipeline reports whether the group of rcpts can go pipelined on c:

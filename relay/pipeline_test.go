@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"net/textproto"
 	"strings"
 	"testing"
@@ -177,5 +178,31 @@ func TestRelayChunking(t *testing.T) {
 				t.Errorf("%d connections, want 1", conns)
 			}
 		})
+	}
+}
+
+// TestCanChunk: a body goes as BDAT only to a server offering CHUNKING,
+// up to chunkMax, and with CRLF line ends only.
+func TestCanChunk(t *testing.T) {
+	chunking := &conn{ext: map[string]bool{"PIPELINING": true, "CHUNKING": true}}
+	plain := &conn{ext: map[string]bool{"PIPELINING": true}}
+	line := []byte("a line of the message\r\n")
+	big := bytes.Repeat(line, chunkMax/len(line)+1)
+	for _, tc := range []struct {
+		name string
+		c    *conn
+		body []byte
+		want bool
+	}{
+		{"small", chunking, line, true},
+		{"empty", chunking, nil, true},
+		{"at the limit", chunking, big[:chunkMax-chunkMax%len(line)], true},
+		{"over the limit", chunking, big, false},
+		{"bare LF", chunking, []byte("a\nb\r\n"), false},
+		{"no CHUNKING", plain, line, false},
+	} {
+		if got := canChunk(tc.c, tc.body); got != tc.want {
+			t.Errorf("%s: canChunk %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
