@@ -482,8 +482,8 @@ func isPrivateListener(addr net.Addr) bool {
 // 100 collects often while little of it survives: at 200 the gateway spent
 // 10-17 % less CPU per message on PostgreSQL under smtpgw bench (pgx
 // builds each batch in freshly grown buffers), no measurable difference on
-// SQLite, for 8-13 MB more resident memory (docs/benchmarks.md). GOGC in the environment wins, as for any Go
-// program.
+// SQLite, for 8-13 MB more resident memory (docs/benchmarks.md). GOGC in
+// the environment wins, as for any Go program.
 const serveGCPercent = 200
 
 // tuneGC sets serveGCPercent unless GOGC is set.
