@@ -436,7 +436,7 @@ func (s *session) Data(r io.Reader) error {
 	// Group commit may wait a little for this message (store.Arriving).
 	arrived := s.srv.st.Arriving()
 	defer arrived()
-	m, err := s.data(r, id, arrived)
+	m, err := s.data(fastData(r), id, arrived)
 	if err == nil {
 		// Stored: the quota taken at MAIL is used for good.
 		s.mu.Lock()

@@ -1,0 +1,226 @@
+package smtpd
+
+import (
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// dataProbe is a bare go-smtp server whose sessions read DATA with given
+// buffer sizes, through go-smtp's reader or through fastData, and report
+// every Read.
+type dataProbe struct {
+	fast  bool
+	sizes []int // buffer sizes of successive reads, the last repeating
+	reads chan string
+	typ   chan string // the type fastData returned
+}
+
+func (p *dataProbe) NewSession(*smtp.Conn) (smtp.Session, error) { return probeSession{p}, nil }
+
+type probeSession struct{ p *dataProbe }
+
+func (probeSession) Reset()                               {}
+func (probeSession) Logout() error                        { return nil }
+func (probeSession) Mail(string, *smtp.MailOptions) error { return nil }
+func (probeSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (s probeSession) Data(r io.Reader) error             { return s.p.data(r) }
+
+func (p *dataProbe) data(r io.Reader) error {
+	if p.fast {
+		r = fastData(r)
+	}
+	if p.typ != nil {
+		p.typ <- fmt.Sprintf("%T", r)
+	}
+	var log strings.Builder
+	defer func() { p.reads <- log.String() }()
+	for i := 0; ; i++ {
+		buf := make([]byte, p.sizes[min(i, len(p.sizes)-1)])
+		n, err := r.Read(buf)
+		fmt.Fprintf(&log, "%q %v\n", buf[:n], err)
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// pipeListener hands go-smtp the server ends of net.Pipe connections:
+// unlike a socket, a pipe loses nothing a closing server had not read,
+// so a transcript is the same every time.
+type pipeListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error   { l.once.Do(func() { close(l.done) }); return nil }
+func (l *pipeListener) Addr() net.Addr { return &net.UnixAddr{Name: "pipe", Net: "pipe"} }
+
+// startProbe serves p with the given message limit.
+func startProbe(t testing.TB, p *dataProbe, maxBytes int64) *pipeListener {
+	t.Helper()
+	srv := smtp.NewServer(p)
+	srv.Domain = "probe.test"
+	srv.MaxMessageBytes = maxBytes
+	srv.MaxLineLength = 0
+	l := &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return l
+}
+
+// probeTranscript sends one message whose DATA section is data (followed
+// by an end that always ends it, a NOOP and QUIT), writing chunk bytes at
+// a time, and returns the server's replies and the session's reads.
+func probeTranscript(t testing.TB, l *pipeListener, p *dataProbe, data []byte, chunk int) string {
+	t.Helper()
+	c, s := net.Pipe()
+	defer func() { _ = c.Close() }()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	l.conns <- s
+	// Whatever state data leaves the machine in, "\r\n\r\n.\r\n" ends
+	// it. All is sent at once, as a pipelining client may: the bytes after
+	// the end are the next commands.
+	msg := "EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n" +
+		string(data) + "\r\n\r\n.\r\nNOOP\r\nQUIT\r\n"
+	go func() {
+		for b := []byte(msg); len(b) > 0; {
+			n := min(chunk, len(b))
+			if _, err := c.Write(b[:n]); err != nil {
+				return // the server hung up early: its replies say why
+			}
+			b = b[n:]
+		}
+	}()
+	replies, err := io.ReadAll(c) // until the server closes
+	if err != nil {
+		t.Fatalf("reading the replies: %v (so far %q)", err, replies)
+	}
+	out := string(replies)
+	// Data reports before go-smtp replies: every Data call is in.
+	for {
+		select {
+		case r := <-p.reads:
+			out += "reads:\n" + r
+		default:
+			return out
+		}
+	}
+}
+
+// compareData checks that fastData reads data exactly as go-smtp's reader
+// does: the same reads, the same replies, the same next command.
+func compareData(t *testing.T, data []byte, sizes []int, chunk int, maxBytes int64) {
+	t.Helper()
+	slow := &dataProbe{sizes: sizes, reads: make(chan string, 64)}
+	fast := &dataProbe{fast: true, sizes: sizes, reads: make(chan string, 64)}
+	want := probeTranscript(t, startProbe(t, slow, maxBytes), slow, data, chunk)
+	got := probeTranscript(t, startProbe(t, fast, maxBytes), fast, data, chunk)
+	if got != want {
+		t.Fatalf("data %q, read sizes %v, written %d bytes at a time, limit %d:\ngo-smtp:\n%s\nfastData:\n%s",
+			data, sizes, chunk, maxBytes, want, got)
+	}
+}
+
+// TestFastDataLayout fails when go-smtp's DATA reader is no longer the
+// one fastData was written for (after an upgrade): then every message is
+// read a byte per call again. Re-check data.go against datareader.go.
+func TestFastDataLayout(t *testing.T) {
+	p := &dataProbe{fast: true, sizes: []int{4096}, reads: make(chan string, 64), typ: make(chan string, 1)}
+	tr := probeTranscript(t, startProbe(t, p, 0), p, []byte("Subject: x\r\n\r\nhello"), 1<<20)
+	if typ := <-p.typ; typ != "*smtpd.fastDataReader" {
+		t.Fatalf("fastData gave %s for go-smtp's DATA reader: its layout changed (see smtpd/datareader.go)", typ)
+	}
+	if !strings.Contains(tr, `"Subject: x\r\n\r\nhello\r\n\r\n" EOF`) || !strings.Contains(tr, "250 2.0.0 OK") {
+		t.Fatalf("transcript:\n%s", tr)
+	}
+	// Any other reader (BDAT's, say) is left alone.
+	sr := strings.NewReader("x")
+	if got := fastData(sr); got != io.Reader(sr) {
+		t.Fatalf("fastData wrapped a %T", sr)
+	}
+}
+
+// TestFastDataSameAsGoSMTP runs the cases where dot-stuffing, line ends
+// and the end marker meet buffer and read boundaries through both
+// readers, with and without a size limit.
+func TestFastDataSameAsGoSMTP(t *testing.T) {
+	cases := []string{
+		"",
+		"plain\r\nlines\r\n",
+		"..leading dot\r\n.\r\n",       // stuffed dot, then the end in the middle
+		".\r\n",                        // the end at once
+		"a\r\n.\rb\r\n",                // ".\r" then not LF
+		"a\r\n.x\r\n",                  // a dot before text
+		"a\r\r\n.\r\n",                 // CR CR LF: not a line start
+		"a\n.\r\nb",                    // bare LF before the dot
+		"a\r\n..\r\n..\r\n.",           // lines of stuffed dots
+		"\r\n.\r\nMAIL FROM:<x@y>\r\n", // the end, then a command
+		strings.Repeat("x", 5000) + "\r\n." + strings.Repeat("y", 5000),
+		strings.Repeat("line of text\r\n", 2000),
+	}
+	sizes := [][]int{{1}, {2}, {3}, {7}, {4096}, {32 << 10}, {1, 5, 300, 2}}
+	for _, lim := range []int64{0, 10, 4097} {
+		for _, c := range cases {
+			for i, s := range sizes {
+				compareData(t, []byte(c), s, []int{1 << 20, 1, 3, 100, 4095}[i%5], lim)
+			}
+		}
+	}
+	// Random messages over the characters that matter.
+	rng := rand.New(rand.NewPCG(1, 2))
+	alphabet := []byte(".\r\nab")
+	for range 200 {
+		data := make([]byte, rng.IntN(9000))
+		for i := range data {
+			data[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		compareData(t, data, []int{1 + rng.IntN(5000)}, 1+rng.IntN(6000), []int64{0, 0, int64(rng.IntN(9000))}[rng.IntN(3)])
+	}
+}
+
+// FuzzFastData compares fastData with go-smtp's reader on any DATA.
+func FuzzFastData(f *testing.F) {
+	f.Add([]byte("a\r\n..b\r\n.\r\n"), uint16(3), uint16(7), uint16(0))
+	f.Add([]byte(".\r.\n\r\n."), uint16(1), uint16(1), uint16(5))
+	f.Fuzz(func(t *testing.T, data []byte, size, chunk, limit uint16) {
+		compareData(t, data, []int{1 + int(size)%8192}, 1+int(chunk), int64(limit))
+	})
+}
+
+// BenchmarkDataReader reads a 10 KiB message through go-smtp's reader and
+// through fastData.
+func BenchmarkDataReader(b *testing.B) {
+	line := strings.Repeat("x", 78) + "\r\n"
+	data := []byte(strings.Repeat(line, 10<<10/len(line)))
+	for _, fast := range []bool{false, true} {
+		b.Run(map[bool]string{false: "go-smtp", true: "fast"}[fast], func(b *testing.B) {
+			p := &dataProbe{fast: fast, sizes: []int{32 << 10}, reads: make(chan string, 64)}
+			addr := startProbe(b, p, 0)
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				probeTranscript(b, addr, p, data, 1<<20)
+			}
+		})
+	}
+}
