@@ -5,7 +5,7 @@ import (
 	"bytes"
 	"io"
 	"reflect"
-	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/emersion/go-smtp"
@@ -29,16 +29,17 @@ import (
 // before. TestFastDataLayout fails if an upgrade loses it.
 
 // goSMTPDataReader describes go-smtp's dataReader, as far as we use it:
-// the field offsets, found by name and type.
+// its type and the offsets of its fields, found by name and type.
 type goSMTPDataReader struct {
-	typ                          reflect.Type // *smtp.dataReader
-	offR, offState, offLim, offN uintptr
+	typ      reflect.Type // *smtp.dataReader
+	offR     uintptr      // r *bufio.Reader
+	offState uintptr      // state int
+	offLim   uintptr      // limited bool
+	offN     uintptr      // n int64
 }
 
-var (
-	dataLayoutOnce sync.Once
-	dataLayout     *goSMTPDataReader // nil: unknown layout, read as go-smtp does
-)
+// dataLayout caches the layout learnt from go-smtp's DATA reader.
+var dataLayout atomic.Pointer[goSMTPDataReader]
 
 // The states of go-smtp's machine, in its order (data.go).
 const (
@@ -92,14 +93,14 @@ func learnDataLayout(t reflect.Type) *goSMTPDataReader {
 // reader (BDAT's is already fast) or its layout is not the one known.
 func fastData(r io.Reader) io.Reader {
 	t := reflect.TypeOf(r)
-	dataLayoutOnce.Do(func() {
-		if l := learnDataLayout(t); l != nil {
-			dataLayout = l
+	l := dataLayout.Load()
+	if l == nil || l.typ != t {
+		// Not learnt yet, or another reader (BDAT's): learnDataLayout
+		// rejects anything else at its first checks.
+		if l = learnDataLayout(t); l == nil {
+			return r
 		}
-	})
-	l := dataLayout
-	if l == nil || t != l.typ {
-		return r
+		dataLayout.Store(l)
 	}
 	p := reflect.ValueOf(r).UnsafePointer()
 	f := &fastDataReader{

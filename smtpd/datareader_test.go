@@ -146,6 +146,13 @@ func compareData(t *testing.T, data []byte, sizes []int, chunk int, maxBytes int
 // one fastData was written for (after an upgrade): then every message is
 // read a byte per call again. Re-check data.go against datareader.go.
 func TestFastDataLayout(t *testing.T) {
+	// Another reader first (BDAT's, say) must not keep DATA's from being
+	// learnt: it is left alone.
+	dataLayout.Store(nil)
+	sr := strings.NewReader("x")
+	if got := fastData(sr); got != io.Reader(sr) {
+		t.Fatalf("fastData wrapped a %T", sr)
+	}
 	p := &dataProbe{fast: true, sizes: []int{4096}, reads: make(chan string, 64), typ: make(chan string, 1)}
 	tr := probeTranscript(t, startProbe(t, p, 0), p, []byte("Subject: x\r\n\r\nhello"), 1<<20)
 	if typ := <-p.typ; typ != "*smtpd.fastDataReader" {
@@ -154,10 +161,8 @@ func TestFastDataLayout(t *testing.T) {
 	if !strings.Contains(tr, `"Subject: x\r\n\r\nhello\r\n\r\n" EOF`) || !strings.Contains(tr, "250 2.0.0 OK") {
 		t.Fatalf("transcript:\n%s", tr)
 	}
-	// Any other reader (BDAT's, say) is left alone.
-	sr := strings.NewReader("x")
 	if got := fastData(sr); got != io.Reader(sr) {
-		t.Fatalf("fastData wrapped a %T", sr)
+		t.Fatalf("fastData wrapped a %T after a DATA reader", sr)
 	}
 }
 
