@@ -21,7 +21,10 @@
 # the relay keeps up: queue_peak (the most queued+deferred recipients seen
 # while injecting, sampled every 0.5 s from gateway 1's /metrics on a
 # loopback port, one curl each, so the gateway only pays a scrape) and
-# queue_end_of_injection (the same once the last 250 came back).
+# queue_end_of_injection (the same once the last 250 came back), and
+# steal_ms: CPU time the hypervisor gave other guests while the VM wanted it
+# (/proc/stat, from the first message until the queue is empty); latency
+# tails on a shared VM follow it.
 #
 # Settings: N, SIZE, S, TLS (starttls|none|"starttls none"), STORES
 # ("sqlite postgres"), GWS (gateway processes sharing the PostgreSQL
@@ -99,6 +102,9 @@ fi
 per() { # total count -> total/count with no decimals
   echo $(( $1 / ($2 > 0 ? $2 : 1) ))
 }
+steal_ms() { # CPU time the hypervisor took from this VM so far (/proc/stat), in ms
+  awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" {print int($9 * 1000 / hz)}' /proc/stat
+}
 rate() { # count nanoseconds -> msg/s
   echo $(( $1 * 1000000000 / ($2 > 0 ? $2 : 1) ))
 }
@@ -122,7 +128,7 @@ if [ "$POSTFIX" = 1 ]; then
   cg_run postfix postfix start >/dev/null 2>&1; pf_started=1
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/25) 2>/dev/null && break; sleep 0.1; done
   sleep 1
-  c0=$(cg_usec postfix); t0=$(date +%s%N)
+  c0=$(cg_usec postfix); t0=$(date +%s%N); s0=$(steal_ms)
   cg_new pfclient; k0=$(cg_usec pfclient)
   cg_run pfclient smtp-source -l "$SIZE" -m "$N" -s "$S" -f sender@a.test -t rcpt@b.test 127.0.0.1:25
   t1=$(date +%s%N); k1=$(cg_usec pfclient)
@@ -134,8 +140,8 @@ if [ "$POSTFIX" = 1 ]; then
     [ "$q" = 0 ] && break
     sleep 0.2
   done
-  t2=$(date +%s%N); c1=$(cg_usec postfix)
-  echo "postfix: inject_msgs_per_s=$(rate "$N" $((t1 - t0))) inject_relay_msgs_per_s=$(rate "$N" $((t2 - t0))) server_cpu_us_per_msg=$(per $((c1 - c0)) "$N") client_cpu_us_per_msg=$(per $((k1 - k0)) "$N") spool_peak_bytes_per_msg=$(per "$peak" "$N")"
+  t2=$(date +%s%N); c1=$(cg_usec postfix); s1=$(steal_ms)
+  echo "postfix: inject_msgs_per_s=$(rate "$N" $((t1 - t0))) inject_relay_msgs_per_s=$(rate "$N" $((t2 - t0))) server_cpu_us_per_msg=$(per $((c1 - c0)) "$N") client_cpu_us_per_msg=$(per $((k1 - k0)) "$N") spool_peak_bytes_per_msg=$(per "$peak" "$N") steal_ms=$((s1 - s0))"
   postfix stop >/dev/null 2>&1; pf_started=
 fi
 
@@ -197,7 +203,7 @@ TOML
   key=$("$gw" keys create --config "$dir/1/smtpgw.toml" --label bench --grant smtp/inject --json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["results"]["key"])')
   sleep 0.5
-  local c0=() c1=() pg0=0 pg1=0 t0 t1 t2 k0 k1
+  local c0=() c1=() pg0=0 pg1=0 t0 t1 t2 k0 k1 s0 s1
   for i in $(seq "$gws"); do c0+=("$(cg_usec "gw$name-$i")"); done
   [ "$store" = postgres ] && pg0=$(cg_usec postgres)
   cg_new "client$name"; k0=$(cg_usec "client$name")
@@ -207,7 +213,7 @@ TOML
   : >"$dir/queue.samples"
   (while :; do queue_depth "$metrics" >>"$dir/queue.samples"; sleep 0.5; done) &
   sampler=$!
-  t0=$(date +%s%N)
+  t0=$(date +%s%N); s0=$(steal_ms)
   local bpids=()
   for i in $(seq "$gws"); do
     SMTPGW_KEY="$key" cg_run "client$name" "$gw" bench --addr "127.0.0.1:$((2586 + i))" \
@@ -231,7 +237,7 @@ TOML
     [ "$left" = 0 ] && break
     sleep 0.3
   done
-  t2=$(date +%s%N)
+  t2=$(date +%s%N); s1=$(steal_ms)
   for i in $(seq "$gws"); do c1+=("$(cg_usec "gw$name-$i")"); done
   [ "$store" = postgres ] && pg1=$(cg_usec postgres)
   local sent=0 line p50="" p99="" kcpu="" rss=0 r
@@ -251,7 +257,7 @@ TOML
   [ "$store" = postgres ] && pgpart=" postgres_cpu_us_per_msg=$(per $((pg1 - pg0)) "$sent")"
   [ "$rate" != 0 ] && pace="paced at $rate msg/s"
   inject_rate=$(rate "$sent" $((t1 - t0)))
-  echo "smtpgw $store ($tls, $gws gateway$([ "$gws" = 1 ] || echo s), $pace): inject_msgs_per_s=$inject_rate inject_relay_msgs_per_s=$(rate "$sent" $((t2 - t0))) server_cpu_us_per_msg=$(per "$gcpu" "$sent")$pgpart client_cpu_us_per_msg=$(per $((k1 - k0)) "$sent") (self-reported: ${kcpu% }) p50=${p50% } p99=${p99% } disk_peak_bytes_per_msg=$(per "$peak" "$sent") disk_after_bytes_per_msg=$(per "$after" "$sent") peak_rss_kb=$rss queue_peak=${qpeak:-?} queue_end_of_injection=${qend:-?}"
+  echo "smtpgw $store ($tls, $gws gateway$([ "$gws" = 1 ] || echo s), $pace): inject_msgs_per_s=$inject_rate inject_relay_msgs_per_s=$(rate "$sent" $((t2 - t0))) server_cpu_us_per_msg=$(per "$gcpu" "$sent")$pgpart client_cpu_us_per_msg=$(per $((k1 - k0)) "$sent") (self-reported: ${kcpu% }) p50=${p50% } p99=${p99% } disk_peak_bytes_per_msg=$(per "$peak" "$sent") disk_after_bytes_per_msg=$(per "$after" "$sent") peak_rss_kb=$rss queue_peak=${qpeak:-?} queue_end_of_injection=${qend:-?} steal_ms=$((s1 - s0))"
   if [ "$store" = postgres ] && [ -n "${PGTOP:-}" ]; then # PGTOP=N: PostgreSQL's N costliest statements
     "$PGBIN/psql" -qAt "$PGURL" -F ' | ' -c "select round(total_exec_time::numeric * 1000 / $sent) as us_per_msg, calls,
       regexp_replace(left(query, 90), '\s+', ' ', 'g') from pgss.pg_stat_statements order by total_exec_time desc limit $PGTOP" | sed 's/^/  pg: /'
