@@ -25,12 +25,14 @@ import (
 // used up), and so does every byte after the end (the next pipelined
 // command). It reaches go-smtp's unexported fields through unsafe, so it
 // is used only when the reader's type has exactly the fields it was
-// written for (checked once by reflection); any other go-smtp reads as
-// before. TestFastDataLayout fails if an upgrade loses it.
+// written for (checked by reflection, then cached); any other go-smtp
+// reads as before. TestFastDataLayout fails if an upgrade loses the fast
+// path, and TestFastDataGoSMTPVersion if go-smtp changes at all: its
+// reader may keep its fields and change what it does.
 
-// goSMTPDataReader describes go-smtp's dataReader, as far as we use it:
+// dataReaderLayout describes go-smtp's dataReader, as far as we use it:
 // its type and the offsets of its fields, found by name and type.
-type goSMTPDataReader struct {
+type dataReaderLayout struct {
 	typ      reflect.Type // *smtp.dataReader
 	offR     uintptr      // r *bufio.Reader
 	offState uintptr      // state int
@@ -39,7 +41,7 @@ type goSMTPDataReader struct {
 }
 
 // dataLayout caches the layout learnt from go-smtp's DATA reader.
-var dataLayout atomic.Pointer[goSMTPDataReader]
+var dataLayout atomic.Pointer[dataReaderLayout]
 
 // The states of go-smtp's machine, in its order (data.go).
 const (
@@ -59,7 +61,7 @@ const (
 //		limited bool
 //		n       int64
 //	}
-func learnDataLayout(t reflect.Type) *goSMTPDataReader {
+func learnDataLayout(t reflect.Type) *dataReaderLayout {
 	if t.Kind() != reflect.Pointer {
 		return nil
 	}
@@ -85,7 +87,7 @@ func learnDataLayout(t reflect.Type) *goSMTPDataReader {
 		}
 		offs[i] = f.Offset
 	}
-	return &goSMTPDataReader{typ: t, offR: offs[0], offState: offs[1], offLim: offs[2], offN: offs[3]}
+	return &dataReaderLayout{typ: t, offR: offs[0], offState: offs[1], offLim: offs[2], offN: offs[3]}
 }
 
 // fastData returns a faster reader with the same behaviour as r, which

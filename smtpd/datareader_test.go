@@ -1,14 +1,20 @@
 package smtpd
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
+	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/emersion/go-smtp"
 )
@@ -227,5 +233,126 @@ func BenchmarkDataReader(b *testing.B) {
 				probeTranscript(b, addr, p, data, 1<<20)
 			}
 		})
+	}
+}
+
+// TestFastDataGoSMTPVersion pins the go-smtp whose data.go fastData
+// mirrors. An upgrade may keep dataReader's fields and change its
+// machine (emersion/go-smtp#312 rewrites it): re-read data.go against
+// datareader.go, then move the pin.
+func TestFastDataGoSMTPVersion(t *testing.T) {
+	mod, err := os.ReadFile("../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^\s*github\.com/emersion/go-smtp v0\.25\.1\s*$`).Match(mod) {
+		t.Fatal("go.mod no longer requires github.com/emersion/go-smtp v0.25.1: check its data.go against smtpd/datareader.go, then update this test")
+	}
+}
+
+// scriptedConn is a connection that returns its steps' bytes, each step's
+// error with its last byte (as a real connection may: data and a timeout
+// or EOF in one read).
+type scriptedConn struct{ steps []scriptStep }
+
+type scriptStep struct {
+	data string
+	err  error
+}
+
+func (s *scriptedConn) Read(b []byte) (int, error) {
+	if len(s.steps) == 0 {
+		return 0, io.EOF
+	}
+	st := &s.steps[0]
+	n := copy(b, st.data)
+	st.data = st.data[n:]
+	if st.data != "" {
+		return n, nil
+	}
+	err := st.err
+	s.steps = s.steps[1:]
+	return n, err
+}
+
+// newGoSMTPDataReader builds go-smtp's own DATA reader over br (as its
+// newDataReader does, with limit > 0 as MaxMessageBytes), through the
+// layout fastData learnt.
+func newGoSMTPDataReader(l *dataReaderLayout, br *bufio.Reader, limit int64) (io.Reader, *bool) {
+	v := reflect.New(l.typ.Elem())
+	p := v.UnsafePointer()
+	*(**bufio.Reader)(unsafe.Add(p, l.offR)) = br
+	limited := (*bool)(unsafe.Add(p, l.offLim))
+	if limit > 0 {
+		*limited = true
+		*(*int64)(unsafe.Add(p, l.offN)) = limit
+	}
+	return v.Interface().(io.Reader), limited
+}
+
+// readAs reads r as a session and then go-smtp would: reads of the given
+// sizes (0 included), then at drain go-smtp's drain after Data returns
+// (the limit off, the rest discarded); then what is left for the next
+// command.
+func readAs(r io.Reader, limited *bool, br *bufio.Reader, sizes []int, drain int) string {
+	var out strings.Builder
+	for i := range 50 {
+		if i == drain {
+			*limited = false
+			n, err := io.Copy(io.Discard, r)
+			fmt.Fprintf(&out, "drained %d %v\n", n, err)
+			break
+		}
+		buf := make([]byte, sizes[i%len(sizes)])
+		n, err := r.Read(buf)
+		fmt.Fprintf(&out, "%q %v\n", buf[:n], err)
+	}
+	rest, err := io.ReadAll(br)
+	fmt.Fprintf(&out, "left %q %v\n", rest, err)
+	return out.String()
+}
+
+// TestFastDataErrorsAsGoSMTP compares fastData with go-smtp's own reader
+// where a server cannot take them: a connection that fails mid-message
+// (a timeout, an early EOF, go-smtp's line limit), reads of zero bytes,
+// reads after the end, a size limit, and go-smtp's drain at any point.
+func TestFastDataErrorsAsGoSMTP(t *testing.T) {
+	p := &dataProbe{fast: true, sizes: []int{4096}, reads: make(chan string, 64)}
+	probeTranscript(t, startProbe(t, p, 0), p, []byte("x"), 1<<20) // learn the layout
+	l := dataLayout.Load()
+	if l == nil {
+		t.Fatal("no layout learnt from go-smtp's DATA reader")
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	alphabet := []byte(".\r\nab")
+	errs := []error{nil, nil, nil, os.ErrDeadlineExceeded, io.EOF, smtp.ErrTooLongLine}
+	for range 20000 {
+		var steps []scriptStep
+		for k := rng.IntN(6); k >= 0; k-- {
+			d := make([]byte, rng.IntN(40))
+			for i := range d {
+				d[i] = alphabet[rng.IntN(len(alphabet))]
+			}
+			steps = append(steps, scriptStep{string(d), errs[rng.IntN(len(errs))]})
+		}
+		bufSize := 16 + rng.IntN(30) // bufio's smallest is 16
+		sizes := []int{rng.IntN(20), 1 + rng.IntN(20), rng.IntN(5)}
+		limit := []int64{0, 0, int64(rng.IntN(60))}[rng.IntN(3)]
+		drain := rng.IntN(12) - 1 // -1: never
+
+		br := bufio.NewReaderSize(&scriptedConn{steps: slices.Clone(steps)}, bufSize)
+		r, limited := newGoSMTPDataReader(l, br, limit)
+		want := readAs(r, limited, br, sizes, drain)
+
+		br = bufio.NewReaderSize(&scriptedConn{steps: slices.Clone(steps)}, bufSize)
+		r, limited = newGoSMTPDataReader(l, br, limit)
+		fr := fastData(r)
+		if _, ok := fr.(*fastDataReader); !ok {
+			t.Fatalf("fastData gave a %T", fr)
+		}
+		if got := readAs(fr, limited, br, sizes, drain); got != want {
+			t.Fatalf("connection %+v, buffer %d, reads %v, limit %d, drain at %d:\ngo-smtp:\n%s\nfastData:\n%s",
+				steps, bufSize, sizes, limit, drain, want, got)
+		}
 	}
 }
