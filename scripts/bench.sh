@@ -24,7 +24,9 @@
 # queue_end_of_injection (the same once the last 250 came back), and
 # steal_ms: CPU time the hypervisor gave other guests while the VM wanted it
 # (/proc/stat, from the first message until the queue is empty); latency
-# tails on a shared VM follow it.
+# tails on a shared VM follow it. Each server's run starts after a sync(1),
+# so that the dirty pages an earlier run left behind are not written back
+# (and journalled) in the next one's time.
 #
 # Settings: N, SIZE, S, TLS (starttls|none|"starttls none"), STORES
 # ("sqlite postgres"), GWS (gateway processes sharing the PostgreSQL
@@ -128,6 +130,7 @@ if [ "$POSTFIX" = 1 ]; then
   cg_run postfix postfix start >/dev/null 2>&1; pf_started=1
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/25) 2>/dev/null && break; sleep 0.1; done
   sleep 1
+  sync # what earlier work left to write back is not this run's
   c0=$(cg_usec postfix); t0=$(date +%s%N); s0=$(steal_ms)
   cg_new pfclient; k0=$(cg_usec pfclient)
   cg_run pfclient smtp-source -l "$SIZE" -m "$N" -s "$S" -f sender@a.test -t rcpt@b.test 127.0.0.1:25
@@ -203,6 +206,7 @@ TOML
   key=$("$gw" keys create --config "$dir/1/smtpgw.toml" --label bench --grant smtp/inject --json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["results"]["key"])')
   sleep 0.5
+  sync # the previous run's writeback (Postfix's spool, a store's files) is not this one's
   local c0=() c1=() pg0=0 pg1=0 t0 t1 t2 k0 k1 s0 s1
   for i in $(seq "$gws"); do c0+=("$(cg_usec "gw$name-$i")"); done
   [ "$store" = postgres ] && pg0=$(cg_usec postgres)
