@@ -67,7 +67,7 @@ func (op *finishOp) outcomeNext(o Outcome) (time.Time, bool) {
 
 // finishSpec is the commitSpec of Finish's items: commits that stored new
 // messages wake relay workers through wakeCh, and the results go to h.
-func finishSpec(write func(context.Context, []*finishOp) error, wakeCh chan struct{}, h *health) commitSpec[*finishOp] {
+func finishSpec(write func(context.Context, []*finishOp, func() []*finishOp) error, wakeCh chan struct{}, h *health) commitSpec[*finishOp] {
 	return commitSpec[*finishOp]{
 		write:  write,
 		health: h,

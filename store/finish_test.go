@@ -159,7 +159,8 @@ type finishResult struct {
 }
 
 // TestFinishGroupCommit pins the SQLite committer mid-batch so that five
-// Finish calls queue up, and checks they are written in one transaction;
+// Finish calls queue up, and checks they are written in one transaction
+// (with the call the writer held);
 // then does the same with one bad call among them, which must fail alone
 // after the batch is written again one call per transaction.
 func TestFinishGroupCommit(t *testing.T) {
@@ -210,11 +211,12 @@ func TestFinishGroupCommit(t *testing.T) {
 			s.wc.mu.Lock()
 			writes := s.wc.writes - writes0
 			s.wc.mu.Unlock()
-			// The first call alone, then the five queued ones together; with a
-			// bad one, that batch fails and its five calls are written singly.
-			want := int64(2)
+			// The first call, and the five queued behind it, which join its
+			// transaction before the COMMIT; with a bad one, that transaction
+			// fails and its six calls are written singly.
+			want := int64(1)
 			if withBad {
-				want = 2 + 5
+				want = 1 + 6
 			}
 			if writes != want {
 				t.Errorf("%d transactions, want %d", writes, want)

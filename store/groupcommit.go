@@ -28,17 +28,20 @@ import (
 // context ends: answering "failed" for a message that then commits would make
 // the client send it twice.
 //
-// A batch may also wait, at most gatherWait, for messages still being
-// received when it is taken (Store.Arriving; SQLite's committer does): a
-// session announces its message when DATA begins and withdraws the
-// announcement just before Enqueue. Under load this fills each transaction
-// with what was about to arrive anyway, instead of committing a few
-// messages and the rest in a transaction of their own; every transaction
-// costs a sync and rewrites the pages its batch shares (indexes,
-// counters), so bigger batches cost less CPU per message, and the messages
-// that joined would have waited for the next commit anyway. Nothing is
-// awaited when nothing is announced: a lone session's message commits at
-// once.
+// A batch may also take in, before it commits, the items that arrive while
+// it is being written, and wait, at most gatherWait after it was taken, for
+// messages still being received when it was taken (Store.Arriving; SQLite's
+// committer does both): a session announces its message when DATA begins
+// and withdraws the announcement just before Enqueue. The writer writes
+// what it has first and asks for more (commitSpec.write's more) before its
+// COMMIT, so it waits only when nothing is left to write. Under load this
+// fills each transaction with what was about to arrive anyway, instead of
+// committing a few messages and the rest in a transaction of their own;
+// every transaction costs a sync and rewrites the pages its batch shares
+// (indexes, counters), so bigger batches cost less CPU per message, and the
+// messages that joined would have waited for the next commit anyway.
+// Nothing is awaited when nothing is announced: a lone session's message
+// commits at once.
 //
 // If a batch transaction fails, nothing of it is stored. When the cause is the
 // database being unavailable, every waiter gets that error. A COMMIT whose
@@ -73,8 +76,10 @@ var errClosed = fmt.Errorf("%w: store closed", ErrUnavailable)
 // commitSpec is what a committer needs to know about its items.
 type commitSpec[T any] struct {
 	// write writes items in one transaction and commits it. On error
-	// nothing is stored.
-	write func(ctx context.Context, items []T) error
+	// nothing is stored. more, if not nil, returns the items that joined
+	// the batch since (see batchJoin.more); write writes them in the same
+	// transaction and asks again, until it returns none, before it commits.
+	write func(ctx context.Context, items []T, more func() []T) error
 	// size is what an item counts against maxBatchBytes.
 	size func(T) int
 	// label names an item's operation in errors, e.g. "enqueue 0123...".
@@ -95,8 +100,9 @@ type commitSpec[T any] struct {
 	// burst must not slow its outcomes down).
 	linger  time.Duration
 	lingers func(T) bool
-	// gather, if positive, is how long a batch waits at most for the items
-	// announced (arrive) when it was taken.
+	// gather, if positive, lets a batch take in the items that arrive while
+	// it is written, and is how long after it was taken it waits at most
+	// for the items announced (arrive) then.
 	gather time.Duration
 }
 
@@ -151,7 +157,7 @@ func newCommitter[T any](spec commitSpec[T]) *committer[T] {
 // messageSpec is the commitSpec of Enqueue's items: commits wake relay
 // workers through wakeCh (unless every message was stored leased), and
 // their results go to h.
-func messageSpec(write func(context.Context, []*Message) error, wakeCh chan struct{}, h *health) commitSpec[*Message] {
+func messageSpec(write func(context.Context, []*Message, func() []*Message) error, wakeCh chan struct{}, h *health) commitSpec[*Message] {
 	return commitSpec[*Message]{
 		write:  write,
 		health: h,
@@ -184,7 +190,7 @@ type either[A, B any] struct {
 // part of the spec is the kind's own; health is sa's. A single writer
 // (SQLite) commits once for the messages and the outcomes that arrived
 // together, instead of once each.
-func pairSpec[A, B any](sa commitSpec[A], sb commitSpec[B], write func(context.Context, []A, []B) error) commitSpec[either[A, B]] {
+func pairSpec[A, B any](sa commitSpec[A], sb commitSpec[B], write func(ctx context.Context, as []A, bs []B, more func() ([]A, []B)) error) commitSpec[either[A, B]] {
 	split := func(items []either[A, B]) (as []A, bs []B) {
 		for _, it := range items {
 			if it.isB {
@@ -196,9 +202,13 @@ func pairSpec[A, B any](sa commitSpec[A], sb commitSpec[B], write func(context.C
 		return as, bs
 	}
 	return commitSpec[either[A, B]]{
-		write: func(ctx context.Context, items []either[A, B]) error {
+		write: func(ctx context.Context, items []either[A, B], more func() []either[A, B]) error {
 			as, bs := split(items)
-			return write(ctx, as, bs)
+			var moreAB func() ([]A, []B)
+			if more != nil {
+				moreAB = func() ([]A, []B) { return split(more()) }
+			}
+			return write(ctx, as, bs, moreAB)
 		},
 		size: func(it either[A, B]) int {
 			if it.isB {
@@ -310,8 +320,7 @@ func (c *committer[T]) loop() {
 			if len(batch) == 0 {
 				break
 			}
-			batch = c.gather(c.lingerOn(batch))
-			c.commit(batch)
+			c.commit(c.lingerOn(batch))
 		}
 	}
 }
@@ -368,18 +377,68 @@ func (c *committer[T]) arrive() (done func()) {
 	}
 }
 
-// gather returns batch and what else was added within spec.gather, if
-// items were announced when it began: it waits until as many items as
-// were announced then have joined (any item counts), the batch is full, the
-// time is up or the committer stops. (An announcement is withdrawn just
-// before its item is added, so "none left" would not mean "all added".)
-func (c *committer[T]) gather(batch []*waiter[T]) []*waiter[T] {
-	n := c.arriving.Load()
-	if c.spec.gather <= 0 || n <= 0 || len(batch) >= maxBatchMessages {
-		return batch
+// batchJoin is a batch being written, which the items that arrive
+// meanwhile may join (commitSpec.gather).
+type batchJoin[T any] struct {
+	c     *committer[T]
+	batch []*waiter[T] // taken so far
+	bytes int          // their sizes
+	// want is how many items the batch waits for: those taken with it and
+	// those announced then (an announcement is withdrawn just before its
+	// item is added, so "none announced now" would not mean "all added").
+	want     int
+	deadline time.Time // no waiting after this
+}
+
+// newJoin starts the join of batch, which was just taken.
+func (c *committer[T]) newJoin(batch []*waiter[T]) *batchJoin[T] {
+	j := &batchJoin[T]{c: c, batch: batch, want: len(batch) + int(c.arriving.Load()),
+		deadline: time.Now().Add(c.spec.gather)}
+	for _, w := range batch {
+		j.bytes += w.size
 	}
-	want := min(len(batch)+int(n), maxBatchMessages)
-	return c.collect(batch, c.spec.gather, func(b, _ []*waiter[T]) bool { return len(b) >= want })
+	return j
+}
+
+// more takes the items queued since the batch (or the last call) was taken
+// into the batch and returns them; when none are queued and not all the
+// items announced when the batch was taken have joined, it waits for them
+// until the deadline. It returns nothing once the batch is full, nothing is
+// left to wait for, or the committer stops: the writer then commits.
+func (j *batchJoin[T]) more() []T {
+	c := j.c
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for len(j.batch) < maxBatchMessages {
+		if ws := c.takeBudget(maxBatchMessages-len(j.batch), j.bytes); len(ws) > 0 {
+			items := make([]T, len(ws))
+			for i, w := range ws {
+				items[i] = w.item
+				j.bytes += w.size
+			}
+			j.batch = append(j.batch, ws...)
+			return items
+		}
+		wait := time.Until(j.deadline)
+		if len(j.batch) >= j.want || wait <= 0 {
+			return nil
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		}
+		select {
+		case <-c.kick:
+		case <-timer.C:
+			j.deadline = time.Time{}
+		case <-c.stop:
+			return nil
+		}
+	}
+	return nil
 }
 
 // allLinger reports whether every item of ws lingers.
@@ -400,14 +459,20 @@ func (c *committer[T]) take() []*waiter[T] {
 
 // takeUpTo is take of at most max items.
 func (c *committer[T]) takeUpTo(max int) []*waiter[T] {
+	return c.takeBudget(max, 0)
+}
+
+// takeBudget is take of at most max items for a batch that holds used
+// bytes already (an empty one takes its first item whatever its size).
+func (c *committer[T]) takeBudget(max, used int) []*waiter[T] {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var batch []*waiter[T]
-	bytes := 0
+	bytes := used
 	i := 0
 	for ; i < len(c.queue); i++ {
 		w := c.queue[i]
-		if len(batch) > 0 && (len(batch) >= max || bytes+w.size > maxBatchBytes) {
+		if len(batch) >= max || (bytes > 0 && bytes+w.size > maxBatchBytes) {
 			break
 		}
 		if !w.state.CompareAndSwap(waitQueued, waitTaken) {
@@ -423,13 +488,23 @@ func (c *committer[T]) takeUpTo(max int) []*waiter[T] {
 	return batch
 }
 
-// commit writes one batch and answers its waiters.
+// commit writes one batch, with the items that join it meanwhile
+// (spec.gather), and answers their waiters.
 func (c *committer[T]) commit(batch []*waiter[T]) {
 	items := make([]T, len(batch))
 	for i, w := range batch {
 		items[i] = w.item
 	}
-	err := c.writeOnce(items)
+	var more func() []T
+	var j *batchJoin[T]
+	if c.spec.gather > 0 {
+		j = c.newJoin(batch)
+		more = j.more
+	}
+	items, err := c.writeOnce(items, more)
+	if j != nil {
+		batch = j.batch
+	}
 	if c.spec.health != nil {
 		c.spec.health.observe(err)
 	}
@@ -451,7 +526,7 @@ func (c *committer[T]) commit(batch []*waiter[T]) {
 	// Perhaps one bad item: isolate it.
 	var stored []T
 	for _, w := range batch {
-		err := c.writeOnce([]T{w.item})
+		_, err := c.writeOnce([]T{w.item}, nil)
 		if err != nil {
 			err = fmt.Errorf("%s: %w", c.spec.label(w.item), err)
 		} else {
@@ -465,20 +540,29 @@ func (c *committer[T]) commit(batch []*waiter[T]) {
 }
 
 // writeOnce runs the batch writer with its own deadline and undoes what it
-// may have assigned to the items when it fails.
-func (c *committer[T]) writeOnce(items []T) error {
+// may have assigned to the items when it fails. It returns the items
+// written: items, and those more gave the writer.
+func (c *committer[T]) writeOnce(items []T, more func() []T) ([]T, error) {
 	c.mu.Lock()
 	c.writes++
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
-	err := c.spec.write(ctx, items)
+	var pull func() []T
+	if more != nil {
+		pull = func() []T {
+			m := more()
+			items = append(items, m...)
+			return m
+		}
+	}
+	err := c.spec.write(ctx, items, pull)
 	if err != nil {
 		for _, it := range items {
 			c.spec.undo(it)
 		}
 	}
-	return err
+	return items, err
 }
 
 // failQueued answers every waiter still queued with errClosed.

@@ -226,7 +226,7 @@ func TestGroupCommitOutcomeUnknownIsNotRewritten(t *testing.T) {
 	)
 	release := make(chan struct{})
 	c := newCommitter(commitSpec[int]{
-		write: func(_ context.Context, items []int) error {
+		write: func(_ context.Context, items []int, _ func() []int) error {
 			mu.Lock()
 			writes++
 			first := writes == 1
@@ -282,13 +282,18 @@ func TestGroupCommitOutcomeUnknownIsNotRewritten(t *testing.T) {
 }
 
 // gatherCommitter is a committer of ints whose batches go to the returned
-// channel, gathering announced items for up to gather.
+// channel, gathering announced items for up to gather: its writer takes
+// every item more gives it into the batch.
 func gatherCommitter(t *testing.T, gather time.Duration) (*committer[int], <-chan []int) {
 	t.Helper()
 	batches := make(chan []int, 16)
 	c := newCommitter(commitSpec[int]{
-		write: func(_ context.Context, items []int) error {
-			batches <- append([]int(nil), items...)
+		write: func(_ context.Context, items []int, more func() []int) error {
+			b := append([]int(nil), items...)
+			for m := more(); len(m) > 0; m = more() {
+				b = append(b, m...)
+			}
+			batches <- b
 			return nil
 		},
 		size:     func(int) int { return 1 },
@@ -375,5 +380,70 @@ func TestGroupCommitGatherGivesUp(t *testing.T) {
 	}
 	if err := <-errs; err != nil {
 		t.Error(err)
+	}
+}
+
+// TestGroupCommitLateItemsJoin checks items queued while a batch is being
+// written join its transaction (gather > 0, SQLite), and wait for the next
+// one without it (PostgreSQL: more is nil).
+func TestGroupCommitLateItemsJoin(t *testing.T) {
+	t.Parallel()
+	for _, gather := range []time.Duration{time.Millisecond, 0} {
+		t.Run(fmt.Sprint("gather=", gather), func(t *testing.T) {
+			t.Parallel()
+			release := make(chan struct{})
+			batches := make(chan []int, 4)
+			var once sync.Once
+			c := newCommitter(commitSpec[int]{
+				write: func(_ context.Context, items []int, more func() []int) error {
+					once.Do(func() { <-release }) // the first batch's statements take a while
+					b := append([]int(nil), items...)
+					if more != nil {
+						for m := more(); len(m) > 0; m = more() {
+							b = append(b, m...)
+						}
+					}
+					batches <- b
+					return nil
+				},
+				size:     func(int) int { return 1 },
+				label:    func(i int) string { return fmt.Sprint("item ", i) },
+				undo:     func(int) {},
+				onCommit: func([]int) {},
+				gather:   gather,
+			})
+			t.Cleanup(c.close)
+			errs := make(chan error, 3)
+			go func() { errs <- c.add(context.Background(), 1) }()
+			awaitTaken(t, c, 1, 0)
+			for i := 2; i <= 3; i++ {
+				go func() { errs <- c.add(context.Background(), i) }()
+			}
+			awaitTaken(t, c, 1, 2)
+			close(release)
+			first := nextBatch(t, batches, "first batch")
+			if gather > 0 && len(first) != 3 {
+				t.Errorf("batch %v, want 1 with the 2 items queued while it was written", first)
+			}
+			if gather == 0 {
+				if len(first) != 1 {
+					t.Errorf("batch %v, want [1] alone", first)
+				}
+				if b := nextBatch(t, batches, "second batch"); len(b) != 2 {
+					t.Errorf("batch %v, want the 2 later items", b)
+				}
+			}
+			for range 3 {
+				if err := <-errs; err != nil {
+					t.Error(err)
+				}
+			}
+			c.mu.Lock()
+			writes := c.writes
+			c.mu.Unlock()
+			if want := map[bool]int64{true: 1, false: 2}[gather > 0]; writes != want {
+				t.Errorf("%d transactions, want %d", writes, want)
+			}
+		})
 	}
 }

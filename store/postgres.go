@@ -441,8 +441,10 @@ type pgWrite = either[*Message, *finishOp]
 // delivery outcomes that arrived together share one transaction (one
 // commit, one WAL flush), usually one round trip between BEGIN and COMMIT.
 // A COMMIT whose answer is lost is resolved (pgCommitTx): the waiters learn
-// whether their messages and outcomes are stored.
-func (s *pgStore) writeBatch(ctx context.Context, msgs []*Message, ops []*finishOp) error {
+// whether their messages and outcomes are stored. more is nil: PostgreSQL's
+// committer takes no late items (a second round trip before COMMIT would
+// cost what it saves).
+func (s *pgStore) writeBatch(ctx context.Context, msgs []*Message, ops []*finishOp, _ func() ([]*Message, []*finishOp)) error {
 	return s.pgCommitTx(ctx, "write batch", func(tx pgTx, st *pgTxStart) error {
 		return writeFinishes(ctx, tx, st, ops, msgs)
 	})

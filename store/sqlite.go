@@ -421,7 +421,10 @@ type sqliteWrite = either[*Message, *finishOp]
 
 // writeBatch is the group committer's batch writer: new messages and
 // delivery outcomes that arrived together share one transaction, so
-// under load the one writer commits (and syncs) once for both.
+// under load the one writer commits (and syncs) once for both. Before it
+// commits it writes in the same transaction what more gives it: the items
+// that arrived while it wrote (commitSpec.gather), so that the writer,
+// which every session waits on, waits only when it has nothing to write.
 //
 // ctx (the batch deadline) bounds the wait for the writer connection,
 // BEGIN and COMMIT; the statements between run without it: modernc's
@@ -429,14 +432,24 @@ type sqliteWrite = either[*Message, *finishOp]
 // several per message, while nothing a deadline could stop happens there
 // (a lock another process holds already ends at busy_timeout, and a
 // stalled disk is not interruptible).
-func (s *sqliteStore) writeBatch(ctx context.Context, msgs []*Message, ops []*finishOp) error {
+func (s *sqliteStore) writeBatch(ctx context.Context, msgs []*Message, ops []*finishOp, more func() ([]*Message, []*finishOp)) error {
 	s.prepareHot(ctx)
 	return s.inTx(ctx, "write batch", func(tx *sql.Tx) error {
 		ctx := context.WithoutCancel(ctx)
-		if err := s.writeFinishes(ctx, tx, ops); err != nil {
-			return err
+		for {
+			if err := s.writeFinishes(ctx, tx, ops); err != nil {
+				return err
+			}
+			if err := s.insertMessages(ctx, tx, msgs); err != nil {
+				return err
+			}
+			if more == nil {
+				return nil
+			}
+			if msgs, ops = more(); len(msgs)+len(ops) == 0 {
+				return nil
+			}
 		}
-		return s.insertMessages(ctx, tx, msgs)
 	})
 }
 
