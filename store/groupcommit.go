@@ -126,10 +126,11 @@ type committer[T any] struct {
 	spec commitSpec[T]
 
 	mu     sync.Mutex
-	queue  []*waiter[T] // waiting to be taken, in arrival order
-	closed bool         // no more items
-	taken  int64        // waiters taken into batches so far (tests observe it)
-	writes int64        // transactions the writer was called for (tests observe it)
+	queue  []*waiter[T]  // waiting to be taken, in arrival order
+	closed bool          // no more items
+	taken  int64         // waiters taken into batches so far (tests observe it)
+	writes int64         // transactions the writer was called for (tests observe it)
+	busy   time.Duration // spent in commit (stats)
 
 	kick chan struct{} // buffered 1: the queue may be non-empty
 	// lastOther is when an item that does not linger was last added
@@ -285,6 +286,13 @@ func (c *committer[T]) add(ctx context.Context, item T) error {
 	}
 }
 
+// stats reports what the committer has done so far.
+func (c *committer[T]) stats() CommitStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return CommitStats{Transactions: c.writes, Items: c.taken, Busy: c.busy}
+}
+
 // close fails the waiters not yet taken at once, and returns when the loop
 // stopped, after the batch in progress (if any) was answered. Safe to call
 // twice.
@@ -320,7 +328,12 @@ func (c *committer[T]) loop() {
 			if len(batch) == 0 {
 				break
 			}
-			c.commit(c.lingerOn(batch))
+			batch = c.lingerOn(batch)
+			start := time.Now()
+			c.commit(batch)
+			c.mu.Lock()
+			c.busy += time.Since(start)
+			c.mu.Unlock()
 		}
 	}
 }

@@ -447,3 +447,36 @@ func TestGroupCommitLateItemsJoin(t *testing.T) {
 		})
 	}
 }
+
+// TestCommitStats checks the committer's counters (smtpgw_store_*): each
+// Enqueue and Finish is an item of a transaction, and the time spent shows.
+func TestCommitStats(t *testing.T) {
+	both(t, func(t *testing.T, e *env) {
+		ctx := ctxT(t)
+		s0 := e.s.CommitStats()
+		for range 3 {
+			if err := e.s.Enqueue(ctx, newMsg(1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s1 := e.s.CommitStats()
+		// One at a time: a transaction each.
+		if got := s1.Items - s0.Items; got != 3 {
+			t.Errorf("%d items after 3 enqueues, want 3", got)
+		}
+		if got := s1.Transactions - s0.Transactions; got != 3 {
+			t.Errorf("%d transactions after 3 enqueues one at a time, want 3", got)
+		}
+		if s1.Busy <= s0.Busy {
+			t.Errorf("busy %v then %v: no time counted", s0.Busy, s1.Busy)
+		}
+		cs := claimN(t, e.s, 2)
+		if _, err := e.s.Finish(ctx, "w1", finishDelivered(cs[0])); err != nil {
+			t.Fatal(err)
+		}
+		s2 := e.s.CommitStats()
+		if s2.Items-s1.Items < 1 || s2.Transactions <= s1.Transactions || s2.Busy <= s1.Busy {
+			t.Errorf("after a Finish: %+v, then %+v; want one more item and transaction, and more time", s1, s2)
+		}
+	})
+}

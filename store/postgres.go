@@ -433,6 +433,9 @@ func (s *pgStore) Enqueue(ctx context.Context, m *Message) error {
 // PostgreSQL no CPU and cost the gateway wakeups (docs/benchmarks.md).
 func (s *pgStore) Arriving() (done func()) { return func() {} }
 
+// CommitStats implements Store.
+func (s *pgStore) CommitStats() CommitStats { return s.wc.stats() }
+
 // pgWrite is an item of the group committer: a message to enqueue or the
 // outcomes of a Finish call.
 type pgWrite = either[*Message, *finishOp]

@@ -408,6 +408,9 @@ func (s *sqliteStore) Enqueue(ctx context.Context, m *Message) error {
 // Arriving implements Store.
 func (s *sqliteStore) Arriving() (done func()) { return s.wc.arrive() }
 
+// CommitStats implements Store.
+func (s *sqliteStore) CommitStats() CommitStats { return s.wc.stats() }
+
 // outcomeLinger is how long a batch of delivery outcomes alone waits for a
 // message to share its transaction. Under load every batch holds both; at
 // a few hundred messages per second a message's outcome would otherwise

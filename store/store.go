@@ -299,6 +299,20 @@ type Domain struct {
 	CreatedAt  time.Time
 }
 
+// CommitStats is what a store's group committer has done so far: the
+// transactions it ran for messages and delivery outcomes (including a
+// failed batch's items written again one by one), the items (messages,
+// Finish calls) they held, and the time it spent on them, from starting
+// to write a batch to answering it (including its short wait for announced
+// messages, see groupcommit.go). Busy over wall time is the committer's
+// utilisation: every SMTP session waits on it, so near 1 the node is at
+// its injection ceiling.
+type CommitStats struct {
+	Transactions int64
+	Items        int64
+	Busy         time.Duration
+}
+
 // Store is the persistence contract. Implementations are safe for
 // concurrent use. Every method honours ctx.
 type Store interface {
@@ -345,6 +359,9 @@ type Store interface {
 	// after a local Enqueue commits and, on PostgreSQL, on NOTIFY from other
 	// nodes. The same channel is returned on every call.
 	Wakeups() <-chan struct{}
+	// CommitStats reports what this process's group committer has done
+	// since the store was opened (the metrics smtpgw_store_*).
+	CommitStats() CommitStats
 
 	// ClaimDue leases up to o.Limit due recipients (queued or deferred,
 	// NextAttempt <= now, lease free or expired, domain not in

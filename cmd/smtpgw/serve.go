@@ -94,7 +94,8 @@ func cmdServe(ctx context.Context, args []string, e env) (err error) {
 	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		newStoreCollector(st))
 
 	// One failed-authentication budget per client address for SMTP AUTH,
 	// the HTTP API, the console and /metrics: the Verifier's.
