@@ -24,7 +24,10 @@
 # queue_end_of_injection (the same once the last 250 came back), and
 # steal_ms: CPU time the hypervisor gave other guests while the VM wanted it
 # (/proc/stat, from the first message until the queue is empty); latency
-# tails on a shared VM follow it. Each server's run starts after a sync(1),
+# tails on a shared VM follow it. store_tx_per_msg, items_per_tx and
+# writer_busy describe gateway 1's group committer over the same span (its
+# /metrics smtpgw_store_*): transactions per message, messages and outcomes
+# per transaction, and the share of the time it was writing. Each server's run starts after a sync(1),
 # so that the dirty pages an earlier run left behind are not written back
 # (and journalled) in the next one's time.
 #
@@ -217,6 +220,8 @@ TOML
   : >"$dir/queue.samples"
   (while :; do queue_depth "$metrics" >>"$dir/queue.samples"; sleep 0.5; done) &
   sampler=$!
+  local w0 w1
+  w0=$(store_counters "$metrics")
   t0=$(date +%s%N); s0=$(steal_ms)
   local bpids=()
   for i in $(seq "$gws"); do
@@ -242,6 +247,7 @@ TOML
     sleep 0.3
   done
   t2=$(date +%s%N); s1=$(steal_ms)
+  w1=$(store_counters "$metrics")
   for i in $(seq "$gws"); do c1+=("$(cg_usec "gw$name-$i")"); done
   [ "$store" = postgres ] && pg1=$(cg_usec postgres)
   local sent=0 line p50="" p99="" kcpu="" rss=0 r
@@ -261,7 +267,7 @@ TOML
   [ "$store" = postgres ] && pgpart=" postgres_cpu_us_per_msg=$(per $((pg1 - pg0)) "$sent")"
   [ "$rate" != 0 ] && pace="paced at $rate msg/s"
   inject_rate=$(rate "$sent" $((t1 - t0)))
-  echo "smtpgw $store ($tls, $gws gateway$([ "$gws" = 1 ] || echo s), $pace): inject_msgs_per_s=$inject_rate inject_relay_msgs_per_s=$(rate "$sent" $((t2 - t0))) server_cpu_us_per_msg=$(per "$gcpu" "$sent")$pgpart client_cpu_us_per_msg=$(per $((k1 - k0)) "$sent") (self-reported: ${kcpu% }) p50=${p50% } p99=${p99% } disk_peak_bytes_per_msg=$(per "$peak" "$sent") disk_after_bytes_per_msg=$(per "$after" "$sent") peak_rss_kb=$rss queue_peak=${qpeak:-?} queue_end_of_injection=${qend:-?} steal_ms=$((s1 - s0))"
+  echo "smtpgw $store ($tls, $gws gateway$([ "$gws" = 1 ] || echo s), $pace): inject_msgs_per_s=$inject_rate inject_relay_msgs_per_s=$(rate "$sent" $((t2 - t0))) server_cpu_us_per_msg=$(per "$gcpu" "$sent")$pgpart client_cpu_us_per_msg=$(per $((k1 - k0)) "$sent") (self-reported: ${kcpu% }) p50=${p50% } p99=${p99% } disk_peak_bytes_per_msg=$(per "$peak" "$sent") disk_after_bytes_per_msg=$(per "$after" "$sent") peak_rss_kb=$rss queue_peak=${qpeak:-?} queue_end_of_injection=${qend:-?} $(writer_stats "$w0" "$w1" $((t2 - t0)) $((sent / gws))) steal_ms=$((s1 - s0))"
   if [ "$store" = postgres ] && [ -n "${PGTOP:-}" ]; then # PGTOP=N: PostgreSQL's N costliest statements
     "$PGBIN/psql" -qAt "$PGURL" -F ' | ' -c "select round(total_exec_time::numeric * 1000 / $sent) as us_per_msg, calls,
       regexp_replace(left(query, 90), '\s+', ' ', 'g') from pgss.pg_stat_statements order by total_exec_time desc limit $PGTOP" | sed 's/^/  pg: /'
@@ -276,6 +282,19 @@ TOML
 queue_depth() { # metrics URL -> queued+deferred recipients, nothing if the scrape fails
   curl -fs --max-time 2 "$1" 2>/dev/null | awk '/^smtpgw_queue_recipients\{state="(queued|deferred)"\}/ {n += $2; f = 1}
     END {if (f) printf "%d\n", n}' || true
+}
+
+store_counters() { # metrics URL -> "transactions items busy_seconds" of the group committer
+  curl -fs --max-time 2 "$1" 2>/dev/null | awk '/^smtpgw_store_transactions_total / {t = $2}
+    /^smtpgw_store_transaction_items_total / {i = $2} /^smtpgw_store_writer_busy_seconds_total / {b = $2}
+    END {if (t != "") printf "%s %s %s\n", t, i, b}' || true
+}
+
+writer_stats() { # "t i b" before, after, wall ns, messages -> gateway 1's committer over the run
+  [ -n "$1" ] && [ -n "$2" ] || { echo "store_tx_per_msg=? items_per_tx=? writer_busy=?"; return; }
+  awk -v a="$1" -v b="$2" -v ns="$3" -v n="$4" 'BEGIN {split(a, x, " "); split(b, y, " ");
+    t = y[1] - x[1]; i = y[2] - x[2]; w = y[3] - x[3];
+    printf "store_tx_per_msg=%.3f items_per_tx=%.1f writer_busy=%.2f", t / n, (t ? i / t : 0), w / (ns / 1e9)}'
 }
 
 disk_bytes() { # store dir -> bytes the store uses on disk
