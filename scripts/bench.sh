@@ -182,6 +182,14 @@ run_gateway() {
   fi
   local pids=() i
   for i in $(seq "$gws"); do
+    # Another process on a gateway's port would take its load (and its
+    # clients' AUTH): refuse to measure rather than measure it.
+    for port in $((2586 + i)) $((2686 + i)); do
+      if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+        echo "bench.sh: 127.0.0.1:$port is already in use (a gateway left running?); stop it and run again" >&2
+        exit 1
+      fi
+    done
     mkdir -p "$dir/$i"
     cat >"$dir/$i/smtpgw.toml" <<TOML
 hostname = "bench$i.test"
@@ -204,6 +212,11 @@ TOML
       ${PROFILE:+--cpuprofile "$PROFILE/$name-$i.pprof"} 2>"$dir/$i/serve.log" &
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$((2586 + i))) 2>/dev/null && break; sleep 0.1; done
     pids+=("$(head -1 "$CG/gw$name-$i/cgroup.procs")")
+    if [ -z "${pids[-1]}" ] || ! kill -0 "${pids[-1]}" 2>/dev/null; then
+      echo "bench.sh: gateway $i did not start; its log:" >&2
+      cat "$dir/$i/serve.log" >&2
+      exit 1
+    fi
   done
   local key
   key=$("$gw" keys create --config "$dir/1/smtpgw.toml" --label bench --grant smtp/inject --json |
