@@ -283,15 +283,22 @@ func TestGroupCommitOutcomeUnknownIsNotRewritten(t *testing.T) {
 
 // gatherCommitter is a committer of ints whose batches go to the returned
 // channel, gathering announced items for up to gather: its writer takes
-// every item more gives it into the batch.
-func gatherCommitter(t *testing.T, gather time.Duration) (*committer[int], <-chan []int) {
+// every item more gives it into the batch. If hold is not nil, the first
+// batch's writer waits for it to close (its statements take a while).
+func gatherCommitter(t *testing.T, gather time.Duration, hold <-chan struct{}) (*committer[int], <-chan []int) {
 	t.Helper()
 	batches := make(chan []int, 16)
+	var once sync.Once
 	c := newCommitter(commitSpec[int]{
 		write: func(_ context.Context, items []int, more func() []int) error {
+			if hold != nil {
+				once.Do(func() { <-hold })
+			}
 			b := append([]int(nil), items...)
-			for m := more(); len(m) > 0; m = more() {
-				b = append(b, m...)
+			if more != nil {
+				for m := more(); len(m) > 0; m = more() {
+					b = append(b, m...)
+				}
 			}
 			batches <- b
 			return nil
@@ -322,7 +329,7 @@ func nextBatch(t *testing.T, batches <-chan []int, why string) []int {
 // announced when it was taken, and they share its transaction.
 func TestGroupCommitGathersAnnouncedItems(t *testing.T) {
 	t.Parallel()
-	c, batches := gatherCommitter(t, time.Hour)
+	c, batches := gatherCommitter(t, time.Hour, nil)
 	done2, done3 := c.arrive(), c.arrive()
 	errs := make(chan error, 3)
 	go func() { errs <- c.add(context.Background(), 1) }()
@@ -356,7 +363,7 @@ func TestGroupCommitGathersAnnouncedItems(t *testing.T) {
 // commits at once however long gather is: nothing was announced.
 func TestGroupCommitGatherWaitsForNothingUnannounced(t *testing.T) {
 	t.Parallel()
-	c, batches := gatherCommitter(t, time.Hour)
+	c, batches := gatherCommitter(t, time.Hour, nil)
 	if err := c.add(context.Background(), 1); err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +376,7 @@ func TestGroupCommitGatherWaitsForNothingUnannounced(t *testing.T) {
 // item (the session failed) holds the batch back no longer than gather.
 func TestGroupCommitGatherGivesUp(t *testing.T) {
 	t.Parallel()
-	c, batches := gatherCommitter(t, 50*time.Millisecond)
+	c, batches := gatherCommitter(t, 50*time.Millisecond, nil)
 	done := c.arrive()
 	errs := make(chan error, 1)
 	go func() { errs <- c.add(context.Background(), 1) }()
@@ -392,27 +399,7 @@ func TestGroupCommitLateItemsJoin(t *testing.T) {
 		t.Run(fmt.Sprint("gather=", gather), func(t *testing.T) {
 			t.Parallel()
 			release := make(chan struct{})
-			batches := make(chan []int, 4)
-			var once sync.Once
-			c := newCommitter(commitSpec[int]{
-				write: func(_ context.Context, items []int, more func() []int) error {
-					once.Do(func() { <-release }) // the first batch's statements take a while
-					b := append([]int(nil), items...)
-					if more != nil {
-						for m := more(); len(m) > 0; m = more() {
-							b = append(b, m...)
-						}
-					}
-					batches <- b
-					return nil
-				},
-				size:     func(int) int { return 1 },
-				label:    func(i int) string { return fmt.Sprint("item ", i) },
-				undo:     func(int) {},
-				onCommit: func([]int) {},
-				gather:   gather,
-			})
-			t.Cleanup(c.close)
+			c, batches := gatherCommitter(t, gather, release)
 			errs := make(chan error, 3)
 			go func() { errs <- c.add(context.Background(), 1) }()
 			awaitTaken(t, c, 1, 0)
