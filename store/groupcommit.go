@@ -437,7 +437,9 @@ func (j *batchJoin[T]) more() []T {
 			return items
 		}
 		wait := time.Until(j.deadline)
-		if len(j.batch) >= j.want || wait <= 0 {
+		if len(j.batch) >= j.want || wait <= 0 || c.queued() > 0 {
+			// (Items queued that did not fit wait for the next batch:
+			// nothing more can join this one.)
 			return nil
 		}
 		if timer == nil {
@@ -468,6 +470,13 @@ func (c *committer[T]) allLinger(ws []*waiter[T]) bool {
 // dropping those whose callers gave up.
 func (c *committer[T]) take() []*waiter[T] {
 	return c.takeUpTo(maxBatchMessages)
+}
+
+// queued returns how many waiters are queued.
+func (c *committer[T]) queued() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.queue)
 }
 
 // takeUpTo is take of at most max items.

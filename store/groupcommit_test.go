@@ -284,7 +284,8 @@ func TestGroupCommitOutcomeUnknownIsNotRewritten(t *testing.T) {
 // gatherCommitter is a committer of ints whose batches go to the returned
 // channel, gathering announced items for up to gather: its writer takes
 // every item more gives it into the batch. If hold is not nil, the first
-// batch's writer waits for it to close (its statements take a while).
+// batch's writer waits for it to close (its statements take a while). An
+// item's size (against maxBatchBytes) is its value.
 func gatherCommitter(t *testing.T, gather time.Duration, hold <-chan struct{}) (*committer[int], <-chan []int) {
 	t.Helper()
 	batches := make(chan []int, 16)
@@ -303,7 +304,7 @@ func gatherCommitter(t *testing.T, gather time.Duration, hold <-chan struct{}) (
 			batches <- b
 			return nil
 		},
-		size:     func(int) int { return 1 },
+		size:     func(i int) int { return max(i, 1) },
 		label:    func(i int) string { return fmt.Sprint("item ", i) },
 		undo:     func(int) {},
 		onCommit: func([]int) {},
@@ -466,4 +467,32 @@ func TestCommitStats(t *testing.T) {
 			t.Errorf("after a Finish: %+v, then %+v; want one more item and transaction, and more time", s1, s2)
 		}
 	})
+}
+
+// TestGroupCommitJoinStopsWhenFull checks a batch does not wait for an
+// announced item that is queued already but does not fit in it (bytes): it
+// commits, and the item goes to the next batch.
+func TestGroupCommitJoinStopsWhenFull(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	c, batches := gatherCommitter(t, time.Hour, release)
+	done := c.arrive()
+	errs := make(chan error, 2)
+	go func() { errs <- c.add(context.Background(), 1) }()
+	awaitTaken(t, c, 1, 0)
+	done()
+	go func() { errs <- c.add(context.Background(), maxBatchBytes) }()
+	awaitTaken(t, c, 1, 1)
+	close(release)
+	if b := nextBatch(t, batches, "batch held for an item that does not fit"); len(b) != 1 || b[0] != 1 {
+		t.Errorf("batch %v, want [1]", b)
+	}
+	if b := nextBatch(t, batches, "the big item"); len(b) != 1 || b[0] != maxBatchBytes {
+		t.Errorf("batch %v, want the big item alone", b)
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
 }
