@@ -38,8 +38,9 @@
 # it is the message's number: TO='r%d@example.net' gives every message a
 # recipient of its own, as real traffic has; Postfix's smtp-source keeps
 # one), PGTOP=N lists PostgreSQL's costliest
-# statements, PROFILE=DIR writes each gateway's CPU profile there (serve
-# --cpuprofile) and prints its top functions.
+# statements, PROFILE=DIR writes each gateway's and each load client's CPU
+# profile there (serve --cpuprofile, bench --cpuprofile) and prints the top
+# functions of the first of each.
 # RATE=R paces the smtpgw load open-loop at R messages per second in all
 # (`smtpgw bench --rate`, split evenly between the GWS gateways; latencies
 # count from when each message was due, so a stalled server shows in p99);
@@ -241,7 +242,8 @@ TOML
     SMTPGW_KEY="$key" cg_run "client$name" "$gw" bench --addr "127.0.0.1:$((2586 + i))" \
       --conns $(( (S + gws - 1) / gws )) --messages $(( N / gws )) --size "$SIZE" --tls "$tls" \
       --rate "$(awk -v r="$rate" -v g="$gws" 'BEGIN {printf "%.3f", r / g}')" \
-      --insecure-skip-verify ${CHUNKING:+--chunking} ${TO:+--to "g$i.$TO"} >"$dir/bench-$i.out" &
+      --insecure-skip-verify ${CHUNKING:+--chunking} ${TO:+--to "g$i.$TO"} \
+      ${PROFILE:+--cpuprofile "$PROFILE/$name-client-$i.pprof"} >"$dir/bench-$i.out" &
     bpids+=($!)
   done
   for p in "${bpids[@]}"; do wait "$p" || true; done
@@ -289,6 +291,7 @@ TOML
   for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
   if [ -n "${PROFILE:-}" ]; then
     go tool pprof -top -nodecount 25 "$gw" "$PROFILE/$name-1.pprof" 2>/dev/null | sed 's/^/  prof: /'
+    go tool pprof -top -nodecount 12 "$gw" "$PROFILE/$name-client-1.pprof" 2>/dev/null | sed 's/^/  client prof: /'
   fi
 }
 

@@ -29,7 +29,7 @@ import (
 
 const benchUsage = `usage: smtpgw bench --addr HOST:PORT [--key-file FILE] [--conns N] [--messages N] [--size BYTES]
                     [--tls starttls|implicit|none] [--ca FILE] [--insecure-skip-verify] [--username U]
-                    [--from ADDR] [--to ADDR] [--chunking] [--rate MSGS_PER_S]
+                    [--from ADDR] [--to ADDR] [--chunking] [--rate MSGS_PER_S] [--cpuprofile FILE]
 --rate R is an open-loop load: message i is due i/R seconds after the start,
 whichever session is free sends it, and its latency counts from when it was
 due, so a server that stalls shows in p99 even though the sessions wait
@@ -135,6 +135,7 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	fs.StringVar(&o.To, "to", "sink@example.net", "envelope recipient; a %d in it is replaced by the message's number, so each message has a recipient of its own")
 	fs.BoolVar(&o.Chunking, "chunking", false, "send with BDAT (RFC 3030) when the server offers CHUNKING")
 	fs.Float64Var(&o.Rate, "rate", 0, "messages per second in all, paced open-loop over the sessions (0: as fast as possible)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) of the load client to `FILE`")
 	pos, err := parse(fs, benchUsage, args, e)
 	if err != nil {
 		return err
@@ -185,6 +186,13 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	}
 	if o.Rate > 0 && !slices.ContainsFunc(e.environ, func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") }) {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	}
+	if *cpuprofile != "" {
+		stop, err := startCPUProfile(*cpuprofile)
+		if err != nil {
+			return fmt.Errorf("bench: --cpuprofile: %w", err)
+		}
+		defer stop()
 	}
 	res := runBench(ctx, o)
 	fmt.Fprintf(e.stdout, "smtpgw bench: N=%d size=%d sessions=%d rate=%s sent=%d failed=%d elapsed=%s msgs_per_s=%.0f p50=%s p99=%s max=%s max_start_lag=%s cpu_us_per_msg=%d\n",

@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -289,5 +291,36 @@ func TestBenchRateCountsStall(t *testing.T) {
 	}
 	if res.MaxLag < stall-4*time.Millisecond {
 		t.Errorf("max start lag %s, want at least %s", res.MaxLag, stall-4*time.Millisecond)
+	}
+}
+
+// TestBenchCPUProfile: --cpuprofile writes a profile go tool pprof reads,
+// and a path that cannot be created is an error that names the flag.
+func TestBenchCPUProfile(t *testing.T) {
+	be := &sinkBackend{key: "k3y"}
+	addr := startSink(t, be, nil)
+	var out bytes.Buffer
+	e := env{stdout: &out, stderr: io.Discard, environ: []string{"SMTPGW_KEY=k3y"}}
+	path := filepath.Join(t.TempDir(), "client.pprof")
+	args := []string{"--addr", addr, "--tls", "none", "--conns", "2", "--messages", "20", "--size", "500"}
+	if err := cmdBench(context.Background(), append(args, "--cpuprofile", path), e); err != nil {
+		t.Fatalf("bench --cpuprofile: %v (%s)", err, out.String())
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// A pprof profile is a gzipped protocol buffer.
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("the profile is not gzipped: %v", err)
+	}
+	if n, err := io.Copy(io.Discard, zr); err != nil || n == 0 {
+		t.Errorf("the profile holds %d bytes (%v), want a profile", n, err)
+	}
+	err = cmdBench(context.Background(), append(args, "--cpuprofile", filepath.Join(t.TempDir(), "no", "such", "dir", "p")), e)
+	if err == nil || !strings.Contains(err.Error(), "--cpuprofile") {
+		t.Errorf("bench --cpuprofile into a missing directory: %v, want an error naming --cpuprofile", err)
 	}
 }
