@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/textproto"
 	"os"
 	"path/filepath"
 	"strings"
@@ -322,5 +324,62 @@ func TestBenchCPUProfile(t *testing.T) {
 	err = cmdBench(context.Background(), append(args, "--cpuprofile", filepath.Join(t.TempDir(), "no", "such", "dir", "p")), e)
 	if err == nil || !strings.Contains(err.Error(), "--cpuprofile") {
 		t.Errorf("bench --cpuprofile into a missing directory: %v, want an error naming --cpuprofile", err)
+	}
+}
+
+// TestBenchSendsEnvelopeAhead: with PIPELINING and DATA, the next
+// message's envelope is written with this message's end of data, in one
+// write, and the next send writes nothing before reading its replies; the
+// last message goes alone.
+func TestBenchSendsEnvelopeAhead(t *testing.T) {
+	client, server := net.Pipe()
+	defer client.Close()
+	c := &benchConn{conn: client, r: textproto.NewReader(bufio.NewReader(client)), pipeline: true,
+		envHead: "MAIL FROM:<a@example.com>\r\nRCPT TO:<", envTail: ">\r\nDATA\r\n", toFmt: "r%d@example.net",
+		data: []byte("Subject: x\r\n\r\nx\r\n.\r\n"), timeout: 5 * time.Second}
+	env := func(n int) string {
+		return fmt.Sprintf("MAIL FROM:<a@example.com>\r\nRCPT TO:<r%d@example.net>\r\nDATA\r\n", n)
+	}
+	// Each Read of a net.Pipe returns what one Write wrote (the buffer is
+	// large enough).
+	script := []struct{ want, reply string }{
+		{env(1), "250 ok\r\n250 ok\r\n354 go on\r\n"},
+		{string(c.data) + env(2), "250 queued 1\r\n250 ok\r\n250 ok\r\n354 go on\r\n"},
+		{string(c.data), "250 queued 2\r\n"},
+	}
+	done := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 1<<16)
+		for i, step := range script {
+			n, err := server.Read(buf)
+			if err != nil {
+				done <- err
+				return
+			}
+			if got := string(buf[:n]); got != step.want {
+				done <- fmt.Errorf("write %d: got %q, want %q", i+1, got, step.want)
+				return
+			}
+			if _, err := server.Write([]byte(step.reply)); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	if err := c.send(1, 2); err != nil {
+		t.Fatalf("send 1: %v", err)
+	}
+	if !c.ahead {
+		t.Error("after send(1, 2) the session does not hold message 2's envelope")
+	}
+	if err := c.send(2, 0); err != nil {
+		t.Fatalf("send 2: %v", err)
+	}
+	if c.ahead {
+		t.Error("after the last send the session still holds an envelope")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
