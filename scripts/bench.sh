@@ -27,7 +27,11 @@
 # tails on a shared VM follow it. store_tx_per_msg, items_per_tx and
 # writer_busy describe gateway 1's group committer over the same span (its
 # /metrics smtpgw_store_*): transactions per message, messages and outcomes
-# per transaction, and the share of the time it was writing. Each server's run starts after a sync(1),
+# per transaction, and the share of the time it was writing; slow_commits
+# counts its batches that took over 25 ms (every session in such a batch
+# waits that long for its 250: a disk whose fsync stalls shows here), and
+# slowest_commit_ms is the upper bound of the smallest histogram bucket
+# (smtpgw_store_commit_seconds) that holds every batch of the run. Each server's run starts after a sync(1),
 # so that the dirty pages an earlier run left behind are not written back
 # (and journalled) in the next one's time.
 #
@@ -300,17 +304,28 @@ queue_depth() { # metrics URL -> queued+deferred recipients, nothing if the scra
     END {if (f) printf "%d\n", n}' || true
 }
 
-store_counters() { # metrics URL -> "transactions items busy_seconds" of the group committer
+store_counters() { # metrics URL -> "transactions items busy_seconds batches le1=n1 le2=n2 ..." of the group committer
   curl -fs --max-time 2 "$1" 2>/dev/null | awk '/^smtpgw_store_transactions_total / {t = $2}
     /^smtpgw_store_transaction_items_total / {i = $2} /^smtpgw_store_writer_busy_seconds_total / {b = $2}
-    END {if (t != "") printf "%s %s %s\n", t, i, b}' || true
+    /^smtpgw_store_commit_seconds_count / {n = $2}
+    /^smtpgw_store_commit_seconds_bucket\{le="[0-9.e+-]+"\} / {le = $1; gsub(/.*le="|"\}/, "", le); h = h " " le "=" $2}
+    END {if (t != "") printf "%s %s %s %s%s\n", t, i, b, (n == "" ? 0 : n), h}' || true
 }
 
-writer_stats() { # "t i b" before, after, wall ns, messages -> gateway 1's committer over the run
-  [ -n "$1" ] && [ -n "$2" ] || { echo "store_tx_per_msg=? items_per_tx=? writer_busy=?"; return; }
-  awk -v a="$1" -v b="$2" -v ns="$3" -v n="$4" 'BEGIN {split(a, x, " "); split(b, y, " ");
-    t = y[1] - x[1]; i = y[2] - x[2]; w = y[3] - x[3];
-    printf "store_tx_per_msg=%.3f items_per_tx=%.1f writer_busy=%.2f", t / n, (t ? i / t : 0), w / (ns / 1e9)}'
+writer_stats() { # "t i b n buckets" before, after, wall ns, messages -> gateway 1's committer over the run
+  [ -n "$1" ] && [ -n "$2" ] || { echo "store_tx_per_msg=? items_per_tx=? writer_busy=? slow_commits=? slowest_commit_ms=?"; return; }
+  awk -v a="$1" -v b="$2" -v ns="$3" -v n="$4" 'BEGIN {na = split(a, x, " "); split(b, y, " ");
+    t = y[1] - x[1]; i = y[2] - x[2]; w = y[3] - x[3]; batches = y[4] - x[4];
+    printf "store_tx_per_msg=%.3f items_per_tx=%.1f writer_busy=%.2f", t / n, (t ? i / t : 0), w / (ns / 1e9)
+    # Batches over 25 ms, and the bound of the smallest bucket holding them all.
+    slow = "?"; slowest = "?"
+    for (k = 5; k <= na; k++) {
+      split(x[k], p, "="); split(y[k], q, "="); c = q[2] - p[2]
+      if (p[1] == "0.025") slow = batches - c
+      if (slowest == "?" && c == batches) slowest = p[1] * 1000
+    }
+    if (slowest == "?" && na >= 5) slowest = "over " p[1] * 1000
+    printf " slow_commits=%s slowest_commit_ms=%s", slow, slowest}'
 }
 
 disk_bytes() { # store dir -> bytes the store uses on disk

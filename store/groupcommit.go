@@ -126,11 +126,12 @@ type committer[T any] struct {
 	spec commitSpec[T]
 
 	mu     sync.Mutex
-	queue  []*waiter[T]  // waiting to be taken, in arrival order
-	closed bool          // no more items
-	taken  int64         // waiters taken into batches so far (tests observe it)
-	writes int64         // transactions the writer was called for (tests observe it)
-	busy   time.Duration // spent in commit (stats)
+	queue  []*waiter[T]                  // waiting to be taken, in arrival order
+	closed bool                          // no more items
+	taken  int64                         // waiters taken into batches so far (tests observe it)
+	writes int64                         // transactions the writer was called for (tests observe it)
+	busy   time.Duration                 // spent in commit (stats)
+	hist   [len(CommitBuckets) + 1]int64 // batches by time spent in commit (stats)
 
 	kick chan struct{} // buffered 1: the queue may be non-empty
 	// lastOther is when an item that does not linger was last added
@@ -290,7 +291,7 @@ func (c *committer[T]) add(ctx context.Context, item T) error {
 func (c *committer[T]) stats() CommitStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return CommitStats{Transactions: c.writes, Items: c.taken, Busy: c.busy}
+	return CommitStats{Transactions: c.writes, Items: c.taken, Busy: c.busy, Batches: c.hist}
 }
 
 // close fails the waiters not yet taken at once, and returns when the loop
@@ -329,11 +330,7 @@ func (c *committer[T]) loop() {
 				break
 			}
 			batch = c.lingerOn(batch)
-			start := time.Now()
-			c.commit(batch)
-			c.mu.Lock()
-			c.busy += time.Since(start)
-			c.mu.Unlock()
+			c.commit(batch, time.Now())
 		}
 	}
 }
@@ -510,9 +507,23 @@ func (c *committer[T]) takeBudget(max, used int) []*waiter[T] {
 	return batch
 }
 
-// commit writes one batch, with the items that join it meanwhile
-// (spec.gather), and answers their waiters.
-func (c *committer[T]) commit(batch []*waiter[T]) {
+// record counts a batch begun at start, before its waiters are answered
+// (stats then include it when they return).
+func (c *committer[T]) record(start time.Time) {
+	took := time.Since(start)
+	b := 0
+	for b < len(CommitBuckets) && took > CommitBuckets[b] {
+		b++
+	}
+	c.mu.Lock()
+	c.busy += took
+	c.hist[b]++
+	c.mu.Unlock()
+}
+
+// commit writes one batch, taken at start, with the items that join it
+// meanwhile (spec.gather), and answers their waiters.
+func (c *committer[T]) commit(batch []*waiter[T], start time.Time) {
 	items := make([]T, len(batch))
 	for i, w := range batch {
 		items[i] = w.item
@@ -531,6 +542,7 @@ func (c *committer[T]) commit(batch []*waiter[T]) {
 		c.spec.health.observe(err)
 	}
 	if err == nil {
+		c.record(start)
 		for _, w := range batch {
 			w.result <- nil
 		}
@@ -538,6 +550,7 @@ func (c *committer[T]) commit(batch []*waiter[T]) {
 		return
 	}
 	if len(batch) == 1 || errors.Is(err, ErrUnavailable) || errors.Is(err, ErrOutcomeUnknown) {
+		c.record(start)
 		// Writing an item again after ErrOutcomeUnknown could store it
 		// twice: its waiter learns that its outcome is unknown.
 		for _, w := range batch {
@@ -556,6 +569,7 @@ func (c *committer[T]) commit(batch []*waiter[T]) {
 		}
 		w.result <- err
 	}
+	c.record(start)
 	if len(stored) > 0 {
 		c.spec.onCommit(stored)
 	}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -458,6 +459,9 @@ func TestCommitStats(t *testing.T) {
 		if s1.Busy <= s0.Busy {
 			t.Errorf("busy %v then %v: no time counted", s0.Busy, s1.Busy)
 		}
+		if got := batches(s1) - batches(s0); got != 3 {
+			t.Errorf("%d batches timed after 3 enqueues one at a time, want 3", got)
+		}
 		cs := claimN(t, e.s, 2)
 		if _, err := e.s.Finish(ctx, "w1", finishDelivered(cs[0])); err != nil {
 			t.Fatal(err)
@@ -467,6 +471,44 @@ func TestCommitStats(t *testing.T) {
 			t.Errorf("after a Finish: %+v, then %+v; want one more item and transaction, and more time", s1, s2)
 		}
 	})
+}
+
+// batches is how many batches st's commit histogram counts.
+func batches(st CommitStats) int64 {
+	var n int64
+	for _, b := range st.Batches {
+		n += b
+	}
+	return n
+}
+
+// TestCommitStatsBuckets checks a batch is counted in the bucket of the
+// time it took (smtpgw_store_commit_seconds): a write that takes 30 ms is
+// over the 25 ms bucket and within the 50 ms one.
+func TestCommitStatsBuckets(t *testing.T) {
+	t.Parallel()
+	c := newCommitter(commitSpec[int]{
+		write: func(context.Context, []int, func() []int) error {
+			time.Sleep(30 * time.Millisecond)
+			return nil
+		},
+		size:     func(int) int { return 1 },
+		label:    func(i int) string { return fmt.Sprint("item ", i) },
+		undo:     func(int) {},
+		onCommit: func([]int) {},
+	})
+	t.Cleanup(c.close)
+	if err := c.add(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	st := c.stats()
+	i := slices.Index(CommitBuckets[:], 50*time.Millisecond)
+	if st.Batches[i] != 1 || batches(st) != 1 {
+		t.Errorf("batches %v after one batch of 30 ms: want it in bucket %d (%v)", st.Batches, i, CommitBuckets[i])
+	}
+	if st.Busy < 30*time.Millisecond {
+		t.Errorf("busy %v after a batch of 30 ms", st.Busy)
+	}
 }
 
 // TestGroupCommitJoinStopsWhenFull checks a batch does not wait for an

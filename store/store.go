@@ -307,10 +307,24 @@ type Domain struct {
 // messages, see groupcommit.go). Busy over wall time is the committer's
 // utilisation: every SMTP session waits on it, so near 1 the node is at
 // its injection ceiling.
+//
+// Batches counts the batches by that time: Batches[i] those that took at
+// most CommitBuckets[i] (and more than the bucket before), the last entry
+// those slower than every bucket. Every SMTP session waiting for a commit
+// waits as long as its batch, so a slow batch (a disk whose fsync stalls, a
+// PostgreSQL that is slow to answer) is a slow 250 for each of them.
 type CommitStats struct {
 	Transactions int64
 	Items        int64
 	Busy         time.Duration
+	Batches      [len(CommitBuckets) + 1]int64
+}
+
+// CommitBuckets are the upper bounds of CommitStats.Batches.
+var CommitBuckets = [...]time.Duration{
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond, 10 * time.Millisecond,
+	25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond,
+	500 * time.Millisecond, time.Second, 2500 * time.Millisecond, 5 * time.Second,
 }
 
 // Store is the persistence contract. Implementations are safe for

@@ -11,8 +11,8 @@ import (
 // delivery outcome goes through, so its utilisation is the node's
 // injection headroom.
 type storeCollector struct {
-	st                        store.Store
-	transactions, items, busy *prometheus.Desc
+	st                                store.Store
+	transactions, items, busy, commit *prometheus.Desc
 }
 
 func newStoreCollector(st store.Store) *storeCollector {
@@ -24,6 +24,8 @@ func newStoreCollector(st store.Store) *storeCollector {
 			"Messages and delivery-outcome calls written by those transactions.", nil, nil),
 		busy: prometheus.NewDesc("smtpgw_store_writer_busy_seconds_total",
 			"Time the group committer spent writing and committing batches; its rate is the committer's utilisation.", nil, nil),
+		commit: prometheus.NewDesc("smtpgw_store_commit_seconds",
+			"Time the group committer spent on each batch, writing it and committing it: every session whose message is in the batch waits that long for its 250.", nil, nil),
 	}
 }
 
@@ -32,6 +34,7 @@ func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.transactions
 	ch <- c.items
 	ch <- c.busy
+	ch <- c.commit
 }
 
 // Collect implements prometheus.Collector.
@@ -40,4 +43,12 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.transactions, prometheus.CounterValue, float64(s.Transactions))
 	ch <- prometheus.MustNewConstMetric(c.items, prometheus.CounterValue, float64(s.Items))
 	ch <- prometheus.MustNewConstMetric(c.busy, prometheus.CounterValue, s.Busy.Seconds())
+	buckets := make(map[float64]uint64, len(store.CommitBuckets))
+	var n uint64
+	for i, le := range store.CommitBuckets {
+		n += uint64(s.Batches[i])
+		buckets[le.Seconds()] = n
+	}
+	n += uint64(s.Batches[len(store.CommitBuckets)])
+	ch <- prometheus.MustNewConstHistogram(c.commit, n, s.Busy.Seconds(), buckets)
 }

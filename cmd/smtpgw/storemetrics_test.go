@@ -35,6 +35,16 @@ func TestStoreCollector(t *testing.T) {
 	}
 	got := map[string]float64{}
 	for _, mf := range mfs {
+		if h := mf.GetMetric()[0].GetHistogram(); h != nil {
+			// Every batch is in a bucket (+Inf is the count), and the
+			// count is the batches so far.
+			got[mf.GetName()+"_count"] = float64(h.GetSampleCount())
+			got[mf.GetName()+"_sum"] = h.GetSampleSum()
+			if bs := h.GetBucket(); len(bs) != len(store.CommitBuckets) || bs[len(bs)-1].GetCumulativeCount() > h.GetSampleCount() {
+				t.Errorf("commit histogram buckets %v, count %d", bs, h.GetSampleCount())
+			}
+			continue
+		}
 		got[mf.GetName()] = mf.GetMetric()[0].GetCounter().GetValue()
 	}
 	if got["smtpgw_store_transaction_items_total"] != before+1 {
@@ -42,5 +52,8 @@ func TestStoreCollector(t *testing.T) {
 	}
 	if got["smtpgw_store_transactions_total"] < 1 || got["smtpgw_store_writer_busy_seconds_total"] <= 0 {
 		t.Errorf("metrics %v: want a transaction and some busy time", got)
+	}
+	if got["smtpgw_store_commit_seconds_count"] < 1 || got["smtpgw_store_commit_seconds_sum"] != got["smtpgw_store_writer_busy_seconds_total"] {
+		t.Errorf("metrics %v: want the batch in the commit histogram, its sum the busy time", got)
 	}
 }
