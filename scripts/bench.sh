@@ -50,7 +50,10 @@
 # count from when each message was due, so a stalled server shows in p99);
 # RATE=half runs each smtpgw configuration twice: at full speed, then at half
 # the injection rate that run measured (issue 12: p99 time-to-250 at half the
-# peak rate), printing both result lines. Unset or 0: full speed only.
+# peak rate), printing both result lines. Unset or 0: full speed only. With
+# RATE set and the Postfix baseline, Postfix too gets a paced run (at R, or
+# at half its own rate), from `smtpgw bench --no-auth --tls none`: its p50,
+# p99 and max on the same disk.
 # Needs root (cgroups, Postfix, the PostgreSQL cluster runs as user postgres),
 # cgroup v1 cpuacct or cgroup v2, smtp-sink/smtp-source (package postfix) and
 # PostgreSQL 15 binaries.
@@ -121,6 +124,17 @@ rate() { # count nanoseconds -> msg/s
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(go version | cut -d' ' -f3), N=$N size=$SIZE sessions=$S rate=$RATE, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
+pf_drain() { # wait until Postfix's queue is empty, keeping the spool's peak size in $peak
+  local q d
+  while :; do
+    q=$(find /var/spool/postfix/incoming /var/spool/postfix/active /var/spool/postfix/deferred \
+      /var/spool/postfix/maildrop -type f 2>/dev/null | wc -l)
+    d=$( (du -sb /var/spool/postfix 2>/dev/null || true) | cut -f1); [ "$d" -gt "$peak" ] && peak=$d
+    [ "$q" = 0 ] && break
+    sleep 0.2
+  done
+}
+
 # Postfix baseline.
 if [ "$POSTFIX" = 1 ]; then
   if ! command -v smtp-source >/dev/null; then
@@ -144,15 +158,22 @@ if [ "$POSTFIX" = 1 ]; then
   cg_run pfclient smtp-source -l "$SIZE" -m "$N" -s "$S" -f sender@a.test -t rcpt@b.test 127.0.0.1:25
   t1=$(date +%s%N); k1=$(cg_usec pfclient)
   peak=0
-  while :; do
-    q=$(find /var/spool/postfix/incoming /var/spool/postfix/active /var/spool/postfix/deferred \
-      /var/spool/postfix/maildrop -type f 2>/dev/null | wc -l)
-    d=$( (du -sb /var/spool/postfix 2>/dev/null || true) | cut -f1); [ "$d" -gt "$peak" ] && peak=$d
-    [ "$q" = 0 ] && break
-    sleep 0.2
-  done
+  pf_drain
   t2=$(date +%s%N); c1=$(cg_usec postfix); s1=$(steal_ms)
   echo "postfix: inject_msgs_per_s=$(rate "$N" $((t1 - t0))) inject_relay_msgs_per_s=$(rate "$N" $((t2 - t0))) server_cpu_us_per_msg=$(per $((c1 - c0)) "$N") client_cpu_us_per_msg=$(per $((k1 - k0)) "$N") spool_peak_bytes_per_msg=$(per "$peak" "$N") steal_ms=$((s1 - s0))"
+  if [ "$RATE" != 0 ]; then
+    # The same paced load as the gateway's, from the same client without
+    # AUTH (Postfix relays for localhost): Postfix's latency at half its
+    # own peak rate, on the same disk.
+    if [ "$RATE" = half ]; then pr=$(( $(rate "$N" $((t1 - t0))) / 2 )); else pr=$RATE; fi
+    sync
+    s0=$(steal_ms)
+    line=$(cg_run pfclient "$gw" bench --addr 127.0.0.1:25 --tls none --no-auth --conns "$S" --messages "$N" \
+      --size "$SIZE" --rate "$pr" 2>&1) || echo "$line" >&2
+    pf_drain
+    s1=$(steal_ms)
+    echo "postfix (paced at $pr msg/s by smtpgw bench --no-auth):$(grep -o ' sent=[^ ]*\| failed=[^ ]*\| msgs_per_s=[^ ]*\| p50=[^ ]*\| p99=[^ ]*\| max=[^ ]*\| max_start_lag=[^ ]*' <<<"$line" | tr -d '\n') steal_ms=$((s1 - s0))"
+  fi
   postfix stop >/dev/null 2>&1; pf_started=
 fi
 

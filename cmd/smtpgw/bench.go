@@ -30,6 +30,7 @@ import (
 const benchUsage = `usage: smtpgw bench --addr HOST:PORT [--key-file FILE] [--conns N] [--messages N] [--size BYTES]
                     [--tls starttls|implicit|none] [--ca FILE] [--insecure-skip-verify] [--username U]
                     [--from ADDR] [--to ADDR] [--chunking] [--rate MSGS_PER_S] [--cpuprofile FILE]
+                    [--no-auth]
 --rate R is an open-loop load: message i is due i/R seconds after the start,
 whichever session is free sends it, and its latency counts from when it was
 due, so a server that stalls shows in p99 even though the sessions wait
@@ -44,7 +45,10 @@ A %d in --to is replaced by the message's number (from 1), so that each
 message has a recipient of its own: --to 'r%d@example.net'.
 The API key (grant smtp/inject) is read from --key-file FILE, else from the
 SMTPGW_KEY environment variable. --key KEY also works but is discouraged:
-every user of the machine sees a command line's arguments (ps).`
+every user of the machine sees a command line's arguments (ps).
+--no-auth sends without AUTH and needs no key: for measuring another server
+with the same client and load, such as a Postfix that relays for localhost
+(scripts/bench.sh paces its Postfix baseline so).`
 
 // benchOptions is one load run: Messages messages of Size bytes over Conns
 // sessions, each authenticating once and sending many messages.
@@ -52,6 +56,7 @@ type benchOptions struct {
 	Addr       string
 	Key        string
 	Username   string
+	NoAuth     bool // send without AUTH (another server, relaying for the client's address)
 	Conns      int
 	Messages   int
 	Size       int
@@ -138,6 +143,7 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	fs.BoolVar(&o.Chunking, "chunking", false, "send with BDAT (RFC 3030) when the server offers CHUNKING")
 	fs.Float64Var(&o.Rate, "rate", 0, "messages per second in all, paced open-loop over the sessions (0: as fast as possible)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) of the load client to `FILE`")
+	fs.BoolVar(&o.NoAuth, "no-auth", false, "send without AUTH, needing no key (to measure another server, such as Postfix relaying for localhost)")
 	pos, err := parse(fs, benchUsage, args, e)
 	if err != nil {
 		return err
@@ -145,7 +151,11 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	if len(pos) > 0 {
 		return usagef("bench: unexpected argument %q\n%s", pos[0], benchUsage)
 	}
-	if o.Key, err = benchKey(o.Key, *keyFile, e); err != nil {
+	if o.NoAuth {
+		if o.Key != "" || *keyFile != "" {
+			return usagef("bench: --no-auth sends no key: drop --key or --key-file")
+		}
+	} else if o.Key, err = benchKey(o.Key, *keyFile, e); err != nil {
 		return err
 	}
 	switch {
@@ -369,7 +379,8 @@ type benchConn struct {
 	timeout                 time.Duration
 }
 
-// benchDial opens one authenticated session ready to send body.
+// benchDial opens one session, authenticated unless o.NoAuth, ready to
+// send body.
 func benchDial(o benchOptions, body []byte) (*benchConn, error) {
 	var nc net.Conn
 	var err error
@@ -412,9 +423,11 @@ func benchDial(o benchOptions, body []byte) (*benchConn, error) {
 			return fail("EHLO", err)
 		}
 	}
-	plain := base64.StdEncoding.EncodeToString([]byte("\x00" + o.Username + "\x00" + o.Key))
-	if _, err := c.cmd(235, "AUTH PLAIN "+plain+"\r\n"); err != nil {
-		return fail("AUTH", err)
+	if !o.NoAuth {
+		plain := base64.StdEncoding.EncodeToString([]byte("\x00" + o.Username + "\x00" + o.Key))
+		if _, err := c.cmd(235, "AUTH PLAIN "+plain+"\r\n"); err != nil {
+			return fail("AUTH", err)
+		}
 	}
 	_, c.pipeline = ext["PIPELINING"]
 	_, chunking := ext["CHUNKING"]

@@ -30,6 +30,7 @@ type sinkBackend struct {
 	bodies [][]byte
 	rcpts  []string
 	key    string
+	open   bool          // MAIL needs no AUTH
 	stall  time.Duration // the first message's DATA waits this long
 }
 
@@ -51,7 +52,7 @@ func (s *sinkSession) Auth(string) (sasl.Server, error) {
 	}), nil
 }
 func (s *sinkSession) Mail(string, *smtp.MailOptions) error {
-	if !s.authed {
+	if !s.authed && !s.b.open {
 		return smtp.ErrAuthRequired
 	}
 	return nil
@@ -268,6 +269,36 @@ func TestBenchRate(t *testing.T) {
 		if !errors.As(err, &ue) {
 			t.Errorf("--rate %s: %v, want a usage error", bad, err)
 		}
+	}
+}
+
+// TestBenchNoAuth: --no-auth sends without AUTH and without a key, to a
+// server that relays for the client; a server that wants AUTH refuses the
+// messages, and a key given with --no-auth is a usage error.
+func TestBenchNoAuth(t *testing.T) {
+	open := &sinkBackend{key: "k3y", open: true}
+	var out bytes.Buffer
+	e := env{stdout: &out, stderr: io.Discard}
+	args := []string{"--tls", "none", "--no-auth", "--conns", "2", "--messages", "6", "--size", "500"}
+	if err := cmdBench(context.Background(), append([]string{"--addr", startSink(t, open, nil)}, args...), e); err != nil {
+		t.Fatalf("bench --no-auth: %v (%s)", err, out.String())
+	}
+	open.mu.Lock()
+	if len(open.bodies) != 6 {
+		t.Errorf("the server received %d messages, want 6", len(open.bodies))
+	}
+	open.mu.Unlock()
+
+	closed := &sinkBackend{key: "k3y"}
+	err := cmdBench(context.Background(), append([]string{"--addr", startSink(t, closed, nil)}, args...), e)
+	if err == nil || !strings.Contains(err.Error(), "authenticate") {
+		t.Errorf("bench --no-auth to a server that wants AUTH: %v, want its refusal", err)
+	}
+
+	err = cmdBench(context.Background(), append([]string{"--addr", "127.0.0.1:1", "--key", "k3y"}, args...), e)
+	var ue *usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "--no-auth") {
+		t.Errorf("--no-auth with --key: %v, want a usage error naming --no-auth", err)
 	}
 }
 
