@@ -20,6 +20,10 @@ b() { # title, then bench.sh settings
   env BIN="$bin/smtpgw" "$@" scripts/bench.sh 2>&1 | grep -v '^smtpgw: store:' || true
 }
 
+# The disk every durable server here waits on: its fsync times (a paced
+# run's p99 follows the worst of them).
+echo "## the disk, before"
+go run ./scripts/fsyncprobe -dir /tmp -duration 20s
 for i in $(seq "$RUNS"); do
   b "main run $i: 10 KiB, 20 sessions" N=10000 SIZE=10240 S=20
 done
@@ -35,6 +39,9 @@ b "100 KiB" N=3000 SIZE=102400 S=20
 b "1 MiB" N=500 SIZE=1048576 S=20
 b "gateways on one PostgreSQL" N=10000 SIZE=10240 S=20 POSTFIX=0 STORES=postgres GWS="1 2 4" PGTOP=8
 b "profile" N=10000 SIZE=10240 S=20 POSTFIX=0 PROFILE="$bin/prof"
+
+echo "## the disk, after"
+go run ./scripts/fsyncprobe -dir /tmp -duration 20s
 
 if [ "${SKIP_SCALE:-}" != 1 ]; then
   echo "## store benchmarks at ${SMTPGW_BENCH_BIG:-1000000} rows"
