@@ -239,6 +239,11 @@ type Relay struct {
 	SmarthostInsecureSkipVerify bool `toml:"smarthost_insecure_skip_verify"`
 	// Workers is the number of delivery workers per node.
 	Workers int `toml:"workers"`
+	// InFlowDelay is how long a received message waits for the relay to
+	// have room before it is stored, when the relay is full: sessions then
+	// slow to the pace the relay delivers at (Postfix's in_flow_delay).
+	// "0s" does not wait.
+	InFlowDelay Duration `toml:"in_flow_delay"`
 	// PerDomainConcurrency caps concurrent deliveries to one domain.
 	PerDomainConcurrency int `toml:"per_domain_concurrency"`
 	// SmarthostConcurrency caps concurrent deliveries to the smarthost in
@@ -363,6 +368,7 @@ func Default() *Config {
 			Mode:                 ModeHold,
 			SmarthostTLS:         SmarthostSTARTTLS,
 			Workers:              32,
+			InFlowDelay:          Duration{time.Second},
 			PerDomainConcurrency: 8,
 			RetryInitial:         Duration{time.Minute},
 			RetryMax:             Duration{time.Hour},
@@ -754,6 +760,9 @@ func (c *Config) Validate() error {
 		bad("relay.smarthost_username", "is empty but relay.smarthost_password is set (set both, or neither for no AUTH)")
 	}
 	checkPositive(bad, "relay.workers", int64(r.Workers))
+	if r.InFlowDelay.Duration < 0 {
+		bad("relay.in_flow_delay", "%s is negative (set a duration such as \"1s\", or \"0s\" not to wait)", r.InFlowDelay.Duration)
+	}
 	checkPositive(bad, "relay.per_domain_concurrency", int64(r.PerDomainConcurrency))
 	if r.SmarthostConcurrency < 0 {
 		bad("relay.smarthost_concurrency", "%d is negative (set it above zero, or 0 for relay.workers)", r.SmarthostConcurrency)

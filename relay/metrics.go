@@ -27,6 +27,9 @@ type metrics struct {
 	dsns prometheus.Counter
 	// finishFailures counts failed writes of delivery outcomes (each retry).
 	finishFailures prometheus.Counter
+	// inflowDelay observes how long Reserve waited for room (InFlowDelay),
+	// for the calls that waited.
+	inflowDelay prometheus.Histogram
 }
 
 // newMetrics creates the collectors and registers them on reg when it is
@@ -62,6 +65,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "smtpgw", Subsystem: "relay", Name: "outcome_write_failures_total",
 			Help: "Failed writes of delivery outcomes to the store (each is retried until the lease ends).",
 		}),
+		inflowDelay: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "smtpgw", Subsystem: "relay", Name: "inflow_delay_seconds",
+			Help:    "Time a received message waited for the relay to have room before it was stored (relay.in_flow_delay), for those that waited; one that waited the whole delay is stored for a later claim.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
 	}
 	for _, s := range []string{store.StateDelivered, store.StateDeferred, store.StateBounced, store.StateExpired} {
 		m.deliveries.WithLabelValues(s)
@@ -69,7 +77,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.deliveries, m.attempt, m.claimed, m.handedOff, m.inflight, m.dsns, m.finishFailures} {
+	for _, c := range []prometheus.Collector{m.deliveries, m.attempt, m.claimed, m.handedOff, m.inflight, m.dsns, m.finishFailures, m.inflowDelay} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

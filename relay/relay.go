@@ -241,6 +241,11 @@ type Config struct {
 	SmarthostRootCAs *x509.CertPool
 	// Workers is the number of parallel deliveries.
 	Workers int
+	// InFlowDelay is how long Reserve waits for room when the relay is
+	// full (every worker busy and the claims' room taken), so that a
+	// node's SMTP sessions slow down to the pace its relay delivers at,
+	// as Postfix's in_flow_delay does; 0 does not wait.
+	InFlowDelay time.Duration
 	// PerDomainConcurrency caps parallel deliveries per destination domain
 	// in MX mode.
 	PerDomainConcurrency int
@@ -307,6 +312,7 @@ type Relay struct {
 	handoff  sync.RWMutex           // Handoff holds it shared while it starts jobs; Stop takes it to set stopped
 	stopped  bool                   // Stop began; guarded by handoff
 	jobDone  chan struct{}          // coalesced: a job finished
+	room     roomSignal             // wakes Reserve's waiters (InFlowDelay)
 	stop     chan struct{}          // closed by Stop
 	stopOnce sync.Once
 	started  atomic.Bool
@@ -442,8 +448,8 @@ func (r *Relay) conf() *Config { return r.cfg.Load() }
 // Reload applies the settings of cfg that can change while the relay runs:
 // Mode, Smarthost, SmarthostTLS, SmarthostUsername, SmarthostPassword,
 // SmarthostInsecureSkipVerify, SmarthostRootCAs, RetryInitial, RetryMax,
-// MaxQueueLifetime, ConnectTimeout, CommandTimeout, EventRetention and
-// FinishedRetention. The others (Hostname, Workers, PerDomainConcurrency,
+// MaxQueueLifetime, ConnectTimeout, CommandTimeout, InFlowDelay,
+// EventRetention and FinishedRetention. The others (Hostname, Workers, PerDomainConcurrency,
 // Lease, DNSResolver, MXPort, ReleaseAllLeasesOnStart, Owner, Logger)
 // keep their values; they need a restart. An invalid cfg is refused with
 // an error and nothing changes. Idle connections are closed, so the next
@@ -690,6 +696,7 @@ func (r *Relay) dispatch(ctx, base context.Context, claimed []*store.Claimed, de
 				case r.jobDone <- struct{}{}:
 				default:
 				}
+				r.room.freed()
 			}()
 			r.runJob(ctx, base, j, t)
 		}()
@@ -712,45 +719,166 @@ type runCtx struct{ ctx, base context.Context }
 
 // Reserve asks for room to deliver n recipients, of the given domains, the
 // moment they are stored. It refuses (the message is stored unleased and
-// claimed as usual) when the relay is not running or on hold, when the
-// claims' room (2×Workers minus ready jobs and other reservations) is
-// smaller than n, or when a destination of the message is saturated.
-func (r *Relay) Reserve(n int, domains []string) (store.Lease, bool) {
+// claimed as usual) when the relay is not running or on hold, when a
+// destination of the message is saturated, or when the claims' room
+// (2×Workers minus ready jobs and other reservations) is smaller than n.
+// When the relay is full (no room, or in smarthost mode the smarthost
+// saturated), it first waits up to
+// Config.InFlowDelay for room (not beyond ctx), if n can fit at all: the
+// session that asked waits with it, and a node whose sessions take in mail
+// faster than its relay delivers slows them to the relay's pace instead of
+// letting the queue grow.
+func (r *Relay) Reserve(ctx context.Context, n int, domains []string) (store.Lease, bool) {
+	l, ok, full := r.reserve(n, domains)
+	cfg := r.conf()
+	if ok || !full || cfg.InFlowDelay <= 0 || int64(n) > 2*int64(cfg.Workers) {
+		return l, ok
+	}
+	start := time.Now()
+	timer := time.NewTimer(cfg.InFlowDelay)
+	defer timer.Stop()
+	// Waiters are served in turn: each freed room wakes the longest
+	// waiting, so that no session waits the whole delay while others
+	// arriving later go first.
+	// A waiter is in the queue before each try, so that room freed
+	// during the try wakes it again.
+	w := r.room.join()
+	defer r.room.leave(w)
+	for {
+		if l, ok, full = r.reserve(n, domains); ok || !full {
+			r.metrics.inflowDelay.Observe(time.Since(start).Seconds())
+			if ok {
+				r.room.freed() // what is left may serve the next in turn
+			}
+			return l, ok
+		}
+		select {
+		case <-w.wake:
+		case <-timer.C:
+			r.metrics.inflowDelay.Observe(time.Since(start).Seconds())
+			return store.Lease{}, false
+		case <-ctx.Done():
+			return store.Lease{}, false
+		case <-r.stop:
+			return store.Lease{}, false
+		}
+		r.room.requeue(w) // woken, it keeps its turn: first in the queue
+	}
+}
+
+// reserve is one try of Reserve; full reports a refusal for want of room
+// alone.
+func (r *Relay) reserve(n int, domains []string) (l store.Lease, ok, full bool) {
 	cfg := r.conf()
 	if n <= 0 || cfg.Mode == ModeHold || r.run.Load() == nil {
-		return store.Lease{}, false
+		return store.Lease{}, false, false
 	}
 	select {
 	case <-r.stop:
-		return store.Lease{}, false
+		return store.Lease{}, false, false
 	default:
 	}
 	if busy := r.sems.saturated(); len(busy) > 0 {
 		if cfg.Mode == ModeSmarthost {
-			return store.Lease{}, false
+			// All mail goes to the smarthost: its being saturated is
+			// the relay being full.
+			return store.Lease{}, false, true
 		}
 		for _, d := range domains {
 			if slices.Contains(busy, d) {
-				return store.Lease{}, false
+				return store.Lease{}, false, false
 			}
 		}
 	}
 	for {
 		res := r.reserved.Load()
 		if 2*int64(cfg.Workers)-r.ready.Load()-res < int64(n) {
-			return store.Lease{}, false
+			return store.Lease{}, false, true
 		}
 		if r.reserved.CompareAndSwap(res, res+int64(n)) {
 			break
 		}
 	}
-	return store.Lease{Owner: cfg.Owner, Until: time.Now().Add(cfg.Lease)}, true
+	return store.Lease{Owner: cfg.Owner, Until: time.Now().Add(cfg.Lease)}, true, false
+}
+
+// roomSignal wakes the Reserve calls waiting for room, one at a time and in
+// the order they came, when a job ends or a reservation is released. It
+// costs an atomic load while none waits.
+type roomSignal struct {
+	waiters atomic.Int64
+	mu      sync.Mutex
+	queue   []*roomWaiter // in turn; a woken waiter has left it
+}
+
+// roomWaiter is one Reserve call waiting for room.
+type roomWaiter struct {
+	wake   chan struct{} // buffered 1: room may have been freed
+	queued bool          // in roomSignal.queue; guarded by its mu
+}
+
+// join puts a new waiter at the end of the queue.
+func (s *roomSignal) join() *roomWaiter {
+	w := &roomWaiter{wake: make(chan struct{}, 1), queued: true}
+	s.waiters.Add(1)
+	s.mu.Lock()
+	s.queue = append(s.queue, w)
+	s.mu.Unlock()
+	return w
+}
+
+// requeue puts w, woken (and so out of the queue), first in the queue
+// again before it tries: it keeps its turn.
+func (s *roomSignal) requeue(w *roomWaiter) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !w.queued {
+		s.queue = slices.Insert(s.queue, 0, w)
+		w.queued = true
+	}
+}
+
+// leave removes w, done waiting. A wake-up it was given and did not use
+// goes to the next in turn.
+func (s *roomSignal) leave(w *roomWaiter) {
+	s.waiters.Add(-1)
+	s.mu.Lock()
+	if w.queued {
+		s.queue = slices.DeleteFunc(s.queue, func(x *roomWaiter) bool { return x == w })
+		w.queued = false
+	}
+	s.mu.Unlock()
+	select {
+	case <-w.wake:
+		s.freed()
+	default:
+	}
+}
+
+// freed wakes the first waiter in turn, if any.
+func (s *roomSignal) freed() {
+	if s.waiters.Load() == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) == 0 {
+		return
+	}
+	w := s.queue[0]
+	s.queue = slices.Delete(s.queue, 0, 1)
+	w.queued = false
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
 }
 
 // Release gives back the room Reserve granted for n recipients that were
 // not stored.
 func (r *Relay) Release(n int) {
 	r.reserved.Add(-int64(n))
+	r.room.freed()
 }
 
 // Handoff starts delivering recipients stored under lease l, granted by
@@ -770,6 +898,8 @@ func (r *Relay) Handoff(l store.Lease, claimed []*store.Claimed) {
 	}
 	r.metrics.handedOff.Add(float64(len(claimed)))
 	r.dispatch(rc.ctx, rc.base, claimed, l.Until.Add(-r.conf().Lease/4))
+	// Jobs still waiting for their destination hold no room.
+	r.room.freed()
 }
 
 // cutShort reports whether claimed may hold only part of its last

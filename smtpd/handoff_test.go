@@ -23,7 +23,7 @@ type fakeHandoff struct {
 	leases   []store.Lease
 }
 
-func (f *fakeHandoff) Reserve(n int, domains []string) (store.Lease, bool) {
+func (f *fakeHandoff) Reserve(_ context.Context, n int, domains []string) (store.Lease, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.domains = append(f.domains, domains)

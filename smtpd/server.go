@@ -111,7 +111,7 @@ const (
 // and given to Handoff once committed, or the room is given back with
 // Release when it is not stored.
 type Handoff interface {
-	Reserve(recipients int, domains []string) (store.Lease, bool)
+	Reserve(ctx context.Context, recipients int, domains []string) (store.Lease, bool)
 	Handoff(l store.Lease, claimed []*store.Claimed)
 	Release(recipients int)
 }

@@ -582,7 +582,7 @@ func (s *session) data(r io.Reader, id string, arrived func()) (*store.Message, 
 	leased := false
 	if ho != nil {
 		var l store.Lease
-		if l, leased = ho.Reserve(len(m.Recipients), rcptDomains(m.Recipients)); leased {
+		if l, leased = ho.Reserve(ctx, len(m.Recipients), rcptDomains(m.Recipients)); leased {
 			m.Lease = &l
 		}
 	}

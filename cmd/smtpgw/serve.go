@@ -308,6 +308,7 @@ func relayConfig(cfg *config.Config, log *slog.Logger) relay.Config {
 		SmarthostInsecureSkipVerify: r.SmarthostInsecureSkipVerify,
 		Workers:                     r.Workers,
 		PerDomainConcurrency:        r.PerDomainConcurrency,
+		InFlowDelay:                 r.InFlowDelay.Duration,
 		SmarthostConcurrency:        r.SmarthostConcurrency,
 		RetryInitial:                r.RetryInitial.Duration,
 		RetryMax:                    r.RetryMax.Duration,
