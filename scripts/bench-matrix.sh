@@ -28,7 +28,7 @@ for i in $(seq "$RUNS"); do
   b "main run $i: 10 KiB, 20 sessions" N=10000 SIZE=10240 S=20
 done
 for i in $(seq "$RUNS"); do
-  b "half the peak rate, run $i" N=10000 SIZE=10240 S=20 POSTFIX=0 RATE=half
+  b "half the peak rate, run $i (Postfix too, paced at half its own rate)" N=10000 SIZE=10240 S=20 RATE=half
 done
 b "BDAT (CHUNKING) instead of DATA" N=10000 SIZE=10240 S=20 POSTFIX=0 CHUNKING=1
 b "a recipient per message (smtpgw only: smtp-source has one)" N=10000 SIZE=10240 S=20 POSTFIX=0 TO='r%d@example.net'
