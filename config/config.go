@@ -78,6 +78,10 @@ const (
 // redacted replaces secrets in Redacted's dump.
 const redacted = "REDACTED"
 
+// maxInFlowDelay is the longest relay.in_flow_delay: a client waits that
+// long for the reply to its message.
+const maxInFlowDelay = 10 * time.Second
+
 // Duration is a time.Duration written as text in TOML and the environment,
 // such as "60s", "5m" or "72h".
 type Duration struct{ time.Duration }
@@ -760,8 +764,8 @@ func (c *Config) Validate() error {
 		bad("relay.smarthost_username", "is empty but relay.smarthost_password is set (set both, or neither for no AUTH)")
 	}
 	checkPositive(bad, "relay.workers", int64(r.Workers))
-	if r.InFlowDelay.Duration < 0 {
-		bad("relay.in_flow_delay", "%s is negative (set a duration such as \"1s\", or \"0s\" not to wait)", r.InFlowDelay.Duration)
+	if d := r.InFlowDelay.Duration; d < 0 || d > maxInFlowDelay {
+		bad("relay.in_flow_delay", "%s is out of range (set a duration from \"0s\", not to wait, to %q: clients wait that long for a reply)", d, maxInFlowDelay.String())
 	}
 	checkPositive(bad, "relay.per_domain_concurrency", int64(r.PerDomainConcurrency))
 	if r.SmarthostConcurrency < 0 {

@@ -14,6 +14,7 @@ import (
 type fakeHandoff struct {
 	grant     bool
 	onReserve func() // called by Reserve, if set
+	waitCtx   bool   // Reserve refuses when its context ends, as a full relay does
 
 	mu       sync.Mutex
 	reserved int
@@ -23,12 +24,16 @@ type fakeHandoff struct {
 	leases   []store.Lease
 }
 
-func (f *fakeHandoff) Reserve(_ context.Context, n int, domains []string) (store.Lease, bool) {
+func (f *fakeHandoff) Reserve(ctx context.Context, n int, domains []string) (store.Lease, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.domains = append(f.domains, domains)
 	if f.onReserve != nil {
 		f.onReserve()
+	}
+	if f.waitCtx {
+		<-ctx.Done()
+		return store.Lease{}, false
 	}
 	if !f.grant {
 		return store.Lease{}, false
@@ -48,6 +53,24 @@ func (f *fakeHandoff) Release(n int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.released += n
+}
+
+// TestHandoffWaitLeavesCommitItsTime: a wait for the relay's room
+// (relay.in_flow_delay) that uses all of its context still leaves the
+// commit its own time: the message is stored and answered 250. Not
+// parallel: it shortens enqueueTimeout.
+func TestHandoffWaitLeavesCommitItsTime(t *testing.T) {
+	defer func(d time.Duration) { enqueueTimeout = d }(enqueueTimeout)
+	enqueueTimeout = 300 * time.Millisecond
+	full := &fakeHandoff{waitCtx: true}
+	e := setup(t, "sqlite", func(c *Config) { c.Handoff = full })
+	r := e.authedRaw()
+	r.cmd(250, "MAIL FROM:<sender@example.com>")
+	r.cmd(250, "RCPT TO:<a@example.net>")
+	id := r.data(message("sender@example.com"))
+	if cs, err := e.st.ClaimDue(context.Background(), "other", store.ClaimOptions{Limit: 10, Lease: time.Minute}); err != nil || len(cs) != 1 || cs[0].MessageID != id {
+		t.Errorf("claimed %v (%v): want the message stored for a claim after the wait", cs, err)
+	}
 }
 
 // TestHandoffToRelay: with room granted, a message is stored leased to the

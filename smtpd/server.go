@@ -78,12 +78,14 @@ const (
 	DefaultAuthUsername = "SMTP_Injection"
 )
 
+// enqueueTimeout bounds the checks before storing a message, and then the
+// wait for its commit (a variable for tests).
+var enqueueTimeout = 30 * time.Second
+
 const (
 	// maxTotalRecipients caps the envelope recipients of one message,
 	// X-MSYS-API cc/bcc/archive included (SPEC §4).
 	maxTotalRecipients = 1000
-	// enqueueTimeout bounds the wait for the commit of one message.
-	enqueueTimeout = 30 * time.Second
 	// authTimeout bounds one key lookup.
 	authTimeout = 10 * time.Second
 	// proxyHeaderTimeout bounds the wait for a PROXY header.

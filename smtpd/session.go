@@ -586,9 +586,13 @@ func (s *session) data(r io.Reader, id string, arrived func()) (*store.Message, 
 			m.Lease = &l
 		}
 	}
+	// The commit gets its whole time, whatever the wait for the relay's
+	// room (relay.in_flow_delay) took.
+	ectx, ecancel := context.WithTimeout(s.ctx, enqueueTimeout)
+	defer ecancel()
 	t0 := time.Now()
 	arrived()
-	err = s.srv.st.Enqueue(ctx, m)
+	err = s.srv.st.Enqueue(ectx, m)
 	s.srv.metrics.enqueue.Observe(time.Since(t0).Seconds())
 	if leased {
 		if err != nil {
