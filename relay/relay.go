@@ -449,9 +449,10 @@ func (r *Relay) conf() *Config { return r.cfg.Load() }
 // Mode, Smarthost, SmarthostTLS, SmarthostUsername, SmarthostPassword,
 // SmarthostInsecureSkipVerify, SmarthostRootCAs, RetryInitial, RetryMax,
 // MaxQueueLifetime, ConnectTimeout, CommandTimeout, InFlowDelay,
-// EventRetention and FinishedRetention. The others (Hostname, Workers, PerDomainConcurrency,
-// Lease, DNSResolver, MXPort, ReleaseAllLeasesOnStart, Owner, Logger)
-// keep their values; they need a restart. An invalid cfg is refused with
+// EventRetention and FinishedRetention. The others (Hostname, Workers,
+// PerDomainConcurrency, Lease, DNSResolver, MXPort,
+// ReleaseAllLeasesOnStart, Owner, Logger) keep their values; they need a
+// restart. An invalid cfg is refused with
 // an error and nothing changes. Idle connections are closed, so the next
 // delivery connects with the new settings; deliveries under way finish with
 // the old ones.
@@ -739,9 +740,8 @@ func (r *Relay) Reserve(ctx context.Context, n int, domains []string) (store.Lea
 	defer timer.Stop()
 	// Waiters are served in turn: each freed room wakes the longest
 	// waiting, so that no session waits the whole delay while others
-	// arriving later go first.
-	// A waiter is in the queue before each try, so that room freed
-	// during the try wakes it again.
+	// arriving later go first. A waiter is in the queue before each try,
+	// so that room freed during the try wakes it again.
 	w := r.room.join()
 	defer r.room.leave(w)
 	for {
