@@ -22,7 +22,8 @@ var liveKeys = []string{
 	"smtp.tls_cert", "smtp.tls_key", "smtp.key_rate_limit", "smtp.key_rate_burst", "smtp.max_connections",
 	"relay.mode", "relay.smarthost", "relay.smarthost_tls", "relay.smarthost_username", "relay.smarthost_password",
 	"relay.smarthost_insecure_skip_verify", "relay.retry_initial", "relay.retry_max", "relay.max_queue_lifetime",
-	"relay.finished_retention", "relay.connect_timeout", "relay.command_timeout",
+	"relay.finished_retention", "relay.connect_timeout", "relay.command_timeout", "relay.disable_chunking",
+	"relay.in_flow_delay",
 	"events.retention",
 }
 
