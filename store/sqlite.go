@@ -48,6 +48,8 @@ type sqliteStore struct {
 	wc     *committer[sqliteWrite] // group commit for Enqueue and Finish together
 	wake   chan struct{}           // Wakeups, buffered 1
 	health health                  // whether writes commit (Ping)
+	usable int                     // usable bytes of a page (sqlite_leaf.go); 0 if unknown
+	pad    []byte                  // the writer's padded copy of a body (writeBatch only)
 
 	closeOnce sync.Once
 	closeErr  error // result of the first Close
@@ -84,6 +86,10 @@ func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
 	r.SetMaxOpenConns(sqliteReaders)
 	r.SetMaxIdleConns(sqliteReaders)
 	s := &sqliteStore{path: path, w: w, r: r, wake: make(chan struct{}, 1)}
+	// Without the page size, bodies are stored unpadded (sqlite_leaf.go).
+	if err := w.QueryRowContext(ctx, `PRAGMA page_size`).Scan(&s.usable); err != nil {
+		s.usable = 0
+	}
 	spec := pairSpec(messageSpec(nil, s.wake, &s.health), finishSpec(nil, s.wake, &s.health), s.writeBatch)
 	spec.linger, spec.lingers = outcomeLinger, func(it sqliteWrite) bool { return it.isB }
 	spec.gather = gatherWait
@@ -472,6 +478,28 @@ const (
 		recipient, campaign_id, metadata, tags, reply, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 )
 
+// sqliteMessageRow returns the values of m's row for sqliteInsertMessage,
+// in its order; the body is at sqliteBodyArg.
+func sqliteMessageRow(m *Message) ([]any, error) {
+	body := m.Body
+	if body == nil {
+		body = []byte{}
+	}
+	var msys any
+	if len(m.MsysAPI) > 0 {
+		msys = string(m.MsysAPI)
+	}
+	info, err := encodeInfo(&m.Info)
+	if err != nil {
+		return nil, err
+	}
+	return []any{m.ID, m.KeyID, m.Subaccount, m.MailFrom, body, len(body), m.SMTPUTF8,
+		m.BodyType, m.DSNRet, m.DSNEnvID, m.CampaignID, msys, us(m.CreatedAt), info}, nil
+}
+
+// sqliteBodyArg is the body's place in sqliteMessageRow.
+const sqliteBodyArg = 4
+
 // insertMessages writes messages, recipients (setting their ids) and
 // injection events inside tx.
 func (s *sqliteStore) insertMessages(ctx context.Context, tx *sql.Tx, msgs []*Message) error {
@@ -490,20 +518,12 @@ func (s *sqliteStore) insertMessages(ctx context.Context, tx *sql.Tx, msgs []*Me
 	defer rs.Close()
 	var evs []Event
 	for _, m := range msgs {
-		body := m.Body
-		if body == nil {
-			body = []byte{}
-		}
-		var msys any
-		if len(m.MsysAPI) > 0 {
-			msys = string(m.MsysAPI)
-		}
-		info, err := encodeInfo(&m.Info)
+		args, err := sqliteMessageRow(m)
 		if err != nil {
 			return err
 		}
-		if _, err := ms.ExecContext(ctx, m.ID, m.KeyID, m.Subaccount, m.MailFrom, body, len(body), m.SMTPUTF8,
-			m.BodyType, m.DSNRet, m.DSNEnvID, m.CampaignID, msys, us(m.CreatedAt), info); err != nil {
+		args[sqliteBodyArg] = s.padBody(args[sqliteBodyArg].([]byte), args)
+		if _, err := ms.ExecContext(ctx, args...); err != nil {
 			return fmt.Errorf("insert message %s: %w", m.ID, err)
 		}
 		var leaseOwner, leaseUntil any
@@ -737,7 +757,7 @@ const (
 	sqliteClaim         = sqliteClaimHead + sqliteClaimTail
 	sqliteClaimMessages = `SELECT id, mail_from, key_id, subaccount, campaign_id,
 	body_type, smtputf8, dsn_ret, dsn_envid, created_at, msys_api, info, size,
-	CASE WHEN size <= ?2 THEN body END
+	CASE WHEN size <= ?2 THEN substr(body, 1, size) END
 	FROM messages WHERE id IN (SELECT value FROM json_each(?1))`
 )
 
@@ -751,7 +771,7 @@ func sqliteClaimFor(byDomain bool) string {
 	return q + sqliteClaimTail
 }
 
-const sqliteMessageBody = `SELECT body FROM messages WHERE id = ?`
+const sqliteMessageBody = `SELECT substr(body, 1, size) FROM messages WHERE id = ?`
 
 // MessageBody implements Store.
 func (s *sqliteStore) MessageBody(ctx context.Context, id string) ([]byte, error) {
@@ -951,7 +971,7 @@ func (s *sqliteStore) GetMessage(ctx context.Context, id string) (*Message, erro
 	}
 	defer func() { _ = tx.Rollback() }() // read-only: nothing to keep
 	var body []byte
-	m, err := scanSQLiteMsg(tx.QueryRowContext(ctx, `SELECT `+sqliteMsgCols+`, body FROM messages WHERE id = ?`, id), &body)
+	m, err := scanSQLiteMsg(tx.QueryRowContext(ctx, `SELECT `+sqliteMsgCols+`, substr(body, 1, size) FROM messages WHERE id = ?`, id), &body)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("get message %s: %w", id, ErrNotFound)
 	}
