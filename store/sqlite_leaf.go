@@ -127,14 +127,19 @@ func uvarintLen(v uint64) int {
 	return n
 }
 
-// padKeep is the largest padded copy the writer keeps for the next body.
-const padKeep = 1 << 20
+// padMax is the largest body padded: a larger one spans at least 64
+// overflow pages, beside which its leaf page hardly counts, and its copy
+// would.
+const padMax = 256 << 10
 
 // padBody returns body followed by the zeros sqliteLeafPad asks for a
 // messages row of args (the insert's values, body among them), in the
 // writer's buffer, or body itself when none are needed. Only the writer
 // calls it, and the driver copies the value before the insert returns.
 func (s *sqliteStore) padBody(body []byte, args []any) []byte {
+	if len(body) > padMax {
+		return body
+	}
 	size, ok := sqliteRecordSize(args...)
 	if !ok {
 		return body
@@ -144,16 +149,10 @@ func (s *sqliteStore) padBody(body []byte, args []any) []byte {
 		return body
 	}
 	n := len(body) + pad
-	var b []byte
-	switch {
-	case cap(s.pad) >= n:
-		b = s.pad[:n]
-	case n <= padKeep:
-		s.pad = make([]byte, n)
-		b = s.pad
-	default:
-		b = make([]byte, n) // a large body's copy is not kept
+	if cap(s.pad) < n {
+		s.pad = make([]byte, n, padMax+s.usable)
 	}
+	b := s.pad[:n]
 	copy(b, body)
 	clear(b[len(body):])
 	return b
