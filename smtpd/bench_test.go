@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"fmt"
+	"net/netip"
 	"net/smtp"
 	"strings"
 	"sync"
@@ -60,5 +61,23 @@ func BenchmarkInject(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
 		})
+	}
+}
+
+// BenchmarkPrepareHeader is the header work of every message: parse, the
+// X-MSYS-API, From: and Subject: read, Received: (and Message-ID:, Date:
+// when missing) added, written back.
+func BenchmarkPrepareHeader(b *testing.B) {
+	hdr := []byte("From: <bench@example.com>\r\nTo: <friend@example.net>\r\nSubject: smtpgw bench\r\n" +
+		"Message-ID: <1.bench@smtpgw>\r\nDate: Wed, 02 Dec 2026 17:00:00 +0000\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: text/plain; charset=utf-8\r\n\r\n")
+	tr := traceInfo{helo: "client.example", ip: netip.MustParseAddr("127.0.0.1"), hostname: "gw.example",
+		protocol: "ESMTPSA", tls: "TLS1.3 TLS_AES_128_GCM_SHA256", id: "01a237c59ba6520533ef", now: time.Now(),
+		recipient: "friend@example.net"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := prepareHeader(hdr, tr, DefaultMaxReceived); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -87,10 +87,11 @@ func prepareHeader(hdr []byte, tr traceInfo, maxReceived int) (*prepared, error)
 		// AddRaw keeps the customary spelling "Message-ID".
 		h.AddRaw([]byte("Message-ID: <" + tr.id + "@" + sanitizeTrace(tr.hostname) + ">\r\n"))
 	}
-	h.AddRaw(received(tr))
 
+	// Received: goes first (RFC 5321 §4.4), written ahead of the rest.
 	var b bytes.Buffer
 	b.Grow(len(hdr) + 512)
+	b.Write(appendReceived(b.AvailableBuffer(), tr))
 	if err := textproto.WriteHeader(&b, h); err != nil {
 		return nil, fmt.Errorf("write message header: %w: %w", ErrMalformedMessage, err)
 	}
@@ -98,31 +99,49 @@ func prepareHeader(hdr []byte, tr traceInfo, maxReceived int) (*prepared, error)
 	return p, nil
 }
 
-// received formats the Received: field, folded so that no line passes 78
+// appendReceived appends the Received: field, folded so that no line passes 78
 // characters for ordinary names:
 //
 //	Received: from client.example (client.example [192.0.2.7])
 //		by gw.example (smtpgw) with ESMTPSA id 0123
 //		(TLS1.3 TLS_AES_128_GCM_SHA256)
 //		for <rcpt@example.com>; Mon, 02 Jan 2006 15:04:05 +0000
-func received(tr traceInfo) []byte {
-	var b strings.Builder
-	ip := "[" + tr.ip.String() + "]"
+func appendReceived(b []byte, tr traceInfo) []byte {
+	b = append(b, "Received: from "...)
+	b = append(b, sanitizeTrace(tr.helo)...)
+	b = append(b, " ("...)
 	if tr.ip.Is6() {
-		ip = "[IPv6:" + tr.ip.String() + "]"
+		b = append(b, "[IPv6:"...)
+	} else {
+		b = append(b, '[')
 	}
-	fmt.Fprintf(&b, "Received: from %s (%s)\r\n", sanitizeTrace(tr.helo), ip)
-	fmt.Fprintf(&b, "\tby %s (smtpgw) with %s id %s\r\n", sanitizeTrace(tr.hostname), tr.protocol, tr.id)
+	if tr.ip.IsValid() {
+		b = tr.ip.AppendTo(b)
+	} else {
+		b = append(b, tr.ip.String()...) // as fmt would print it
+	}
+	b = append(b, "])\r\n\tby "...)
+	b = append(b, sanitizeTrace(tr.hostname)...)
+	b = append(b, " (smtpgw) with "...)
+	b = append(b, tr.protocol...)
+	b = append(b, " id "...)
+	b = append(b, tr.id...)
+	b = append(b, "\r\n"...)
 	if tr.tls != "" {
-		fmt.Fprintf(&b, "\t(%s)\r\n", tr.tls)
+		b = append(b, "\t("...)
+		b = append(b, tr.tls...)
+		b = append(b, ")\r\n"...)
 	}
 	if tr.recipient != "" {
-		fmt.Fprintf(&b, "\tfor <%s>;", sanitizeTrace(tr.recipient))
+		b = append(b, "\tfor <"...)
+		b = append(b, sanitizeTrace(tr.recipient)...)
+		b = append(b, ">;"...)
 	} else {
-		b.WriteString("\t;")
+		b = append(b, "\t;"...)
 	}
-	fmt.Fprintf(&b, " %s\r\n", tr.now.Format(time.RFC1123Z))
-	return []byte(b.String())
+	b = append(b, ' ')
+	b = tr.now.AppendFormat(b, time.RFC1123Z)
+	return append(b, "\r\n"...)
 }
 
 // maxTraceName is the longest name written into Received: (a domain name

@@ -301,3 +301,26 @@ func prepareMessage(raw []byte, tr traceInfo) (*preparedMessage, error) {
 	}
 	return &preparedMessage{prepared: p, body: bytes.Clone(body)}, nil
 }
+
+// TestReceivedField: the Received: field for an IPv4 client over TLS with
+// several recipients (no "for"), and for a client whose address is unknown.
+func TestReceivedField(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, c := range []struct {
+		tr   traceInfo
+		want string
+	}{
+		{traceInfo{helo: "mx.example", ip: netip.MustParseAddr("192.0.2.7"), hostname: "gw.test", protocol: "ESMTPSA",
+			tls: "TLS1.3 TLS_AES_128_GCM_SHA256", id: "abc", now: now},
+			"Received: from mx.example ([192.0.2.7])\r\n\tby gw.test (smtpgw) with ESMTPSA id abc\r\n" +
+				"\t(TLS1.3 TLS_AES_128_GCM_SHA256)\r\n\t; Fri, 02 Jan 2026 03:04:05 +0000\r\n"},
+		{traceInfo{hostname: "gw.test", protocol: "ESMTP", id: "abc", recipient: "r@x.test", now: now},
+			"Received: from unknown ([invalid IP])\r\n\tby gw.test (smtpgw) with ESMTP id abc\r\n" +
+				"\tfor <r@x.test>; Fri, 02 Jan 2026 03:04:05 +0000\r\n"},
+	} {
+		if got := string(appendReceived(nil, c.tr)); got != c.want {
+			t.Errorf("Received:\n%q\nwant\n%q", got, c.want)
+		}
+	}
+}
