@@ -102,7 +102,7 @@ func prepareHeader(hdr []byte, tr traceInfo, maxReceived int) (*prepared, error)
 // appendReceived appends the Received: field, folded so that no line passes 78
 // characters for ordinary names:
 //
-//	Received: from client.example (client.example [192.0.2.7])
+//	Received: from client.example ([192.0.2.7])
 //		by gw.example (smtpgw) with ESMTPSA id 0123
 //		(TLS1.3 TLS_AES_128_GCM_SHA256)
 //		for <rcpt@example.com>; Mon, 02 Jan 2006 15:04:05 +0000

@@ -15,8 +15,8 @@ import "math"
 // database, and dropping its body once delivered rewrote that page again,
 // which then stayed nearly empty until the message was pruned.
 //
-// So a body whose row would keep more than half a page on the leaf is
-// stored with zeros after it, just enough for SQLite to keep only M there
+// So a body of up to padMax whose row would keep more than half a page on
+// the leaf is stored with zeros after it, just enough for SQLite to keep only M there
 // and the rest, zeros included, on one more overflow page than before:
 // about eight rows then share a leaf page, which a batch of messages, and
 // later their body drops, write once between them. The body's length is
