@@ -17,9 +17,12 @@ import (
 
 // TestSlowDestinationDoesNotStallOthers: a backlog for a destination whose
 // MX never finishes DATA does not keep mail to another domain waiting.
-// slow.test's MX blocks every DATA until the test lets it go; the 5
-// messages to fast.test, enqueued after 40 to slow.test, must all be
-// delivered while it blocks, and then the 40 exactly once.
+// slow.test's MX blocks every DATA until the test lets it go. Once it holds
+// PerDomainConcurrency deliveries, 5 messages to fast.test are enqueued
+// behind the 40 to slow.test; they must all be delivered while it blocks,
+// and then the 40 exactly once. (Enqueued before the block is seen, fast
+// mail could be delivered before slow.test's first DATA even began, and
+// the test would show nothing.)
 func TestSlowDestinationDoesNotStallOthers(t *testing.T) {
 	t.Parallel()
 	storetest.ForEach(t, func(t *testing.T, st store.Store) {
@@ -58,10 +61,6 @@ func TestSlowDestinationDoesNotStallOthers(t *testing.T) {
 			slowMsgs = append(slowMsgs, enqueue(t, st, "s@src.test", []string{fmt.Sprintf("r%d@slow.test", i)},
 				testBody("s@src.test", fmt.Sprintf("slow-%d", i))))
 		}
-		for i := range nFast {
-			fastMsgs = append(fastMsgs, enqueue(t, st, "s@src.test", []string{fmt.Sprintf("r%d@fast.test", i)},
-				testBody("s@src.test", fmt.Sprintf("fast-%d", i))))
-		}
 
 		cfg := mxConfig(t, dnsAddr, slow.port)
 		cfg.Workers, cfg.PerDomainConcurrency = 4, 2
@@ -69,6 +68,25 @@ func TestSlowDestinationDoesNotStallOthers(t *testing.T) {
 		cfg.CommandTimeout = 5 * time.Minute
 		r := startRelay(t, cfg, st)
 		t.Cleanup(open) // before Stop (cleanups run last first), so Stop is not stuck
+
+		// slow.test takes every slot it has, and keeps them.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			mu.Lock()
+			n := inData
+			mu.Unlock()
+			if n == cfg.PerDomainConcurrency {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("slow.test has %d deliveries in DATA after 30 s, want %d", n, cfg.PerDomainConcurrency)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		for i := range nFast {
+			fastMsgs = append(fastMsgs, enqueue(t, st, "s@src.test", []string{fmt.Sprintf("r%d@fast.test", i)},
+				testBody("s@src.test", fmt.Sprintf("fast-%d", i))))
+		}
 
 		fast.waitFor(t, "every fast.test message while slow.test blocks", func(got []received) bool {
 			return len(got) == nFast
@@ -91,8 +109,8 @@ func TestSlowDestinationDoesNotStallOthers(t *testing.T) {
 		if n := testutil.ToFloat64(r.metrics.claimed); n > float64(2*cfg.Workers+nFast) {
 			t.Errorf("claimed %v recipients while slow.test blocks, want at most %d", n, 2*cfg.Workers+nFast)
 		}
-		if blocked == 0 || most > cfg.PerDomainConcurrency {
-			t.Errorf("slow.test had %d deliveries in DATA (at most %d); want 1..%d",
+		if blocked != cfg.PerDomainConcurrency || most != cfg.PerDomainConcurrency {
+			t.Errorf("slow.test has %d deliveries in DATA (at most %d), want %d throughout",
 				blocked, most, cfg.PerDomainConcurrency)
 		}
 
