@@ -15,6 +15,8 @@ import (
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/smtpgw/smtpgw/store/internal/walbuf"
 )
 
 // SQLite backend.
@@ -65,6 +67,12 @@ func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
 		return nil, fmt.Errorf("open sqlite %q: %w", path, err)
 	}
 	common := fmt.Sprintf("_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)", sqliteBusyTimeout.Milliseconds())
+	// Log frames reach the -wal file in a few large writes
+	// (store/internal/walbuf).
+	if err := walbuf.Register(); err != nil {
+		return nil, fmt.Errorf("open sqlite %q: %w", path, err)
+	}
+	common += "&vfs=" + walbuf.Name
 	w, err := sql.Open("sqlite", path+"?"+common+
 		"&_pragma=auto_vacuum(INCREMENTAL)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=temp_store(MEMORY)&_txlock=immediate")
 	if err != nil {
