@@ -8,12 +8,9 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +18,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/smtpgw/smtpgw/internal/disktest"
 	"github.com/smtpgw/smtpgw/internal/pgtest"
 )
 
@@ -343,52 +341,6 @@ func startHoldSink(t *testing.T) (*holdSink, string) {
 	return b, l.Addr().String()
 }
 
-// smallDisk mounts a tmpfs of size bytes on a new directory and unmounts it
-// when the test ends (after the gateway stopped: register it first).
-func smallDisk(t *testing.T, size int) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test mounts a small tmpfs to fill it: run it as root (CI does)")
-	}
-	if _, err := exec.LookPath("mount"); err != nil {
-		t.Fatal("mount not found: apt-get install mount")
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d,mode=0700", size), "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount tmpfs on %s: %v\n%s", dir, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v\n%s", dir, err, out)
-		}
-	})
-	return dir
-}
-
-// fillDisk writes a file in dir until the file system is full and returns
-// its path.
-func fillDisk(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatalf("fill %s: %v", dir, err)
-			}
-			break
-		}
-	}
-	if err := f.Close(); err != nil && !errors.Is(err, syscall.ENOSPC) {
-		t.Fatal(err)
-	}
-	return path
-}
-
 // readyz returns the status code of GET /readyz.
 func readyz(t *testing.T, g *Gateway) int {
 	t.Helper()
@@ -428,7 +380,7 @@ func waitReadyz(t *testing.T, g *Gateway, want int, timeout time.Duration) {
 func TestFaultFullDiskSQLite(t *testing.T) {
 	t.Parallel()
 	sink, sinkAddr := startHoldSink(t)
-	dir := smallDisk(t, 32<<20)
+	dir := disktest.Small(t, 32<<20)
 	g := StartGateway(t, Options{Backend: "sqlite", DataDir: dir, TOML: fmt.Sprintf(`
 [relay]
 mode = "smarthost"
@@ -460,7 +412,10 @@ command_timeout = "2m"
 	// The relay is now waiting for the sink's replies. Fill the disk, then
 	// let the deliveries end: their outcomes cannot be saved.
 	time.Sleep(time.Second)
-	filler := fillDisk(t, dir)
+	filler, err := disktest.Fill(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	close(sink.release)
 
 	var refused []reply

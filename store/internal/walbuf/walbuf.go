@@ -20,6 +20,13 @@
 // earlier in the same transaction, after the commit frame and, when the
 // transaction does not sync, with nothing after them to flush them.
 //
+// A write that fails is reported by the call that made it, and what it did
+// not write stays gathered, to be written before anything else reaches the
+// file (SQLite ignores what some calls return). But when the write of a
+// commit fails, the commit fails and SQLite rolls the transaction back: its
+// gathered frames are dropped, since written later, commit frame and all,
+// recovery would take them for a commit.
+//
 // So what is in the file, and when, is what the default VFS would have put
 // there at every point where SQLite or another connection can look: before
 // a sync, before a read, before the commit is visible to readers. A process
@@ -171,16 +178,23 @@ func wrap(m uintptr) bool {
 	return m == baseMethods
 }
 
-// flush writes what is gathered, in calls of at most maxWrite bytes.
+// flush writes what is gathered, in calls of at most maxWrite bytes. What a
+// failed call did not write stays gathered, to be written first by the
+// next call on the file: a failure is reported by the call that met it,
+// and nothing gathered is dropped (SQLite ignores what some calls return,
+// file controls among them).
 func flush(tls *libc.TLS, pFile uintptr, w *walFile) int32 {
-	defer func() { w.buf = w.buf[:0] }()
-	for done := 0; done < len(w.buf); {
+	done := 0
+	for done < len(w.buf) {
 		n := min(len(w.buf)-done, maxWrite)
 		if rc := write(tls, pFile, unsafe.Pointer(&w.buf[done]), int32(n), w.off+int64(done)); rc != sqlite3.SQLITE_OK {
+			w.buf = w.buf[:copy(w.buf, w.buf[done:])]
+			w.off += int64(done)
 			return rc
 		}
 		done += n
 	}
+	w.buf = w.buf[:0]
 	return sqlite3.SQLITE_OK
 }
 
@@ -214,9 +228,17 @@ func xWrite(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 {
 	commit := w.commitNext
 	w.commitNext = iAmt == frameHeader && binary.BigEndian.Uint32(src[4:8]) != 0
 	if commit {
+		if rc := flush(tls, pFile, w); rc != sqlite3.SQLITE_OK {
+			// The commit fails and SQLite rolls the transaction back:
+			// its frames, commit frame included, must never reach the
+			// file, where recovery would take them for a commit.
+			w.buf = w.buf[:0]
+			return rc
+		}
 		w.afterCommit, w.commitEnd = true, iOfst+int64(iAmt)
+		return sqlite3.SQLITE_OK
 	}
-	if commit || len(w.buf) >= maxBuffer {
+	if len(w.buf) >= maxBuffer {
 		return flush(tls, pFile, w)
 	}
 	return sqlite3.SQLITE_OK

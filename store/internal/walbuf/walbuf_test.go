@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +14,8 @@ import (
 	"testing"
 
 	_ "modernc.org/sqlite"
+
+	"github.com/smtpgw/smtpgw/internal/disktest"
 )
 
 // open opens path under this VFS in WAL mode with the given synchronous
@@ -135,7 +138,8 @@ func TestCommitsVisibleToReaders(t *testing.T) {
 // A process killed right after its commits returned loses none of them,
 // whether they synced the WAL or not. The child (this test binary again)
 // commits, reports each commit on stdout, and is killed with SIGKILL
-// after the last; the database is then opened afresh and checked.
+// after the last; the database is then opened afresh (SQLite recovers it
+// from the WAL) and checked.
 func TestKilledAfterCommit(t *testing.T) {
 	if spec := os.Getenv("WALBUF_CHILD"); spec != "" {
 		child(spec)
@@ -144,58 +148,119 @@ func TestKilledAfterCommit(t *testing.T) {
 	for _, sync := range []string{"FULL", "NORMAL"} {
 		t.Run(sync, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "db")
-			cmd := exec.Command(os.Args[0], "-test.run", "^TestKilledAfterCommit$")
-			cmd.Env = append(os.Environ(), "WALBUF_CHILD="+sync+","+path)
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd.Stderr = os.Stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			n := 0
-			sc := bufio.NewScanner(out)
-			for sc.Scan() {
-				line := sc.Text()
-				if c, ok := strings.CutPrefix(line, "committed "); ok {
-					n, _ = strconv.Atoi(c)
-				}
-				if line == "done" {
-					break
-				}
-			}
-			if err := cmd.Process.Kill(); err != nil {
-				t.Fatal(err)
-			}
-			_ = cmd.Wait()
-			if n == 0 {
-				t.Fatal("the child reported no commit")
-			}
+			n, _ := runChild(t, "^TestKilledAfterCommit$", sync, path, "")
 			check(t, open(t, path, sync, 2000), n)
 		})
 	}
 }
 
+// When the disk fills, commits fail and nothing of them reaches the file
+// later: a process killed once there is room again, after a checkpoint
+// read the WAL back, recovers exactly the commits that succeeded (a failed
+// commit whose frames were written after all would come back as
+// committed); and commits succeed again.
+func TestFullDisk(t *testing.T) {
+	if spec := os.Getenv("WALBUF_CHILD"); spec != "" {
+		child(spec)
+		return
+	}
+	for _, sync := range []string{"FULL", "NORMAL"} {
+		t.Run(sync, func(t *testing.T) {
+			dir := disktest.Small(t, 8<<20)
+			path := filepath.Join(dir, "db")
+			n, failed := runChild(t, "^TestFullDisk$", sync, path, dir)
+			if failed == 0 {
+				t.Fatal("no commit failed while the disk was full")
+			}
+			db := open(t, path, sync, 2000)
+			check(t, db, n)
+			if err := insert(db, n, 20, 3500); err != nil {
+				t.Fatalf("a commit once the disk has room: %v", err)
+			}
+			check(t, db, n+20)
+		})
+	}
+}
+
+// runChild runs the test named run in a child process that commits to the
+// database at path with the given synchronous setting (filling the file
+// system at fill, if not empty, for a while), and kills it with SIGKILL
+// once it is done. It returns how many rows the child committed, and how
+// many of its commits failed.
+func runChild(t *testing.T, run, sync, path, fill string) (n, failed int) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run", run)
+	cmd.Env = append(os.Environ(), "WALBUF_CHILD="+sync+","+path+","+fill)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := false
+	sc := bufio.NewScanner(out)
+	for !done && sc.Scan() {
+		line := sc.Text()
+		if c, ok := strings.CutPrefix(line, "committed "); ok {
+			n, _ = strconv.Atoi(c)
+		}
+		if line == "failed" {
+			failed++
+		}
+		done = line == "done"
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if !done {
+		t.Fatal("the child ended before it was done (its error is above)")
+	}
+	if n == 0 {
+		t.Fatal("the child reported no commit")
+	}
+	return n, failed
+}
+
 // child commits transactions of every size, some spilling, then waits to
-// be killed.
+// be killed. With a directory to fill, it fills its file system after a
+// few commits, tries some more (they must fail), frees the space and
+// commits again.
 func child(spec string) {
-	sync, path, _ := strings.Cut(spec, ",")
+	parts := strings.SplitN(spec, ",", 3)
+	sync, path, fill := parts[0], parts[1], parts[2]
 	err := Register()
 	var db *sql.DB
 	if err == nil {
-		db, err = sql.Open("sqlite", path+"?vfs="+Name+"&_pragma=journal_mode(WAL)&_pragma=synchronous("+sync+")&_pragma=cache_size(10)")
+		db, err = sql.Open("sqlite", path+"?vfs="+Name+"&_pragma=journal_mode(WAL)&_pragma=synchronous("+sync+")"+
+			"&_pragma=cache_size(10)&_pragma=cache_spill(10)")
 	}
 	if err == nil {
 		db.SetMaxOpenConns(1)
 		_, err = db.Exec(`CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)`)
 	}
 	n := 0
-	for i := 0; err == nil && i < 25; i++ {
+	commit := func(i int) error {
 		rows := 1 + i%5*8
-		if err = insert(db, n, rows, 3500); err == nil {
-			n += rows
-			fmt.Printf("committed %d\n", n)
+		if err := insert(db, n, rows, 3500); err != nil {
+			return err
+		}
+		n += rows
+		fmt.Printf("committed %d\n", n)
+		return nil
+	}
+	for i := 0; err == nil && i < 25; i++ {
+		err = commit(i)
+		if err == nil && fill != "" && i == 10 {
+			if err = fullDisk(fill, commit); err == nil {
+				// Read the WAL back (whatever was held is written
+				// first), and stop there: frames of a failed commit,
+				// written now, would be taken for a commit by recovery.
+				_, err = db.Exec(`PRAGMA wal_checkpoint(PASSIVE)`)
+				break
+			}
 		}
 	}
 	if err != nil {
@@ -204,4 +269,30 @@ func child(spec string) {
 	}
 	fmt.Println("done")
 	select {} // until killed
+}
+
+// fullDisk fills the file system at dir, tries commits until three have
+// failed for want of room (any that succeed count as committed), and frees
+// the space again.
+func fullDisk(dir string, commit func(int) error) error {
+	filler, err := disktest.Fill(dir)
+	if err != nil {
+		return err
+	}
+	failures := 0
+	for i := 0; failures < 3; i++ {
+		if i == 100 {
+			return errors.New("100 commits on a full disk, and fewer than 3 failed")
+		}
+		err := commit(i)
+		switch {
+		case err == nil:
+		case strings.Contains(err.Error(), "full"):
+			failures++
+			fmt.Println("failed")
+		default:
+			return fmt.Errorf("a commit on a full disk: %w", err)
+		}
+	}
+	return os.Remove(filler)
 }
