@@ -1,11 +1,11 @@
 // Package walbuf registers a SQLite VFS that is the platform's default VFS
 // but for one thing: the frames a transaction appends to a write-ahead log
-// reach the file in one write, not two per page.
+// reach the file in a few large writes, not two per page.
 //
 // SQLite writes a WAL frame as two calls, its 24-byte header and then its
 // page, so a commit of n pages costs 2n write system calls. Under this VFS
 // the writes a WAL file receives are gathered while each continues the last,
-// and handed to the default VFS in one call when:
+// and handed to the default VFS, in calls of at most maxWrite bytes, when:
 //   - the page of a commit frame (one whose header gives a database size)
 //     has been added: the commit's frames are in the file before SQLite
 //     goes on to sync it or to publish the commit in the WAL index, exactly
