@@ -189,6 +189,29 @@ func appendNew(vs []string, v string) []string {
 	return append(vs, v)
 }
 
+// prepareDetails encodes the details of evs now, in the caller's
+// goroutine, so that the store's writer, the one goroutine every session
+// waits on, only reads the result (see [Event.encodedDetail]).
+func prepareDetails(evs []Event) error {
+	for i := range evs {
+		d, err := encodeDetail(&evs[i].Detail)
+		if err != nil {
+			return err
+		}
+		evs[i].detail, evs[i].detailSet = d, true
+	}
+	return nil
+}
+
+// encodedDetail returns e's detail encoded for storage: what
+// prepareDetails encoded, or else the encoding of it now.
+func (e *Event) encodedDetail() (any, error) {
+	if e.detailSet {
+		return e.detail, nil
+	}
+	return encodeDetail(&e.Detail)
+}
+
 // encodeDetail returns the JSON of d, or nil when it is empty.
 func encodeDetail(d *EventDetail) (any, error) {
 	if *d == (EventDetail{}) {

@@ -45,6 +45,9 @@ func newFinishOp(owner string, f Finish, now time.Time) (*finishOp, error) {
 	}
 	evs := append([]Event(nil), f.Events...)
 	prepareEvents(evs, now)
+	if err := prepareDetails(evs); err != nil {
+		return nil, fmt.Errorf("finish: %w", err)
+	}
 	return &finishOp{owner: owner, f: f, evs: evs, now: now}, nil
 }
 

@@ -104,8 +104,33 @@ func MsysEventFields(raw json.RawMessage) (metadata json.RawMessage, tags []stri
 	return f.Metadata, f.Tags
 }
 
-// injectionEvents returns the injection events of m, one per recipient.
+// messagePrep is what prepareMessage encodes of a message for the store's
+// writer, in the caller's goroutine: the writer then only copies it.
+type messagePrep struct {
+	info      any     // encodeInfo of the message's Info
+	injection []Event // its injection events, their details encoded
+}
+
+// injectionEvents returns the injection events of m, one per recipient:
+// those prepareMessage made, or else new ones.
 func injectionEvents(m *Message) []Event {
+	if m.prep != nil {
+		return m.prep.injection
+	}
+	return newInjectionEvents(m)
+}
+
+// messageInfo returns the encoded Info of m, as prepareMessage encoded it
+// or else now.
+func messageInfo(m *Message) (any, error) {
+	if m.prep != nil {
+		return m.prep.info, nil
+	}
+	return encodeInfo(&m.Info)
+}
+
+// newInjectionEvents builds the injection events of m, one per recipient.
+func newInjectionEvents(m *Message) []Event {
 	meta, tags := MsysEventFields(m.MsysAPI)
 	evs := make([]Event, 0, len(m.Recipients))
 	for _, r := range m.Recipients {
@@ -168,6 +193,17 @@ func prepareMessage(m *Message, now time.Time) error {
 		r.NextAttempt = r.NextAttempt.UTC().Truncate(time.Microsecond)
 		r.UpdatedAt = m.CreatedAt
 	}
+	// What the writer would encode, encoded here.
+	m.prep = nil
+	info, err := encodeInfo(&m.Info)
+	if err != nil {
+		return err
+	}
+	evs := newInjectionEvents(m)
+	if err := prepareDetails(evs); err != nil {
+		return err
+	}
+	m.prep = &messagePrep{info: info, injection: evs}
 	return nil
 }
 

@@ -458,8 +458,9 @@ const pgEventInsert = `INSERT INTO events (type, time, message_id, key_id, subac
 
 // queueEvents adds the inserts of evs to b.
 func queueEvents(b *pgx.Batch, evs []Event) error {
-	for _, e := range evs {
-		detail, err := encodeDetail(&e.Detail)
+	for i := range evs {
+		e := &evs[i]
+		detail, err := e.encodedDetail()
 		if err != nil {
 			return err
 		}

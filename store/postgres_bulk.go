@@ -202,7 +202,7 @@ func queueBulkEvents(b *pgx.Batch, evs []Event) error {
 	}
 	for i := range evs {
 		e := &evs[i]
-		detail, err := encodeDetail(&e.Detail)
+		detail, err := e.encodedDetail()
 		if err != nil {
 			return err
 		}
@@ -384,7 +384,7 @@ func queueBulkMessages(b *pgx.Batch, msgs []*Message) (chunks int, err error) {
 			s := string(m.MsysAPI)
 			msys = &s
 		}
-		info, err := encodeInfo(&m.Info)
+		info, err := messageInfo(m)
 		if err != nil {
 			return 0, err
 		}

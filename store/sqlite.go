@@ -497,7 +497,7 @@ func sqliteMessageRow(m *Message) ([]any, error) {
 	if len(m.MsysAPI) > 0 {
 		msys = string(m.MsysAPI)
 	}
-	info, err := encodeInfo(&m.Info)
+	info, err := messageInfo(m)
 	if err != nil {
 		return nil, err
 	}
@@ -595,7 +595,7 @@ func execSQLiteEvents(ctx context.Context, st *sql.Stmt, evs []Event) error {
 			}
 			tags = t
 		}
-		detail, err := encodeDetail(&e.Detail)
+		detail, err := e.encodedDetail()
 		if err != nil {
 			return err
 		}

@@ -105,6 +105,8 @@ type Message struct {
 	// would): the relay of the node that stores it takes the message
 	// straight to delivery, with no claim (see [Message.Claimed]).
 	Lease *Lease
+
+	prep *messagePrep // what prepareMessage encoded for the writer
 }
 
 // Lease is a relay's lease on recipients: its owner id and its end.
@@ -256,6 +258,9 @@ type Event struct {
 	Reply      string // remote SMTP reply or local reason
 	// Detail holds SparkPost's other fields of the event.
 	Detail EventDetail
+
+	detail    any  // Detail encoded for storage, by prepareDetails
+	detailSet bool // detail is set
 }
 
 // EventFilter selects events; zero fields do not filter.
