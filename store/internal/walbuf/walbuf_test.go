@@ -18,6 +18,15 @@ import (
 	"github.com/smtpgw/smtpgw/internal/disktest"
 )
 
+// TestMain runs the child of TestKilledAfterCommit or TestFullDisk when
+// this binary is started as one (see runChild), else the tests.
+func TestMain(m *testing.M) {
+	if spec := os.Getenv("WALBUF_CHILD"); spec != "" {
+		child(spec)
+	}
+	os.Exit(m.Run())
+}
+
 // open opens path under this VFS in WAL mode with the given synchronous
 // setting and a page cache of cachePages pages (small ones make SQLite
 // spill a transaction's pages to the WAL before it commits, and rewrite
@@ -141,14 +150,10 @@ func TestCommitsVisibleToReaders(t *testing.T) {
 // after the last; the database is then opened afresh (SQLite recovers it
 // from the WAL) and checked.
 func TestKilledAfterCommit(t *testing.T) {
-	if spec := os.Getenv("WALBUF_CHILD"); spec != "" {
-		child(spec)
-		return
-	}
 	for _, sync := range []string{"FULL", "NORMAL"} {
 		t.Run(sync, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "db")
-			n, _ := runChild(t, "^TestKilledAfterCommit$", sync, path, "")
+			n, _ := runChild(t, sync, path, "")
 			check(t, open(t, path, sync, 2000), n)
 		})
 	}
@@ -160,15 +165,11 @@ func TestKilledAfterCommit(t *testing.T) {
 // commit whose frames were written after all would come back as
 // committed); and commits succeed again.
 func TestFullDisk(t *testing.T) {
-	if spec := os.Getenv("WALBUF_CHILD"); spec != "" {
-		child(spec)
-		return
-	}
 	for _, sync := range []string{"FULL", "NORMAL"} {
 		t.Run(sync, func(t *testing.T) {
 			dir := disktest.Small(t, 8<<20)
 			path := filepath.Join(dir, "db")
-			n, failed := runChild(t, "^TestFullDisk$", sync, path, dir)
+			n, failed := runChild(t, sync, path, dir)
 			if failed == 0 {
 				t.Fatal("no commit failed while the disk was full")
 			}
@@ -182,14 +183,14 @@ func TestFullDisk(t *testing.T) {
 	}
 }
 
-// runChild runs the test named run in a child process that commits to the
-// database at path with the given synchronous setting (filling the file
+// runChild runs this test binary again as a child process (TestMain runs
+// child in it) that commits to the database at path with the given synchronous setting (filling the file
 // system at fill, if not empty, for a while), and kills it with SIGKILL
 // once it is done. It returns how many rows the child committed, and how
 // many of its commits failed.
-func runChild(t *testing.T, run, sync, path, fill string) (n, failed int) {
+func runChild(t *testing.T, sync, path, fill string) (n, failed int) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run", run)
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "WALBUF_CHILD="+sync+","+path+","+fill)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
