@@ -126,6 +126,10 @@ func fp(f any) uintptr {
 	return (*iface)(unsafe.Pointer(&f))[1]
 }
 
+// cfunc is the C function pointer p of modernc's SQLite as a Go function
+// of type F (its C signature).
+func cfunc[F any](p uintptr) F { return *(*F)(unsafe.Pointer(&p)) }
+
 // ptr turns an address SQLite gave us into a pointer.
 func ptr(p uintptr) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Pointer(&p)) }
 
@@ -141,7 +145,7 @@ func baseIO(pFile uintptr) *sqlite3.Tsqlite3_io_methods {
 }
 
 func xOpen(tls *libc.TLS, pVfs, zName, pFile uintptr, flags int32, pOutFlags uintptr) int32 {
-	open := *(*func(*libc.TLS, uintptr, uintptr, uintptr, int32, uintptr) int32)(unsafe.Pointer(&struct{ uintptr }{(*sqlite3.Tsqlite3_vfs)(ptr(base)).FxOpen}))
+	open := cfunc[func(*libc.TLS, uintptr, uintptr, uintptr, int32, uintptr) int32]((*sqlite3.Tsqlite3_vfs)(ptr(base)).FxOpen)
 	*extOf(pFile) = ext{}
 	rc := open(tls, base, zName, pFile, flags, pOutFlags)
 	if rc != sqlite3.SQLITE_OK || flags&sqlite3.SQLITE_OPEN_WAL == 0 {
@@ -200,7 +204,7 @@ func flush(tls *libc.TLS, pFile uintptr, w *walFile) int32 {
 
 func write(tls *libc.TLS, pFile uintptr, p unsafe.Pointer, n int32, off int64) int32 {
 	wrote.Add(1)
-	f := *(*func(*libc.TLS, uintptr, uintptr, int32, int64) int32)(unsafe.Pointer(&struct{ uintptr }{baseIO(pFile).FxWrite}))
+	f := cfunc[func(*libc.TLS, uintptr, uintptr, int32, int64) int32](baseIO(pFile).FxWrite)
 	return f(tls, pFile, uintptr(p), n, off)
 }
 
@@ -244,11 +248,14 @@ func xWrite(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 {
 	return sqlite3.SQLITE_OK
 }
 
+// xClose writes what is gathered and closes the file. Only frames of a
+// transaction that did not commit can still be gathered here (a commit
+// writes its own), so a failure loses nothing recovery would keep.
 func xClose(tls *libc.TLS, pFile uintptr) int32 {
 	e := *extOf(pFile)
 	w := fileOf(pFile)
 	rc := flush(tls, pFile, w)
-	f := *(*func(*libc.TLS, uintptr) int32)(unsafe.Pointer(&struct{ uintptr }{baseIO(pFile).FxClose}))
+	f := cfunc[func(*libc.TLS, uintptr) int32](baseIO(pFile).FxClose)
 	if crc := f(tls, pFile); rc == sqlite3.SQLITE_OK {
 		rc = crc
 	}
@@ -260,8 +267,7 @@ func xRead(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 {
 	if rc := flush(tls, pFile, fileOf(pFile)); rc != sqlite3.SQLITE_OK {
 		return rc
 	}
-	f := *(*func(*libc.TLS, uintptr, uintptr, int32, int64) int32)(unsafe.Pointer(&struct{ uintptr }{baseIO(pFile).FxRead}))
-	return f(tls, pFile, zBuf, iAmt, iOfst)
+	return cfunc[func(*libc.TLS, uintptr, uintptr, int32, int64) int32](baseIO(pFile).FxRead)(tls, pFile, zBuf, iAmt, iOfst)
 }
 
 func xTruncate(tls *libc.TLS, pFile uintptr, size int64) int32 {
@@ -270,30 +276,26 @@ func xTruncate(tls *libc.TLS, pFile uintptr, size int64) int32 {
 		return rc
 	}
 	w.afterCommit = false
-	f := *(*func(*libc.TLS, uintptr, int64) int32)(unsafe.Pointer(&struct{ uintptr }{baseIO(pFile).FxTruncate}))
-	return f(tls, pFile, size)
+	return cfunc[func(*libc.TLS, uintptr, int64) int32](baseIO(pFile).FxTruncate)(tls, pFile, size)
 }
 
 func xSync(tls *libc.TLS, pFile uintptr, flags int32) int32 {
 	if rc := flush(tls, pFile, fileOf(pFile)); rc != sqlite3.SQLITE_OK {
 		return rc
 	}
-	f := *(*func(*libc.TLS, uintptr, int32) int32)(unsafe.Pointer(&struct{ uintptr }{baseIO(pFile).FxSync}))
-	return f(tls, pFile, flags)
+	return cfunc[func(*libc.TLS, uintptr, int32) int32](baseIO(pFile).FxSync)(tls, pFile, flags)
 }
 
 func xFileSize(tls *libc.TLS, pFile, pSize uintptr) int32 {
 	if rc := flush(tls, pFile, fileOf(pFile)); rc != sqlite3.SQLITE_OK {
 		return rc
 	}
-	f := *(*func(*libc.TLS, uintptr, uintptr) int32)(unsafe.Pointer(&struct{ uintptr }{baseIO(pFile).FxFileSize}))
-	return f(tls, pFile, pSize)
+	return cfunc[func(*libc.TLS, uintptr, uintptr) int32](baseIO(pFile).FxFileSize)(tls, pFile, pSize)
 }
 
 func xFileControl(tls *libc.TLS, pFile uintptr, op int32, pArg uintptr) int32 {
 	if rc := flush(tls, pFile, fileOf(pFile)); rc != sqlite3.SQLITE_OK {
 		return rc
 	}
-	f := *(*func(*libc.TLS, uintptr, int32, uintptr) int32)(unsafe.Pointer(&struct{ uintptr }{baseIO(pFile).FxFileControl}))
-	return f(tls, pFile, op, pArg)
+	return cfunc[func(*libc.TLS, uintptr, int32, uintptr) int32](baseIO(pFile).FxFileControl)(tls, pFile, op, pArg)
 }
