@@ -4,9 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/smtpgw/smtpgw/internal/pgtest"
 )
 
 func TestWebhooksCRUD(t *testing.T) {
@@ -127,7 +132,11 @@ func TestWebhookOutbox(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		deadline := time.Now().Add(20 * time.Second)
+		// On PostgreSQL an event is dispatched once every transaction
+		// older than its own has ended, anywhere in the cluster (see
+		// pgHorizon): other packages' tests share the server, and one of
+		// theirs may keep a transaction open for a while.
+		deadline := time.Now().Add(60 * time.Second)
 		for {
 			rec.mu.Lock()
 			n := len(rec.seen)
@@ -140,7 +149,7 @@ func TestWebhookOutbox(t *testing.T) {
 		close(done)
 		dwg.Wait()
 		if len(rec.seen) != writers*each {
-			t.Fatalf("%d events dispatched, want %d", len(rec.seen), writers*each)
+			t.Fatalf("%d events dispatched, want %d%s", len(rec.seen), writers*each, horizonHolders(t, e))
 		}
 		for id, n := range rec.seen {
 			if n != 1 {
@@ -206,4 +215,30 @@ func TestWebhookOutbox(t *testing.T) {
 			t.Errorf("batches of a deleted webhook: %d, %v", len(left), err)
 		}
 	})
+}
+
+// horizonHolders describes, on PostgreSQL, the transactions that hold the
+// cluster's oldest running transaction id back (what webhook dispatch
+// waits for), for a failure message.
+func horizonHolders(t *testing.T, e *env) string {
+	if e.url == "" {
+		return ""
+	}
+	ctx := ctxT(t)
+	conn, err := pgx.Connect(ctx, pgtest.BaseURL())
+	if err != nil {
+		return fmt.Sprintf(" (could not list open transactions: %v)", err)
+	}
+	defer func() { _ = conn.Close(ctx) }()
+	rows, err := conn.Query(ctx, `SELECT format('pid %s, xid %s, %s since %s: %s', pid, backend_xid, state,
+		xact_start, left(regexp_replace(query, '\s+', ' ', 'g'), 100))
+		FROM pg_stat_activity WHERE backend_xid IS NOT NULL ORDER BY age(backend_xid) DESC LIMIT 5`)
+	if err != nil {
+		return fmt.Sprintf(" (could not list open transactions: %v)", err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Sprintf(" (could not list open transactions: %v)", err)
+	}
+	return "; oldest open transactions: " + strings.Join(lines, "; ")
 }
