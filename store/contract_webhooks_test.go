@@ -242,3 +242,72 @@ func horizonHolders(t *testing.T, e *env) string {
 	}
 	return "; oldest open transactions: " + strings.Join(lines, "; ")
 }
+
+// TestWebhookHold: on PostgreSQL a transaction left open holds webhook
+// dispatch back, and WebhookHold names it; SQLite has nothing to report.
+func TestWebhookHold(t *testing.T) {
+	both(t, func(t *testing.T, e *env) {
+		ctx := ctxT(t)
+		if e.url == "" {
+			if h, err := e.s.WebhookHold(ctx); h != nil || err != nil {
+				t.Fatalf("SQLite: WebhookHold = %+v, %v; want nothing", h, err)
+			}
+			return
+		}
+		cfg, err := pgx.ParseConfig(pgtest.BaseURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.RuntimeParams["application_name"] = "smtpgw_hold_test"
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = conn.Close(ctx) }()
+		if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+			t.Fatal(err)
+		}
+		var (
+			xid   uint64
+			pid   int
+			start time.Time
+		)
+		if err := conn.QueryRow(ctx, `SELECT pg_current_xact_id()::text::bigint, pg_backend_pid(), now()`).Scan(&xid, &pid, &start); err != nil {
+			t.Fatal(err)
+		}
+		// It holds events back once a newer transaction has committed;
+		// other tests' transactions may be older for a moment: they end
+		// soon, and then this one is the oldest.
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if err := e.s.AddEvents(ctx, []Event{{Type: EventDelivery, MessageID: "held"}}); err != nil {
+				t.Fatal(err)
+			}
+			h, err := e.s.WebhookHold(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h != nil && h.XID == xid {
+				if h.PID != pid || h.Application != "smtpgw_hold_test" || h.State != "idle in transaction" ||
+					!h.Since.Equal(start.UTC()) || h.Database == "" || h.User == "" {
+					t.Errorf("WebhookHold = %+v, want pid %d, application smtpgw_hold_test, idle in transaction since %v",
+						h, pid, start.UTC())
+				}
+				break
+			}
+			if h != nil && h.XID > xid {
+				t.Fatalf("WebhookHold = %+v: a transaction newer than the open one (xid %d)", h, xid)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("WebhookHold = %+v, want the open transaction (xid %d)", h, xid)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+			t.Fatal(err)
+		}
+		if h, err := e.s.WebhookHold(ctx); err != nil || (h != nil && h.XID == xid) {
+			t.Errorf("after COMMIT: WebhookHold = %+v, %v; want another transaction or none", h, err)
+		}
+	})
+}

@@ -131,6 +131,10 @@ func rowsOrNotFound(res sql.Result, err error, what string) error {
 	return nil
 }
 
+// WebhookHold implements Store: SQLite's dispatch waits for no
+// transaction.
+func (s *sqliteStore) WebhookHold(context.Context) (*WebhookHold, error) { return nil, nil }
+
 // DispatchWebhook implements Store. SQLite runs one write transaction at a
 // time (BEGIN IMMEDIATE), so event ids become visible in increasing order
 // and a cursor on the id never passes an event still to commit.

@@ -94,6 +94,12 @@ type WebhookStore interface {
 	// there were none or another node holds the webhook. ErrNotFound if
 	// the webhook is gone.
 	DispatchWebhook(ctx context.Context, id string, limit int, render func([]Event) (*WebhookBatch, error)) (int, error)
+	// WebhookHold reports the transaction that committed events wait for
+	// before DispatchWebhook may read them: on PostgreSQL the oldest
+	// transaction still open anywhere on the server, once a newer one has
+	// committed; nil when none is held back. SQLite always returns nil:
+	// its dispatch waits for nothing.
+	WebhookHold(ctx context.Context) (*WebhookHold, error)
 	// ClaimWebhookBatches leases up to limit pending, due batches whose
 	// lease is free or expired to owner until now+lease.
 	ClaimWebhookBatches(ctx context.Context, owner string, limit int, lease time.Duration) ([]*WebhookBatch, error)
@@ -106,6 +112,20 @@ type WebhookStore interface {
 	// PruneWebhookBatches deletes delivered and failed batches last
 	// changed before before, and attempts older than it.
 	PruneWebhookBatches(ctx context.Context, before time.Time) (int64, error)
+}
+
+// WebhookHold is a transaction open on the database server that holds
+// webhook dispatch back (see WebhookStore.WebhookHold). Only XID is always
+// set: PostgreSQL shows the rest of another user's session only to a role
+// with pg_read_all_stats.
+type WebhookHold struct {
+	XID         uint64    // its transaction id
+	PID         int       // its server process
+	Since       time.Time // when the transaction began
+	Database    string
+	User        string
+	Application string
+	State       string // "active", "idle in transaction", ...
 }
 
 // normWebhook fills the JSON defaults of w.

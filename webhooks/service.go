@@ -16,6 +16,10 @@ const (
 	// attempts, are kept this long for batch-status.
 	pruneEvery   = time.Hour
 	keepFinished = 24 * time.Hour
+	// holdWarnAfter is how long committed events may wait for an open
+	// transaction (store.WebhookStore.WebhookHold) before the service
+	// warns, and how often it warns again while they wait.
+	holdWarnAfter = time.Minute
 )
 
 // Service runs the dispatcher (events to batches) and the workers (batches
@@ -27,6 +31,8 @@ type Service struct {
 	owner  string // lease owner: node and a random suffix, new per process
 
 	wake chan struct{} // a batch was made: workers look now
+
+	hold holdWatch // dispatch loop only
 
 	mu      sync.Mutex
 	cancel  context.CancelFunc
@@ -41,7 +47,7 @@ func NewService(cfg Config, st store.Store) *Service {
 		cfg.Node, _ = os.Hostname()
 	}
 	return &Service{cfg: cfg, st: st, sender: NewSender(cfg), owner: cfg.Node + "/" + newID()[:8],
-		wake: make(chan struct{}, 1)}
+		wake: make(chan struct{}, 1), hold: holdWatch{warnAfter: holdWarnAfter}}
 }
 
 // Start runs the service until ctx ends or Stop is called.
@@ -120,7 +126,9 @@ func (s *Service) dispatchAll(ctx context.Context) {
 		}
 		return
 	}
+	active := false
 	for _, w := range ws {
+		active = active || w.Active
 		for ctx.Err() == nil {
 			made := false
 			n, err := s.st.DispatchWebhook(ctx, w.ID, s.cfg.BatchSize, func(evs []store.Event) (*store.WebhookBatch, error) {
@@ -151,6 +159,56 @@ func (s *Service) dispatchAll(ctx context.Context) {
 			}
 		}
 	}
+	if active {
+		s.watchHold(ctx)
+	}
+}
+
+// holdWatch follows the transaction that holds committed events back from
+// dispatch (PostgreSQL: one left open anywhere on the server), to warn when
+// it lasts.
+type holdWatch struct {
+	warnAfter time.Duration
+	xid       uint64    // the holding transaction, 0 if none
+	since     time.Time // when it was first seen holding
+	warned    time.Time // last warning about it
+}
+
+// watchHold asks the store what holds dispatch back and warns once that
+// has lasted warnAfter, then every warnAfter, naming the transaction; once
+// it ends after a warning, it says so.
+func (s *Service) watchHold(ctx context.Context) {
+	h, err := s.st.WebhookHold(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.cfg.Logger.Warn("webhook hold", "err", err)
+		}
+		return
+	}
+	w, now := &s.hold, time.Now()
+	if h == nil || h.XID != w.xid {
+		if !w.warned.IsZero() {
+			s.cfg.Logger.Info("webhook events no longer held back", "xid", w.xid, "held_for", now.Sub(w.since).Round(time.Second).String())
+		}
+		*w = holdWatch{warnAfter: w.warnAfter}
+		if h == nil {
+			return
+		}
+		w.xid, w.since = h.XID, now
+	}
+	if now.Sub(w.since) < w.warnAfter || now.Sub(w.warned) < w.warnAfter {
+		return
+	}
+	w.warned = now
+	attrs := []any{"xid", h.XID, "held_for", now.Sub(w.since).Round(time.Second).String()}
+	if h.PID != 0 {
+		attrs = append(attrs, "pid", h.PID, "database", h.Database, "user", h.User, "application", h.Application,
+			"state", h.State, "transaction_started", h.Since.Format(time.RFC3339))
+	} else {
+		attrs = append(attrs, "session", "not visible to this database user (pg_read_all_stats shows it)")
+	}
+	s.cfg.Logger.Warn("webhook events held back by a transaction open on the database server; "+
+		"they are sent once it ends (end it, or set idle_in_transaction_session_timeout)", attrs...)
 }
 
 // deliverLoop claims due batches and POSTs them, Workers at a time.

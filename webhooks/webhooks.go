@@ -9,6 +9,10 @@
 //     gathered every Config.BatchInterval) and stores the batch and the new
 //     cursor in one transaction ([store.WebhookStore.DispatchWebhook]), so
 //     every event is in exactly one batch of each webhook, whatever crashes.
+//     On PostgreSQL an event waits until every older transaction on the
+//     server has ended ([store.WebhookStore.WebhookHold]); when one held
+//     events back for a minute, the service logs a warning naming it, every
+//     minute until it ends.
 //   - Delivery at least once. Workers claim due batches with a lease (FOR
 //     UPDATE SKIP LOCKED on PostgreSQL, as the relay claims recipients), POST
 //     them, and record each attempt. Two nodes never send a batch at once;

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -14,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
+	"github.com/smtpgw/smtpgw/internal/pgtest"
 	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/store"
 )
@@ -315,4 +319,89 @@ func TestInputValidation(t *testing.T) {
 			t.Errorf("apply(%+v) = %v, want an error about %s", c.in, err, c.want)
 		}
 	}
+}
+
+// logBuffer is an io.Writer safe for a logger's concurrent writes.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestHoldWarning: on PostgreSQL a transaction left open holds webhook
+// events back; the service warns, naming its session, and says when it
+// ended.
+func TestHoldWarning(t *testing.T) {
+	t.Parallel()
+	st := storetest.Open(t, "postgres")
+	ctx := context.Background()
+	if err := st.CreateWebhook(ctx, &store.Webhook{ID: "w", Name: "hook", Target: "https://example.com/hook",
+		Events: []string{"delivery"}, Active: true}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgx.ParseConfig(pgtest.BaseURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["application_name"] = "left_open"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close(ctx) }()
+	var pid int
+	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	var xid string
+	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid(), pg_current_xact_id()::text`).Scan(&pid, &xid); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	s := NewService(Config{AllowPrivateTargets: true, BatchInterval: 20 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(logs, nil))}, st)
+	s.hold.warnAfter = 300 * time.Millisecond
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	waitLog := func(what string, want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			// Newer transactions commit, so the open one holds events back.
+			if err := st.AddEvents(ctx, []store.Event{{Type: store.EventDelivery, MessageID: "m"}}); err != nil {
+				t.Fatal(err)
+			}
+			l := logs.String()
+			found := true
+			for _, w := range want {
+				found = found && strings.Contains(l, w)
+			}
+			if found {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s in the log:\n%s", what, l)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitLog("warning naming the open transaction", "level=WARN msg=\"webhook events held back",
+		fmt.Sprintf("pid=%d", pid), "application=left_open", "state=\"idle in transaction\"")
+	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	waitLog("notice that it ended", "level=INFO msg=\"webhook events no longer held back\"")
 }
