@@ -139,9 +139,14 @@ type committer[T any] struct {
 	lastOther atomic.Int64
 	// arriving counts the announced items (arriving) not yet added.
 	arriving atomic.Int64
-	stop     chan struct{} // closed by close
-	done     chan struct{} // closed when the loop returned
-	once     sync.Once     // guards close
+	// announced is arriving as it was when takeBudget last took items,
+	// read under mu with the queue, so that a batch waits for exactly the
+	// items announced when it was taken, whatever is withdrawn while it
+	// starts (newJoin). Only the loop's goroutine takes.
+	announced int64
+	stop      chan struct{} // closed by close
+	done      chan struct{} // closed when the loop returned
+	once      sync.Once     // guards close
 }
 
 // newCommitter starts a committer for spec.
@@ -402,7 +407,7 @@ type batchJoin[T any] struct {
 
 // newJoin starts the join of batch, which was just taken.
 func (c *committer[T]) newJoin(batch []*waiter[T]) *batchJoin[T] {
-	j := &batchJoin[T]{c: c, batch: batch, want: len(batch) + int(c.arriving.Load()),
+	j := &batchJoin[T]{c: c, batch: batch, want: len(batch) + int(c.announced),
 		deadline: time.Now().Add(c.spec.gather)}
 	for _, w := range batch {
 		j.bytes += w.size
@@ -424,7 +429,8 @@ func (j *batchJoin[T]) more() []T {
 		}
 	}()
 	for len(j.batch) < maxBatchMessages {
-		if ws := c.takeBudget(maxBatchMessages-len(j.batch), j.bytes); len(ws) > 0 {
+		ws, full := c.takeBudget(maxBatchMessages-len(j.batch), j.bytes)
+		if len(ws) > 0 {
 			items := make([]T, len(ws))
 			for i, w := range ws {
 				items[i] = w.item
@@ -434,9 +440,10 @@ func (j *batchJoin[T]) more() []T {
 			return items
 		}
 		wait := time.Until(j.deadline)
-		if len(j.batch) >= j.want || wait <= 0 || c.queued() > 0 {
+		if len(j.batch) >= j.want || wait <= 0 || full {
 			// (Items queued that did not fit wait for the next batch:
-			// nothing more can join this one.)
+			// nothing more can join this one. An item queued since
+			// takeBudget looked is taken on the next turn.)
 			return nil
 		}
 		if timer == nil {
@@ -469,24 +476,18 @@ func (c *committer[T]) take() []*waiter[T] {
 	return c.takeUpTo(maxBatchMessages)
 }
 
-// queued returns how many waiters are queued.
-func (c *committer[T]) queued() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.queue)
-}
-
 // takeUpTo is take of at most max items.
 func (c *committer[T]) takeUpTo(max int) []*waiter[T] {
-	return c.takeBudget(max, 0)
+	ws, _ := c.takeBudget(max, 0)
+	return ws
 }
 
 // takeBudget is take of at most max items for a batch that holds used
-// bytes already (an empty one takes its first item whatever its size).
-func (c *committer[T]) takeBudget(max, used int) []*waiter[T] {
+// bytes already (an empty one takes its first item whatever its size);
+// full reports that it left items queued because they did not fit.
+func (c *committer[T]) takeBudget(max, used int) (batch []*waiter[T], full bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var batch []*waiter[T]
 	bytes := used
 	i := 0
 	for ; i < len(c.queue); i++ {
@@ -501,10 +502,13 @@ func (c *committer[T]) takeBudget(max, used int) []*waiter[T] {
 		bytes += w.size
 	}
 	c.taken += int64(len(batch))
+	if len(batch) > 0 {
+		c.announced = c.arriving.Load()
+	}
 	rest := copy(c.queue, c.queue[i:])
 	clear(c.queue[rest:])
 	c.queue = c.queue[:rest]
-	return batch
+	return batch, rest > 0
 }
 
 // record counts a batch begun at start, before its waiters are answered
