@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,11 +11,11 @@ import (
 	"net/http/httptest"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/internal/logtest"
 	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/store"
 )
@@ -28,7 +27,7 @@ type fixture struct {
 	st    store.Store
 	url   string
 	admin string // master-account key with every enforced grant
-	logs  *syncBuffer
+	logs  *logtest.Buffer
 }
 
 // setup starts the API on a fresh store of backend behind a real HTTP
@@ -42,7 +41,7 @@ func setup(t *testing.T, backend string, cfg Config) *fixture {
 
 func setupStore(t *testing.T, st store.Store, acfg auth.Config, cfg Config) *fixture {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	v := auth.NewVerifier(st, acfg)
 	t.Cleanup(v.Close)
@@ -158,24 +157,6 @@ func (f *fixture) fails(q req, status int, want ...string) {
 			f.t.Errorf("%s %s: description %q lacks %q", q.method, q.path, res.Errors[0].Description, w)
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use (the log).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // subaccount creates subaccount id (active) in the store unless it is 0

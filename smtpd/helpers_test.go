@@ -2,7 +2,6 @@ package smtpd
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -13,13 +12,13 @@ import (
 	"net/smtp"
 	"net/textproto"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/smtpgw/smtpgw/auth"
+	"github.com/smtpgw/smtpgw/internal/logtest"
 	"github.com/smtpgw/smtpgw/internal/pgtest"
 	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/internal/tlstest"
@@ -41,29 +40,11 @@ type testEnv struct {
 	srv     *Server
 	pair    *tlstest.Pair
 	reg     *prometheus.Registry
-	logs    *syncBuffer
+	logs    *logtest.Buffer
 	key     string // master key with smtp/inject
 	keyID   string
 	// shutDownEarly: the test called Shutdown itself and checked its result.
 	shutDownEarly bool
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers (the log).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // setup starts a server on a fresh store of backend; mod may change the
@@ -77,7 +58,7 @@ func setup(t testing.TB, backend string, mod func(*Config)) *testEnv {
 // minute (negative: none) for the Verifier.
 func setupBudget(t testing.TB, backend string, mod func(*Config), maxFails int) *testEnv {
 	t.Helper()
-	e := &testEnv{t: t, backend: backend, dataDir: t.TempDir(), pair: tlstest.New(t), logs: &syncBuffer{}}
+	e := &testEnv{t: t, backend: backend, dataDir: t.TempDir(), pair: tlstest.New(t), logs: &logtest.Buffer{}}
 	if backend == "postgres" {
 		e.url = pgtest.URL(t)
 	}

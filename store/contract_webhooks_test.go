@@ -254,27 +254,7 @@ func TestWebhookHold(t *testing.T) {
 			}
 			return
 		}
-		cfg, err := pgx.ParseConfig(pgtest.BaseURL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.RuntimeParams["application_name"] = "smtpgw_hold_test"
-		conn, err := pgx.ConnectConfig(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = conn.Close(ctx) }()
-		if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
-			t.Fatal(err)
-		}
-		var (
-			xid   uint64
-			pid   int
-			start time.Time
-		)
-		if err := conn.QueryRow(ctx, `SELECT pg_current_xact_id()::text::bigint, pg_backend_pid(), now()`).Scan(&xid, &pid, &start); err != nil {
-			t.Fatal(err)
-		}
+		open := pgtest.BeginOpenTx(t, "smtpgw_hold_test")
 		// It holds events back once a newer transaction has committed;
 		// other tests' transactions may be older for a moment: they end
 		// soon, and then this one is the oldest.
@@ -287,26 +267,24 @@ func TestWebhookHold(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if h != nil && h.XID == xid {
-				if h.PID != pid || h.Application != "smtpgw_hold_test" || h.State != "idle in transaction" ||
-					!h.Since.Equal(start.UTC()) || h.Database == "" || h.User == "" {
+			if h != nil && h.XID == open.XID {
+				if h.PID != open.PID || h.Application != "smtpgw_hold_test" || h.State != "idle in transaction" ||
+					!h.Since.Equal(open.Start) || h.Database == "" || h.User == "" {
 					t.Errorf("WebhookHold = %+v, want pid %d, application smtpgw_hold_test, idle in transaction since %v",
-						h, pid, start.UTC())
+						h, open.PID, open.Start)
 				}
 				break
 			}
-			if h != nil && h.XID > xid {
-				t.Fatalf("WebhookHold = %+v: a transaction newer than the open one (xid %d)", h, xid)
+			if h != nil && h.XID > open.XID {
+				t.Fatalf("WebhookHold = %+v: a transaction newer than the open one (xid %d)", h, open.XID)
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("WebhookHold = %+v, want the open transaction (xid %d)", h, xid)
+				t.Fatalf("WebhookHold = %+v, want the open transaction (xid %d)", h, open.XID)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
-			t.Fatal(err)
-		}
-		if h, err := e.s.WebhookHold(ctx); err != nil || (h != nil && h.XID == xid) {
+		open.Commit(t)
+		if h, err := e.s.WebhookHold(ctx); err != nil || (h != nil && h.XID == open.XID) {
 			t.Errorf("after COMMIT: WebhookHold = %+v, %v; want another transaction or none", h, err)
 		}
 	})

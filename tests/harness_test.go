@@ -16,11 +16,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/smtpgw/smtpgw/internal/logtest"
 	"github.com/smtpgw/smtpgw/internal/pgtest"
 	"github.com/smtpgw/smtpgw/internal/tlstest"
 )
@@ -81,7 +81,7 @@ type Gateway struct {
 	Submission, HTTP string
 
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *logtest.Buffer
 	done chan struct{}
 }
 
@@ -132,7 +132,7 @@ var (
 func (g *Gateway) start() {
 	g.t.Helper()
 	if g.logs == nil {
-		g.logs = &syncBuffer{} // kept across restarts
+		g.logs = &logtest.Buffer{} // kept across restarts
 	}
 	logs := g.logs
 	g.cmd = exec.Command(binary, "serve", "--config", g.cfgPath, "--log-level", "debug")
@@ -302,27 +302,3 @@ func (g *Gateway) Message(id string) QueuedMessage {
 
 // queuedAs extracts the queue id from "250 2.0.0 OK queued as <id>".
 var queuedAs = regexp.MustCompile(`queued as ([0-9a-f]+)`)
-
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) WriteString(p string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b.WriteString(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}

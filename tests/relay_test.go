@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/smtpgw/smtpgw/internal/logtest"
 	"github.com/smtpgw/smtpgw/internal/pgtest"
 )
 
@@ -62,7 +63,7 @@ func startSink(t testing.TB) *sink {
 			t.Fatal(err)
 		}
 		cmd := exec.Command(bin, "-u", "nobody", "-d", filepath.Join(dir, "msg."), addr, "256")
-		stderr := &syncBuffer{}
+		stderr := &logtest.Buffer{}
 		cmd.Stdout, cmd.Stderr = stderr, stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("start smtp-sink: %v", err)

@@ -15,8 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
+	"github.com/smtpgw/smtpgw/internal/logtest"
 	"github.com/smtpgw/smtpgw/internal/pgtest"
 	"github.com/smtpgw/smtpgw/internal/storetest"
 	"github.com/smtpgw/smtpgw/store"
@@ -321,24 +320,6 @@ func TestInputValidation(t *testing.T) {
 	}
 }
 
-// logBuffer is an io.Writer safe for a logger's concurrent writes.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestHoldWarning: on PostgreSQL a transaction left open holds webhook
 // events back; the service warns, naming its session, and says when it
 // ended.
@@ -350,25 +331,8 @@ func TestHoldWarning(t *testing.T) {
 		Events: []string{"delivery"}, Active: true}); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := pgx.ParseConfig(pgtest.BaseURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.RuntimeParams["application_name"] = "left_open"
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = conn.Close(ctx) }()
-	var pid int
-	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
-		t.Fatal(err)
-	}
-	var xid string
-	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid(), pg_current_xact_id()::text`).Scan(&pid, &xid); err != nil {
-		t.Fatal(err)
-	}
-	logs := &logBuffer{}
+	open := pgtest.BeginOpenTx(t, "left_open")
+	logs := &logtest.Buffer{}
 	s := NewService(Config{AllowPrivateTargets: true, BatchInterval: 20 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(logs, nil))}, st)
 	s.hold.warnAfter = 300 * time.Millisecond
@@ -399,9 +363,7 @@ func TestHoldWarning(t *testing.T) {
 		}
 	}
 	waitLog("warning naming the open transaction", "level=WARN msg=\"webhook events held back",
-		fmt.Sprintf("pid=%d", pid), "application=left_open", "state=\"idle in transaction\"")
-	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
-		t.Fatal(err)
-	}
+		fmt.Sprintf("pid=%d", open.PID), "application=left_open", "state=\"idle in transaction\"")
+	open.Commit(t)
 	waitLog("notice that it ended", "level=INFO msg=\"webhook events no longer held back\"")
 }
