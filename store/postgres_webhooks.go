@@ -97,38 +97,25 @@ func tagOrNotFound(tag pgconn.CommandTag, err error, op, what string) error {
 // backend_xid is the 32-bit form of the horizon).
 func (s *pgStore) WebhookHold(ctx context.Context) (*WebhookHold, error) {
 	var (
-		xid                  uint64
-		pid                  *int32
-		since                *time.Time
-		db, user, app, state *string
+		h     WebhookHold
+		since *time.Time // NULL when the session is not visible to this role
 	)
 	err := s.pool.QueryRow(ctx, `WITH h AS (SELECT pg_snapshot_xmin(s)::text::bigint AS xmin,
 			pg_snapshot_xmin(s) < pg_snapshot_xmax(s) AS open FROM pg_current_snapshot() s)
-		SELECT h.xmin, a.pid, a.xact_start, a.datname, a.usename, a.application_name, a.state
+		SELECT h.xmin, coalesce(a.pid, 0), a.xact_start, coalesce(a.datname, ''), coalesce(a.usename, ''),
+			coalesce(a.application_name, ''), coalesce(a.state, '')
 		FROM h LEFT JOIN pg_stat_activity a ON a.backend_xid::text = (h.xmin % 4294967296)::text
-		WHERE h.open LIMIT 1`).Scan(&xid, &pid, &since, &db, &user, &app, &state)
+		WHERE h.open LIMIT 1`).Scan(&h.XID, &h.PID, &since, &h.Database, &h.User, &h.Application, &h.State)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, pgErr("webhook hold", err)
 	}
-	h := &WebhookHold{XID: xid}
-	if pid != nil {
-		h.PID = int(*pid)
-	}
 	if since != nil {
 		h.Since = since.UTC()
 	}
-	for _, f := range []struct {
-		dst *string
-		src *string
-	}{{&h.Database, db}, {&h.User, user}, {&h.Application, app}, {&h.State, state}} {
-		if f.src != nil {
-			*f.dst = *f.src
-		}
-	}
-	return h, nil
+	return &h, nil
 }
 
 // DispatchWebhook implements Store. The webhook row is locked with SKIP

@@ -181,7 +181,7 @@ func (s *Service) watchHold(ctx context.Context) {
 	h, err := s.st.WebhookHold(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			s.cfg.Logger.Warn("webhook hold", "err", err)
+			s.cfg.Logger.Warn("check what holds webhook events back", "err", err)
 		}
 		return
 	}
