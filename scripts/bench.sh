@@ -58,6 +58,12 @@
 # RATE set and the Postfix baseline, Postfix too gets a paced run (at R, or
 # at half its own rate), from `smtpgw bench --no-auth --tls none`: its p50,
 # p99 and max on the same disk.
+# PACED_SECS=T makes every paced run (the gateway's and Postfix's) last
+# about T seconds: it sends rate x T messages instead of N. Unset or 0: N.
+# A paced run of N messages lasts N/rate seconds, so a faster server's p99
+# comes from a shorter window, in which one stall of the disk weighs more
+# (a 200 ms stall is 3 % of a 6.7 s run, 0.6 % of a 33 s one); with
+# PACED_SECS every server's p99 is read over the same time.
 # Needs root (cgroups, Postfix, the PostgreSQL cluster runs as user postgres),
 # cgroup v1 cpuacct or cgroup v2, smtp-sink/smtp-source (package postfix) and
 # PostgreSQL 15 binaries.
@@ -65,7 +71,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10000}; SIZE=${SIZE:-10240}; S=${S:-20}
 TLS=${TLS:-starttls}; STORES=${STORES:-"sqlite postgres"}; GWS=${GWS:-1}
-POSTFIX=${POSTFIX:-1}; RATE=${RATE:-0}; PGWARM_MB=${PGWARM_MB:-1024}
+POSTFIX=${POSTFIX:-1}; RATE=${RATE:-0}; PGWARM_MB=${PGWARM_MB:-1024}; PACED_SECS=${PACED_SECS:-0}
+case $PACED_SECS in *[!0-9]*|"") echo "bench.sh: PACED_SECS=$PACED_SECS: want a whole number of seconds (0: N messages)" >&2; exit 2 ;; esac
 case $PGWARM_MB in *[!0-9]*|"") echo "bench.sh: PGWARM_MB=$PGWARM_MB: want a number of megabytes (0: no warm-up)" >&2; exit 2 ;; esac
 case $RATE in half) ;; *[!0-9.]*|"") echo "bench.sh: RATE=$RATE: want a number of messages per second or half" >&2; exit 2 ;; esac
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
@@ -74,6 +81,12 @@ export PATH="$PATH:/usr/sbin:/sbin:/usr/local/go/bin"
 work=$(mktemp -d /tmp/smtpgw-bench.XXXXXX)
 [ -n "${PROFILE:-}" ] && mkdir -p "$PROFILE" && PROFILE=$(cd "$PROFILE" && pwd)
 chmod 755 "$work"
+
+# paced_n rate -> how many messages a run at that rate sends: N, or with
+# PACED_SECS rate x PACED_SECS (a full-speed run, rate 0, sends N).
+paced_n() {
+  awk -v r="$1" -v t="$PACED_SECS" -v n="$N" 'BEGIN {if (r > 0 && t > 0) n = int(r * t + 0.5); print n}'
+}
 
 # Control groups: one per server so each one's CPU is counted apart.
 if [ -d /sys/fs/cgroup/cpuacct ]; then
@@ -127,7 +140,7 @@ rate() { # count nanoseconds -> msg/s
   echo $(( $1 * 1000000000 / ($2 > 0 ? $2 : 1) ))
 }
 
-echo "# $(date -u +%FT%TZ) $(nproc) cores, $(go version | cut -d' ' -f3), N=$N size=$SIZE sessions=$S rate=$RATE, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u +%FT%TZ) $(nproc) cores, $(go version | cut -d' ' -f3), N=$N size=$SIZE sessions=$S rate=$RATE paced_secs=$PACED_SECS, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 pf_drain() { # wait until Postfix's queue is empty, keeping the spool's peak size in $peak
   local q d
@@ -173,7 +186,7 @@ if [ "$POSTFIX" = 1 ]; then
     if [ "$RATE" = half ]; then pr=$(( $(rate "$N" $((t1 - t0))) / 2 )); else pr=$RATE; fi
     sync
     s0=$(steal_ms)
-    line=$(cg_run pfclient "$gw" bench --addr 127.0.0.1:25 --tls none --no-auth --conns "$S" --messages "$N" \
+    line=$(cg_run pfclient "$gw" bench --addr 127.0.0.1:25 --tls none --no-auth --conns "$S" --messages "$(paced_n "$pr")" \
       --size "$SIZE" --rate "$pr" 2>&1) || echo "$line" >&2
     pf_drain
     s1=$(steal_ms)
@@ -282,7 +295,7 @@ TOML
   local bpids=()
   for i in $(seq "$gws"); do
     SMTPGW_KEY="$key" cg_run "client$name" "$gw" bench --addr "127.0.0.1:$((2586 + i))" \
-      --conns $(( (S + gws - 1) / gws )) --messages $(( N / gws )) --size "$SIZE" --tls "$tls" \
+      --conns $(( (S + gws - 1) / gws )) --messages $(( $(paced_n "$rate") / gws )) --size "$SIZE" --tls "$tls" \
       --rate "$(awk -v r="$rate" -v g="$gws" 'BEGIN {printf "%.3f", r / g}')" \
       --insecure-skip-verify ${CHUNKING:+--chunking} ${TO:+--to "g$i.$TO"} \
       ${PROFILE:+--cpuprofile "$PROFILE/$name-client-$i.pprof"} >"$dir/bench-$i.out" &
