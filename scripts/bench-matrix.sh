@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every measurement of docs/benchmarks.md, one after the other, each line
-# as scripts/bench.sh prints it (needs root; about fifteen minutes on two
+# as scripts/bench.sh prints it (needs root; about twenty minutes on two
 # cores). Run it on a quiet machine:
 #
 #   scripts/bench-matrix.sh 2>&1 | tee bench-matrix.log
@@ -27,8 +27,10 @@ go run ./scripts/fsyncprobe -dir /tmp -duration 20s
 for i in $(seq "$RUNS"); do
   b "main run $i: 10 KiB, 20 sessions" N=10000 SIZE=10240 S=20
 done
+# Each paced run lasts PACED_SECS (default 30) seconds, the gateway's as
+# long as Postfix's: p99 over the same time on the same disk.
 for i in $(seq "$RUNS"); do
-  b "half the peak rate, run $i (Postfix too, paced at half its own rate)" N=10000 SIZE=10240 S=20 RATE=half
+  b "half the peak rate, run $i (Postfix too, paced at half its own rate, ${PACED_SECS:-30} s each)" N=10000 SIZE=10240 S=20 RATE=half PACED_SECS="${PACED_SECS:-30}"
 done
 b "BDAT (CHUNKING) instead of DATA" N=10000 SIZE=10240 S=20 POSTFIX=0 CHUNKING=1
 b "a recipient per message (smtpgw only: smtp-source has one)" N=10000 SIZE=10240 S=20 POSTFIX=0 TO='r%d@example.net'
