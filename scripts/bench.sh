@@ -17,7 +17,10 @@
 # (its own cgroup, cpuacct, until the queue is empty), PostgreSQL's CPU per
 # message apart (the cluster runs in a cgroup of its own), the load client's
 # CPU per message, p50/p99 time-to-250, bytes on disk per message (peak while
-# running, and after the queue drained), the server's peak RSS, and whether
+# running, and after the queue drained), bytes the disk wrote per message
+# (disk_written_bytes_per_msg: the device under the work directory, from
+# /proc/diskstats, until a final sync and, on PostgreSQL, a checkpoint after
+# the queue drained), the server's peak RSS, and whether
 # the relay keeps up: queue_peak (the most queued+deferred recipients seen
 # while injecting, sampled every 0.5 s from gateway 1's /metrics on a
 # loopback port, one curl each, so the gateway only pays a scrape) and
@@ -136,6 +139,16 @@ per() { # total count -> total/count with no decimals
 steal_ms() { # CPU time the hypervisor took from this VM so far (/proc/stat), in ms
   awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" {print int($9 * 1000 / hz)}' /proc/stat
 }
+# The block device under the work directory, for disk_written: bytes each
+# server's run made the disk write (its files, their journal, PostgreSQL's
+# WAL and checkpoints), all of them, read from /proc/diskstats.
+disk_dev=$(df --output=source "$work" | tail -1); disk_dev=${disk_dev#/dev/}
+disk_written() { # bytes written to disk_dev so far, or nothing if it is not a block device
+  awk -v d="$disk_dev" '$3 == d {printf "%d\n", $10 * 512}' /proc/diskstats
+}
+written_per() { # bytes-before bytes-after count -> bytes per message, ? if unknown
+  if [ -n "$1" ] && [ -n "$2" ] && [ -n "$3" ]; then per $(( $2 - $1 )) "$3"; else echo "?"; fi
+}
 rate() { # count nanoseconds -> msg/s
   echo $(( $1 * 1000000000 / ($2 > 0 ? $2 : 1) ))
 }
@@ -171,26 +184,27 @@ if [ "$POSTFIX" = 1 ]; then
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/25) 2>/dev/null && break; sleep 0.1; done
   sleep 1
   sync # what earlier work left to write back is not this run's
-  c0=$(cg_usec postfix); t0=$(date +%s%N); s0=$(steal_ms)
+  c0=$(cg_usec postfix); t0=$(date +%s%N); s0=$(steal_ms); d0=$(disk_written)
   cg_new pfclient; k0=$(cg_usec pfclient)
   cg_run pfclient smtp-source -l "$SIZE" -m "$N" -s "$S" -f sender@a.test -t rcpt@b.test 127.0.0.1:25
   t1=$(date +%s%N); k1=$(cg_usec pfclient)
   peak=0
   pf_drain
   t2=$(date +%s%N); c1=$(cg_usec postfix); s1=$(steal_ms)
-  echo "postfix: inject_msgs_per_s=$(rate "$N" $((t1 - t0))) inject_relay_msgs_per_s=$(rate "$N" $((t2 - t0))) server_cpu_us_per_msg=$(per $((c1 - c0)) "$N") client_cpu_us_per_msg=$(per $((k1 - k0)) "$N") spool_peak_bytes_per_msg=$(per "$peak" "$N") steal_ms=$((s1 - s0))"
+  sync; d1=$(disk_written)
+  echo "postfix: inject_msgs_per_s=$(rate "$N" $((t1 - t0))) inject_relay_msgs_per_s=$(rate "$N" $((t2 - t0))) server_cpu_us_per_msg=$(per $((c1 - c0)) "$N") client_cpu_us_per_msg=$(per $((k1 - k0)) "$N") spool_peak_bytes_per_msg=$(per "$peak" "$N") disk_written_bytes_per_msg=$(written_per "$d0" "$d1" "$N") steal_ms=$((s1 - s0))"
   if [ "$RATE" != 0 ]; then
     # The same paced load as the gateway's, from the same client without
     # AUTH (Postfix relays for localhost): Postfix's latency at half its
     # own peak rate, on the same disk.
     if [ "$RATE" = half ]; then pr=$(( $(rate "$N" $((t1 - t0))) / 2 )); else pr=$RATE; fi
     sync
-    s0=$(steal_ms)
+    s0=$(steal_ms); d0=$(disk_written)
     line=$(cg_run pfclient "$gw" bench --addr 127.0.0.1:25 --tls none --no-auth --conns "$S" --messages "$(paced_n "$pr")" \
       --size "$SIZE" --rate "$pr" 2>&1) || echo "$line" >&2
     pf_drain
-    s1=$(steal_ms)
-    echo "postfix (paced at $pr msg/s by smtpgw bench --no-auth):$(grep -o ' sent=[^ ]*\| failed=[^ ]*\| msgs_per_s=[^ ]*\| p50=[^ ]*\| p99=[^ ]*\| max=[^ ]*\| max_start_lag=[^ ]*' <<<"$line" | tr -d '\n') steal_ms=$((s1 - s0))"
+    s1=$(steal_ms); sync; d1=$(disk_written)
+    echo "postfix (paced at $pr msg/s by smtpgw bench --no-auth):$(grep -o ' sent=[^ ]*\| failed=[^ ]*\| msgs_per_s=[^ ]*\| p50=[^ ]*\| p99=[^ ]*\| max=[^ ]*\| max_start_lag=[^ ]*' <<<"$line" | tr -d '\n') disk_written_bytes_per_msg=$(written_per "$d0" "$d1" "$(sed -n 's/.* sent=\([0-9]*\).*/\1/p' <<<"$line")") steal_ms=$((s1 - s0))"
   fi
   postfix stop >/dev/null 2>&1; pf_started=
 fi
@@ -289,9 +303,9 @@ TOML
   : >"$dir/queue.samples"
   (while :; do queue_depth "$metrics" >>"$dir/queue.samples"; sleep 0.5; done) &
   sampler=$!
-  local w0 w1
+  local w0 w1 d0 d1
   w0=$(store_counters "$metrics")
-  t0=$(date +%s%N); s0=$(steal_ms)
+  t0=$(date +%s%N); s0=$(steal_ms); d0=$(disk_written)
   local bpids=()
   for i in $(seq "$gws"); do
     SMTPGW_KEY="$key" cg_run "client$name" "$gw" bench --addr "127.0.0.1:$((2586 + i))" \
@@ -333,11 +347,15 @@ TOML
   for i in $(seq "$gws"); do gcpu=$(( gcpu + ${c1[$((i - 1))]} - ${c0[$((i - 1))]} )); done
   local after
   after=$(disk_bytes "$store" "$dir")
+  # What the run made the disk write, once the kernel and PostgreSQL have
+  # written back what it dirtied (the run before ended the same way).
+  [ "$store" = postgres ] && "$PGBIN/psql" -qAt "$PGURL" -c checkpoint >/dev/null
+  sync; d1=$(disk_written)
   local pgpart="" pace="full speed"
   [ "$store" = postgres ] && pgpart=" postgres_cpu_us_per_msg=$(per $((pg1 - pg0)) "$sent")"
   [ "$rate" != 0 ] && pace="paced at $rate msg/s"
   inject_rate=$(rate "$sent" $((t1 - t0)))
-  echo "smtpgw $store ($tls, $gws gateway$([ "$gws" = 1 ] || echo s), $pace): inject_msgs_per_s=$inject_rate inject_relay_msgs_per_s=$(rate "$sent" $((t2 - t0))) server_cpu_us_per_msg=$(per "$gcpu" "$sent")$pgpart client_cpu_us_per_msg=$(per $((k1 - k0)) "$sent") (self-reported: ${kcpu% }) p50=${p50% } p99=${p99% } disk_peak_bytes_per_msg=$(per "$peak" "$sent") disk_after_bytes_per_msg=$(per "$after" "$sent") peak_rss_kb=$rss queue_peak=${qpeak:-?} queue_end_of_injection=${qend:-?} $(writer_stats "$w0" "$w1" $((t2 - t0)) $((sent / gws))) steal_ms=$((s1 - s0))"
+  echo "smtpgw $store ($tls, $gws gateway$([ "$gws" = 1 ] || echo s), $pace): inject_msgs_per_s=$inject_rate inject_relay_msgs_per_s=$(rate "$sent" $((t2 - t0))) server_cpu_us_per_msg=$(per "$gcpu" "$sent")$pgpart client_cpu_us_per_msg=$(per $((k1 - k0)) "$sent") (self-reported: ${kcpu% }) p50=${p50% } p99=${p99% } disk_peak_bytes_per_msg=$(per "$peak" "$sent") disk_after_bytes_per_msg=$(per "$after" "$sent") disk_written_bytes_per_msg=$(written_per "$d0" "$d1" "$sent") peak_rss_kb=$rss queue_peak=${qpeak:-?} queue_end_of_injection=${qend:-?} $(writer_stats "$w0" "$w1" $((t2 - t0)) $((sent / gws))) steal_ms=$((s1 - s0))"
   if [ "$store" = postgres ] && [ -n "${PGTOP:-}" ]; then # PGTOP=N: PostgreSQL's N costliest statements
     "$PGBIN/psql" -qAt "$PGURL" -F ' | ' -c "select round(total_exec_time::numeric * 1000 / $sent) as us_per_msg, calls,
       regexp_replace(left(query, 90), '\s+', ' ', 'g') from pgss.pg_stat_statements order by total_exec_time desc limit $PGTOP" | sed 's/^/  pg: /'
