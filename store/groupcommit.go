@@ -43,6 +43,14 @@ import (
 // Nothing is awaited when nothing is announced: a lone session's message
 // commits at once.
 //
+// PostgreSQL's committer spaces its transactions instead (commitSpec.spacing):
+// when a commit ends with items already queued behind it, the next
+// transaction begins a few milliseconds after the last one began, or once
+// enough items wait, so that at a moderate pace a transaction holds several
+// messages and outcomes rather than the two or three that arrived during the
+// last one's round trips. An item that finds the committer idle still
+// commits at once.
+//
 // If a batch transaction fails, nothing of it is stored. When the cause is the
 // database being unavailable, every waiter gets that error. A COMMIT whose
 // answer was lost is not a failure yet: the backend finds out whether it
@@ -104,6 +112,19 @@ type commitSpec[T any] struct {
 	// it is written, and is how long after it was taken it waits at most
 	// for the items announced (arrive) then.
 	gather time.Duration
+	// spacing, if positive, is the least time between the starts of two
+	// transactions run back to back: when a commit ends with items already
+	// queued of which one spaces (spaces reports true; nil: every item), the next
+	// transaction waits until spacing after the last one began, or until
+	// spaceFull items are queued, so that what arrives meanwhile shares it.
+	// Items that find the committer idle commit at once, so a lone
+	// session's message never waits for it; it only acts when the
+	// committer has been running one transaction after another, where each
+	// transaction's own cost (PostgreSQL: its statements, BEGIN and COMMIT)
+	// is paid by fewer items the more often it commits.
+	spacing   time.Duration
+	spaceFull int
+	spaces    func(T) bool
 }
 
 // Waiter states.
@@ -323,6 +344,10 @@ func (c *committer[T]) loop() {
 			return
 		case <-c.kick:
 		}
+		var (
+			last   time.Time // when the transaction just run began
+			behind bool      // items that space were queued when it was written
+		)
 		for {
 			select {
 			case <-c.stop:
@@ -330,14 +355,66 @@ func (c *committer[T]) loop() {
 				return
 			default:
 			}
+			if behind && !c.spaceOut(last) {
+				c.failQueued()
+				return
+			}
 			batch := c.take()
 			if len(batch) == 0 {
 				break
 			}
 			batch = c.lingerOn(batch)
-			c.commit(batch, time.Now())
+			last = time.Now()
+			behind = c.commit(batch, last)
 		}
 	}
+}
+
+// spaceOut waits, after a transaction that began at last, while
+// spec.spacing says the next one should (see commitSpec.spacing). It
+// reports false if the committer stopped meanwhile.
+func (c *committer[T]) spaceOut(last time.Time) bool {
+	if c.spec.spacing <= 0 {
+		return true
+	}
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		wait := c.spec.spacing - time.Since(last)
+		if wait <= 0 || !c.spacedQueue() {
+			return true
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		}
+		select {
+		case <-c.kick: // an item was queued: look again
+		case <-timer.C:
+			return true
+		case <-c.stop:
+			return false
+		}
+	}
+}
+
+// spacedQueue reports whether the queue holds an item that spaces and
+// fewer than spec.spaceFull items.
+func (c *committer[T]) spacedQueue() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queue) >= c.spec.spaceFull {
+		return false
+	}
+	for _, w := range c.queue {
+		if w.state.Load() == waitQueued && (c.spec.spaces == nil || c.spec.spaces(w.item)) {
+			return true
+		}
+	}
+	return false
 }
 
 // lingerOn returns batch, and if every item of it lingers, what else
@@ -526,8 +603,10 @@ func (c *committer[T]) record(start time.Time) {
 }
 
 // commit writes one batch, taken at start, with the items that join it
-// meanwhile (spec.gather), and answers their waiters.
-func (c *committer[T]) commit(batch []*waiter[T], start time.Time) {
+// meanwhile (spec.gather), and answers their waiters. behind reports
+// whether items that space (spec.spacing) were queued once it was
+// written, before its waiters were answered.
+func (c *committer[T]) commit(batch []*waiter[T], start time.Time) (behind bool) {
 	items := make([]T, len(batch))
 	for i, w := range batch {
 		items[i] = w.item
@@ -542,6 +621,9 @@ func (c *committer[T]) commit(batch []*waiter[T], start time.Time) {
 	if j != nil {
 		batch = j.batch
 	}
+	// Looked at before the waiters are answered: what they send next
+	// finds the committer idle, not behind this transaction.
+	behind = c.spec.spacing > 0 && c.spacedQueue()
 	if c.spec.health != nil {
 		c.spec.health.observe(err)
 	}
@@ -551,7 +633,7 @@ func (c *committer[T]) commit(batch []*waiter[T], start time.Time) {
 			w.result <- nil
 		}
 		c.spec.onCommit(items)
-		return
+		return behind
 	}
 	if len(batch) == 1 || errors.Is(err, ErrUnavailable) || errors.Is(err, ErrOutcomeUnknown) {
 		c.record(start)
@@ -560,7 +642,7 @@ func (c *committer[T]) commit(batch []*waiter[T], start time.Time) {
 		for _, w := range batch {
 			w.result <- fmt.Errorf("%s: %w", c.spec.label(w.item), err)
 		}
-		return
+		return behind
 	}
 	// Perhaps one bad item: isolate it.
 	var stored []T
@@ -577,6 +659,7 @@ func (c *committer[T]) commit(batch []*waiter[T], start time.Time) {
 	if len(stored) > 0 {
 		c.spec.onCommit(stored)
 	}
+	return behind
 }
 
 // writeOnce runs the batch writer with its own deadline and undoes what it

@@ -437,6 +437,108 @@ func TestGroupCommitLateItemsJoin(t *testing.T) {
 	}
 }
 
+// spacingCommitter is a committer of ints spacing its back-to-back
+// transactions by spacing or until full items wait; its batches go to the
+// returned channel, and its first batch's writer waits for hold to close.
+func spacingCommitter(t *testing.T, spacing time.Duration, full int, hold <-chan struct{}) (*committer[int], <-chan []int) {
+	t.Helper()
+	batches := make(chan []int, 16)
+	var once sync.Once
+	c := newCommitter(commitSpec[int]{
+		write: func(_ context.Context, items []int, _ func() []int) error {
+			once.Do(func() { <-hold })
+			batches <- append([]int(nil), items...)
+			return nil
+		},
+		size:      func(int) int { return 1 },
+		label:     func(i int) string { return fmt.Sprint("item ", i) },
+		undo:      func(int) {},
+		onCommit:  func([]int) {},
+		spacing:   spacing,
+		spaceFull: full,
+	})
+	t.Cleanup(c.close)
+	return c, batches
+}
+
+// TestGroupCommitSpacing checks that items queued behind a transaction
+// wait, after it, for more to share the next one (PostgreSQL's spacing),
+// until spaceFull of them wait: the spacing here is an hour, so only the
+// count can end the wait.
+func TestGroupCommitSpacing(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	c, batches := spacingCommitter(t, time.Hour, 3, release)
+	errs := make(chan error, 4)
+	go func() { errs <- c.add(context.Background(), 1) }()
+	awaitTaken(t, c, 1, 0)
+	for i := 2; i <= 3; i++ {
+		go func() { errs <- c.add(context.Background(), i) }()
+	}
+	awaitTaken(t, c, 1, 2)
+	close(release)
+	if b := nextBatch(t, batches, "first batch"); !slices.Equal(b, []int{1}) {
+		t.Errorf("first batch %v, want [1]", b)
+	}
+	// 2 and 3 were queued when the first commit ended: they wait for a
+	// third item rather than commit at once.
+	awaitTaken(t, c, 1, 2)
+	select {
+	case b := <-batches:
+		t.Fatalf("batch %v written with fewer items queued than spaceFull", b)
+	default:
+	}
+	go func() { errs <- c.add(context.Background(), 4) }()
+	if b := nextBatch(t, batches, "spaced batch"); len(b) != 3 {
+		t.Errorf("second batch %v, want the 3 items queued after the first", b)
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestGroupCommitSpacingIdle checks that spacing never delays an item that
+// finds the committer idle: a lone session's message commits at once, even
+// right after a transaction, with a spacing of an hour.
+func TestGroupCommitSpacingIdle(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	close(release)
+	c, batches := spacingCommitter(t, time.Hour, 64, release)
+	for i := 1; i <= 3; i++ {
+		if err := c.add(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+		if b := nextBatch(t, batches, "lone item"); !slices.Equal(b, []int{i}) {
+			t.Errorf("batch %v, want [%d]", b, i)
+		}
+	}
+}
+
+// TestGroupCommitSpacingStops checks that closing the committer ends a
+// spacing wait and fails the items still queued.
+func TestGroupCommitSpacingStops(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	c, batches := spacingCommitter(t, time.Hour, 64, release)
+	errs := make(chan error, 2)
+	go func() { errs <- c.add(context.Background(), 1) }()
+	awaitTaken(t, c, 1, 0)
+	go func() { errs <- c.add(context.Background(), 2) }()
+	awaitTaken(t, c, 1, 1)
+	close(release)
+	nextBatch(t, batches, "first batch")
+	if err := <-errs; err != nil {
+		t.Fatalf("first item: %v", err)
+	}
+	c.close()
+	if err := <-errs; !errors.Is(err, ErrUnavailable) {
+		t.Errorf("item queued when the committer closed: %v, want ErrUnavailable", err)
+	}
+}
+
 // TestCommitStats checks the committer's counters (smtpgw_store_*): each
 // Enqueue and Finish is an item of a transaction, and the time spent shows.
 func TestCommitStats(t *testing.T) {
