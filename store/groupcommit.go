@@ -44,7 +44,7 @@ import (
 // commits at once.
 //
 // PostgreSQL's committer spaces its transactions instead (commitSpec.spacing):
-// when a commit ends with items already queued behind it, the next
+// when a commit ends with two messages or more already queued behind it, the next
 // transaction begins a few milliseconds after the last one began, or once
 // enough items wait, so that at a moderate pace a transaction holds several
 // messages and outcomes rather than the two or three that arrived during the
@@ -113,8 +113,9 @@ type commitSpec[T any] struct {
 	// for the items announced (arrive) then.
 	gather time.Duration
 	// spacing, if positive, is the least time between the starts of two
-	// transactions run back to back: when a commit ends with items already
-	// queued of which one spaces (spaces reports true; nil: every item), the next
+	// transactions run back to back: when a commit ends with two items or
+	// more already queued that space (spaces reports true; nil: every
+	// item), the next
 	// transaction waits until spacing after the last one began, or until
 	// spaceFull items are queued, so that what arrives meanwhile shares it.
 	// Items that find the committer idle commit at once, so a lone
@@ -401,20 +402,22 @@ func (c *committer[T]) spaceOut(last time.Time) bool {
 	}
 }
 
-// spacedQueue reports whether the queue holds an item that spaces and
-// fewer than spec.spaceFull items.
+// spacedQueue reports whether the queue holds at least two items that
+// space, and fewer than spec.spaceFull items. One alone is no sign of a
+// pace worth waiting for: a lone session has one message at a time.
 func (c *committer[T]) spacedQueue() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.queue) >= c.spec.spaceFull {
 		return false
 	}
+	n := 0
 	for _, w := range c.queue {
 		if w.state.Load() == waitQueued && (c.spec.spaces == nil || c.spec.spaces(w.item)) {
-			return true
+			n++
 		}
 	}
-	return false
+	return n >= 2
 }
 
 // lingerOn returns batch, and if every item of it lingers, what else

@@ -517,9 +517,10 @@ func TestGroupCommitSpacingIdle(t *testing.T) {
 	}
 }
 
-// TestGroupCommitSpacingStops checks that closing the committer ends a
-// spacing wait and fails the items still queued.
-func TestGroupCommitSpacingStops(t *testing.T) {
+// TestGroupCommitSpacingOneBehind checks that one item queued behind a
+// transaction commits right after it: a lone session's message queued
+// behind the relay's outcome of its last one does not wait.
+func TestGroupCommitSpacingOneBehind(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
 	c, batches := spacingCommitter(t, time.Hour, 64, release)
@@ -530,12 +531,39 @@ func TestGroupCommitSpacingStops(t *testing.T) {
 	awaitTaken(t, c, 1, 1)
 	close(release)
 	nextBatch(t, batches, "first batch")
+	if b := nextBatch(t, batches, "the item queued behind it"); !slices.Equal(b, []int{2}) {
+		t.Errorf("second batch %v, want [2]", b)
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestGroupCommitSpacingStops checks that closing the committer ends a
+// spacing wait and fails the items still queued.
+func TestGroupCommitSpacingStops(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	c, batches := spacingCommitter(t, time.Hour, 64, release)
+	errs := make(chan error, 3)
+	go func() { errs <- c.add(context.Background(), 1) }()
+	awaitTaken(t, c, 1, 0)
+	for i := 2; i <= 3; i++ {
+		go func() { errs <- c.add(context.Background(), i) }()
+	}
+	awaitTaken(t, c, 1, 2)
+	close(release)
+	nextBatch(t, batches, "first batch")
 	if err := <-errs; err != nil {
 		t.Fatalf("first item: %v", err)
 	}
 	c.close()
-	if err := <-errs; !errors.Is(err, ErrUnavailable) {
-		t.Errorf("item queued when the committer closed: %v, want ErrUnavailable", err)
+	for range 2 {
+		if err := <-errs; !errors.Is(err, ErrUnavailable) {
+			t.Errorf("item queued when the committer closed: %v, want ErrUnavailable", err)
+		}
 	}
 }
 
