@@ -461,6 +461,26 @@ func spacingCommitter(t *testing.T, spacing time.Duration, full int, hold <-chan
 	return c, batches
 }
 
+// behindFirst adds item 1, which c takes into a batch held until release
+// closes, then items 2 to n+1, which queue behind it; it releases the batch
+// and returns once it was written. errs gets every item's result (room for
+// one more item).
+func behindFirst(t *testing.T, c *committer[int], batches <-chan []int, release chan struct{}, n int) (errs chan error) {
+	t.Helper()
+	errs = make(chan error, n+2)
+	go func() { errs <- c.add(context.Background(), 1) }()
+	awaitTaken(t, c, 1, 0)
+	for i := 2; i <= n+1; i++ {
+		go func() { errs <- c.add(context.Background(), i) }()
+	}
+	awaitTaken(t, c, 1, n)
+	close(release)
+	if b := nextBatch(t, batches, "first batch"); !slices.Equal(b, []int{1}) {
+		t.Errorf("first batch %v, want [1]", b)
+	}
+	return errs
+}
+
 // TestGroupCommitSpacing checks that items queued behind a transaction
 // wait, after it, for more to share the next one (PostgreSQL's spacing),
 // until spaceFull of them wait: the spacing here is an hour, so only the
@@ -469,17 +489,7 @@ func TestGroupCommitSpacing(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
 	c, batches := spacingCommitter(t, time.Hour, 3, release)
-	errs := make(chan error, 4)
-	go func() { errs <- c.add(context.Background(), 1) }()
-	awaitTaken(t, c, 1, 0)
-	for i := 2; i <= 3; i++ {
-		go func() { errs <- c.add(context.Background(), i) }()
-	}
-	awaitTaken(t, c, 1, 2)
-	close(release)
-	if b := nextBatch(t, batches, "first batch"); !slices.Equal(b, []int{1}) {
-		t.Errorf("first batch %v, want [1]", b)
-	}
+	errs := behindFirst(t, c, batches, release, 2)
 	// 2 and 3 were queued when the first commit ended: they wait for a
 	// third item rather than commit at once.
 	awaitTaken(t, c, 1, 2)
@@ -524,13 +534,7 @@ func TestGroupCommitSpacingOneBehind(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
 	c, batches := spacingCommitter(t, time.Hour, 64, release)
-	errs := make(chan error, 2)
-	go func() { errs <- c.add(context.Background(), 1) }()
-	awaitTaken(t, c, 1, 0)
-	go func() { errs <- c.add(context.Background(), 2) }()
-	awaitTaken(t, c, 1, 1)
-	close(release)
-	nextBatch(t, batches, "first batch")
+	errs := behindFirst(t, c, batches, release, 1)
 	if b := nextBatch(t, batches, "the item queued behind it"); !slices.Equal(b, []int{2}) {
 		t.Errorf("second batch %v, want [2]", b)
 	}
@@ -547,15 +551,7 @@ func TestGroupCommitSpacingStops(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
 	c, batches := spacingCommitter(t, time.Hour, 64, release)
-	errs := make(chan error, 3)
-	go func() { errs <- c.add(context.Background(), 1) }()
-	awaitTaken(t, c, 1, 0)
-	for i := 2; i <= 3; i++ {
-		go func() { errs <- c.add(context.Background(), i) }()
-	}
-	awaitTaken(t, c, 1, 2)
-	close(release)
-	nextBatch(t, batches, "first batch")
+	errs := behindFirst(t, c, batches, release, 2)
 	if err := <-errs; err != nil {
 		t.Fatalf("first item: %v", err)
 	}
