@@ -44,12 +44,12 @@ import (
 // commits at once.
 //
 // PostgreSQL's committer spaces its transactions instead (commitSpec.spacing):
-// when a commit ends with two messages or more already queued behind it, the next
-// transaction begins a few milliseconds after the last one began, or once
-// enough items wait, so that at a moderate pace a transaction holds several
-// messages and outcomes rather than the two or three that arrived during the
-// last one's round trips. An item that finds the committer idle still
-// commits at once.
+// when a commit ends with two messages or more already queued behind it,
+// the next transaction begins a few milliseconds after the last one began,
+// or once enough items wait, so that at a moderate pace a transaction holds
+// several messages and outcomes rather than the two or three that arrived
+// during the last one's round trips. A message that finds the committer
+// idle, or alone behind a commit, still commits at once.
 //
 // If a batch transaction fails, nothing of it is stored. When the cause is the
 // database being unavailable, every waiter gets that error. A COMMIT whose
@@ -115,14 +115,14 @@ type commitSpec[T any] struct {
 	// spacing, if positive, is the least time between the starts of two
 	// transactions run back to back: when a commit ends with two items or
 	// more already queued that space (spaces reports true; nil: every
-	// item), the next
-	// transaction waits until spacing after the last one began, or until
-	// spaceFull items are queued, so that what arrives meanwhile shares it.
-	// Items that find the committer idle commit at once, so a lone
-	// session's message never waits for it; it only acts when the
-	// committer has been running one transaction after another, where each
-	// transaction's own cost (PostgreSQL: its statements, BEGIN and COMMIT)
-	// is paid by fewer items the more often it commits.
+	// item), the next transaction waits until spacing after the last one
+	// began, or until spaceFull items are queued, so that what arrives
+	// meanwhile shares it. Items that find the committer idle, or one
+	// alone behind a commit, commit at once, so a lone session's message
+	// never waits for it; it only acts when the committer has been running
+	// one transaction after another, where each transaction's own cost
+	// (PostgreSQL: its statements, BEGIN and COMMIT) is paid by fewer
+	// items the more often it commits.
 	spacing   time.Duration
 	spaceFull int
 	spaces    func(T) bool
