@@ -335,6 +335,13 @@ connect_timeout = "2s"
 	if n := evalIn[int](a, `document.querySelectorAll('img[src="x"]').length`); n != 0 || a.dialogs.Load() != 0 {
 		t.Errorf("the label became markup: %d img elements, %d dialogs", n, a.dialogs.Load())
 	}
+	// Every row's Edit and Delete are in sight in a 1280 px window, not
+	// clipped by the table's card (it scrolls sideways when the table is
+	// wider than the page).
+	if off := evalIn[int](a, `Array.from(document.querySelectorAll('td.actions a')).filter(
+		l => l.getBoundingClientRect().right > l.closest('.card').getBoundingClientRect().right).length`); off != 0 {
+		t.Errorf("%d Edit/Delete links of the key list are clipped by its card", off)
+	}
 	a.shot("keys")
 
 	// Edit its permissions: clear all, tick two.
