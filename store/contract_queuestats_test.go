@@ -334,3 +334,44 @@ func TestStatsMatchRecipients(t *testing.T) {
 		check("prune")
 	})
 }
+
+// TestStatsFoldsCounts: on PostgreSQL, Stats folds queue_counts' delta
+// rows (one per statement) into one row per state before it sums them, so
+// a scrape does not sum a minute of traffic; the counts stay right.
+func TestStatsFoldsCounts(t *testing.T) {
+	t.Parallel()
+	e := openEnv(t, "postgres")
+	pg, ok := e.s.(*pgStore)
+	if !ok {
+		t.Fatalf("postgres store is %T", e.s)
+	}
+	ctx := ctxT(t)
+	rows := func() (n int) {
+		t.Helper()
+		if err := pg.pool.QueryRow(ctx, `SELECT count(*) FROM queue_counts`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for range 5 {
+		mustEnqueue(t, e.s, newMsg(2))
+	}
+	if n := rows(); n < 5 {
+		t.Fatalf("%d queue_counts rows after five transactions, want a delta each", n)
+	}
+	wantStats := func(queued int64) {
+		t.Helper()
+		st, err := e.s.Stats(ctx)
+		if err != nil || st.ByState[StateQueued] != queued || len(st.ByState) != 1 {
+			t.Fatalf("Stats = %v, %v; want %d queued", st.ByState, err, queued)
+		}
+	}
+	wantStats(10)
+	if n := rows(); n != 1 {
+		t.Errorf("%d queue_counts rows after Stats, want 1 (queued)", n)
+	}
+	// Folded or not (within pgFoldCountsEvery it only sums), the next
+	// Stats counts what was added since.
+	mustEnqueue(t, e.s, newMsg(1))
+	wantStats(11)
+}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -55,6 +56,9 @@ const (
 	// in the queue, commits at once (docs/benchmarks.md, issue 12).
 	pgSpacing   = 5 * time.Millisecond
 	pgSpaceFull = 64
+	// pgFoldCountsEvery is how often, at most, Stats folds queue_counts'
+	// deltas before it sums them (see Stats).
+	pgFoldCountsEvery = 5 * time.Second
 )
 
 // pgNotify announces new mail to every node. The payload is the schema, so
@@ -75,6 +79,8 @@ type pgStore struct {
 	stopListen  context.CancelFunc // ends the listener
 	listenDone  chan struct{}      // closed when the listener returned (or never started)
 	startListen sync.Once          // starts the listener on the first Wakeups call
+
+	countsFolded atomic.Int64 // when Stats last compacted queue_counts (unix ns)
 
 	closeOnce sync.Once
 }
@@ -992,8 +998,21 @@ func (s *pgStore) DeleteMessage(ctx context.Context, id string) error {
 	return pgOneRow("delete message", id, tag, err)
 }
 
-// Stats implements Store.
+// Stats implements Store. It first folds queue_counts' deltas into a row
+// per state (compactQueueCounts), at most once per pgFoldCountsEvery in
+// this process: the group committer appends a delta row per statement,
+// several per transaction, and PruneMessages folds them only once a
+// minute, so a /metrics scrape would otherwise sum up to a minute of
+// traffic (36,000 rows after 30 s at 700 msg/s: 10 ms per scrape, growing
+// with the rate). Folding deletes the rows once instead of summing them
+// at every scrape. If it fails, the sum is still right.
 func (s *pgStore) Stats(ctx context.Context) (QueueStats, error) {
+	if last := s.countsFolded.Load(); time.Since(time.Unix(0, last)) >= pgFoldCountsEvery &&
+		s.countsFolded.CompareAndSwap(last, time.Now().UnixNano()) {
+		if err := s.compactQueueCounts(ctx); err != nil && ctx.Err() == nil {
+			s.log.Debug("fold queue counts", "err", err)
+		}
+	}
 	st := QueueStats{ByState: map[string]int64{}}
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT state, sum(n)::bigint FROM queue_counts GROUP BY state HAVING sum(n) <> 0`)
