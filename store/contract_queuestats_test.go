@@ -359,19 +359,19 @@ func TestStatsFoldsCounts(t *testing.T) {
 	if n := rows(); n < 5 {
 		t.Fatalf("%d queue_counts rows after five transactions, want a delta each", n)
 	}
-	wantStats := func(queued int64) {
+	wantQueued := func(queued int64) {
 		t.Helper()
 		st, err := e.s.Stats(ctx)
 		if err != nil || st.ByState[StateQueued] != queued || len(st.ByState) != 1 {
 			t.Fatalf("Stats = %v, %v; want %d queued", st.ByState, err, queued)
 		}
 	}
-	wantStats(10)
+	wantQueued(10)
 	if n := rows(); n != 1 {
 		t.Errorf("%d queue_counts rows after Stats, want 1 (queued)", n)
 	}
 	// Folded or not (within pgFoldCountsEvery it only sums), the next
 	// Stats counts what was added since.
 	mustEnqueue(t, e.s, newMsg(1))
-	wantStats(11)
+	wantQueued(11)
 }
