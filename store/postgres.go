@@ -46,16 +46,20 @@ const (
 	listenBackoffMax = 5 * time.Second
 	// pgSpacing and pgSpaceFull space the group committer's back-to-back
 	// transactions (commitSpec.spacing): the next one begins 5 ms after the
-	// last began, or once 64 items wait. A transaction costs PostgreSQL
+	// last began, or once 16 items wait. A transaction costs PostgreSQL
 	// about a millisecond of CPU whatever it holds (its statements, BEGIN,
 	// COMMIT); at a moderate pace, committing as soon as the last commit
 	// ended made transactions of three items that kept the committer busy
 	// all the time and cost PostgreSQL 2-3 times the CPU per message of a
-	// full-speed run. Under full load a transaction takes longer than 5 ms
-	// and nothing waits; a message that finds the committer idle, or alone
-	// in the queue, commits at once (docs/benchmarks.md, issue 12).
+	// full-speed run. Sixteen items already share that cost well, and under
+	// full load they are queued as soon as the last commit's sessions sent
+	// their next messages: with 64, twenty sessions (about ten messages and
+	// ten outcomes behind each commit) waited out every 5 ms on a machine
+	// whose transactions took 2.6 ms, and injected 2,100 msg/s instead of
+	// 3,500. A message that finds the committer idle, or alone in the
+	// queue, commits at once (docs/benchmarks.md, issue 12).
 	pgSpacing   = 5 * time.Millisecond
-	pgSpaceFull = 64
+	pgSpaceFull = 16
 	// pgFoldCountsEvery is how often, at most, Stats folds queue_counts'
 	// deltas before it sums them (see Stats).
 	pgFoldCountsEvery = 5 * time.Second
