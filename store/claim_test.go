@@ -278,8 +278,9 @@ func TestLeasedEnqueueWakesNoOne(t *testing.T) {
 }
 
 // TestClaimHintScope: the planner settings the PostgreSQL claim sends
-// before its statement (pgClaimHint) hold for the statements of that batch
-// only, not for what the pooled connection runs next.
+// before its statement (pgClaimHint), JIT off among them, hold for the
+// statements of that batch only, not for what the pooled connection runs
+// next.
 func TestClaimHintScope(t *testing.T) {
 	t.Parallel()
 	e := openEnv(t, "postgres")
@@ -290,9 +291,14 @@ func TestClaimHintScope(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Release()
+	const settings = `SELECT current_setting('enable_seqscan') || ' ' || current_setting('enable_bitmapscan') || ' ' || current_setting('jit')`
+	var jit string
+	if err := conn.QueryRow(ctx, `SELECT reset_val FROM pg_settings WHERE name = 'jit'`).Scan(&jit); err != nil {
+		t.Fatal(err)
+	}
 	b := &pgx.Batch{}
 	b.Queue(pgClaimHint)
-	b.Queue(`SELECT current_setting('enable_seqscan') || ' ' || current_setting('enable_bitmapscan')`)
+	b.Queue(settings)
 	br := conn.SendBatch(ctx, b)
 	var in string
 	_, err = br.Exec()
@@ -303,11 +309,11 @@ func TestClaimHintScope(t *testing.T) {
 		t.Fatal(err)
 	}
 	var after string
-	if err := conn.QueryRow(ctx, `SELECT current_setting('enable_seqscan') || ' ' || current_setting('enable_bitmapscan')`).Scan(&after); err != nil {
+	if err := conn.QueryRow(ctx, settings).Scan(&after); err != nil {
 		t.Fatal(err)
 	}
-	if in != "off off" || after != "on on" {
-		t.Errorf("enable_seqscan, enable_bitmapscan: %q in the claim's batch, %q after it; want \"off off\", \"on on\"", in, after)
+	if in != "off off off" || after != "on on "+jit {
+		t.Errorf("enable_seqscan, enable_bitmapscan, jit: %q in the claim's batch, %q after it; want \"off off off\", \"on on %s\"", in, after, jit)
 	}
 }
 

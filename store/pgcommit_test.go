@@ -9,7 +9,7 @@ import (
 )
 
 // TestPGCommitTx: a group-commit transaction begins with its first batch,
-// holds the planner settings for that transaction only, learns its id, and
+// holds the planner settings (and JIT off) for that transaction only, learns its id, and
 // is all or nothing: a failing statement leaves nothing of the batch, and
 // the connection goes back to the pool outside any transaction.
 func TestPGCommitTx(t *testing.T) {
@@ -20,7 +20,7 @@ func TestPGCommitTx(t *testing.T) {
 	if _, err := pg.pool.Exec(ctx, `CREATE TABLE commit_probe (n int PRIMARY KEY)`); err != nil {
 		t.Fatal(err)
 	}
-	const settings = `SELECT current_setting('enable_seqscan') || current_setting('enable_hashjoin') || current_setting('enable_mergejoin')`
+	const settings = `SELECT current_setting('enable_seqscan') || current_setting('enable_hashjoin') || current_setting('enable_mergejoin') || current_setting('jit')`
 	var inTx string
 	var xid int64
 	err := pg.pgCommitTx(ctx, "probe", func(tx pgTx, st *pgTxStart) error {
@@ -40,8 +40,8 @@ func TestPGCommitTx(t *testing.T) {
 	if err != nil {
 		t.Fatalf("commit: %v", err)
 	}
-	if inTx != "offoffoff" || xid <= 0 {
-		t.Errorf("in the transaction: planner settings %q, xid %d; want offoffoff and an id", inTx, xid)
+	if inTx != "offoffoffoff" || xid <= 0 {
+		t.Errorf("in the transaction: planner settings %q, xid %d; want offoffoffoff and an id", inTx, xid)
 	}
 	var status string
 	if err := pg.pool.QueryRow(ctx, `SELECT txid_status($1)`, xid).Scan(&status); err != nil || status != "committed" {
@@ -68,7 +68,7 @@ func TestPGCommitTx(t *testing.T) {
 		t.Errorf("%d rows after the failed batch (%v), want 1", n, err)
 	}
 
-	// Every idle connection is outside a transaction, with the default
+	// Every idle connection is outside a transaction, with the server's
 	// planner settings.
 	conns := pg.pool.AcquireAllIdle(ctx)
 	defer func() {
@@ -86,8 +86,12 @@ func checkIdle(t *testing.T, ctx context.Context, c *pgxpool.Conn, settings stri
 	if st := c.Conn().PgConn().TxStatus(); st != 'I' {
 		t.Errorf("idle connection in transaction status %q", st)
 	}
-	var s string
-	if err := c.QueryRow(ctx, settings).Scan(&s); err != nil || s != "ononon" {
-		t.Errorf("idle connection's planner settings %q, %v; want ononon", s, err)
+	var s, want string
+	if err := c.QueryRow(ctx, `SELECT string_agg(reset_val, '' ORDER BY array_position($1::text[], name))
+		FROM pg_settings WHERE name = ANY($1)`, []string{"enable_seqscan", "enable_hashjoin", "enable_mergejoin", "jit"}).Scan(&want); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.QueryRow(ctx, settings).Scan(&s); err != nil || s != want {
+		t.Errorf("idle connection's planner settings %q, %v; want the server's, %q", s, err, want)
 	}
 }

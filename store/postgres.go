@@ -573,9 +573,11 @@ func pgClaimSQL(filter string) string {
 // pgClaimHint runs before the claim, in the same implicit transaction (one
 // pipelined batch): the claim is prepared once per connection, and a
 // generic plan cached while the queue was small would sort every due
-// recipient instead of reading recipients_due in order (see pgBatchTxStart).
+// recipient instead of reading recipients_due in order; and it is not
+// compiled (JIT), whatever its estimated cost (see pgBatchTxStart).
 const pgClaimHint = `SELECT set_config('enable_seqscan', 'off', true) || set_config('enable_bitmapscan', 'off', true)
-	|| set_config('enable_hashjoin', 'off', true) || set_config('enable_mergejoin', 'off', true)`
+	|| set_config('enable_hashjoin', 'off', true) || set_config('enable_mergejoin', 'off', true)
+	|| set_config('jit', 'off', true)`
 
 // ClaimDue implements Store.
 func (s *pgStore) ClaimDue(ctx context.Context, owner string, o ClaimOptions) ([]*Claimed, error) {

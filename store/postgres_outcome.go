@@ -64,8 +64,18 @@ type pgTx interface {
 // reading the whole queue, until autovacuum's next ANALYZE of the table;
 // with sequential scans, hash and merge joins off, the plan is index
 // lookups whatever the statistics say (issue 12).
+//
+// JIT compilation is off too: PostgreSQL compiles a statement whose
+// estimated cost passes jit_above_cost, and the estimates grow with the
+// tables' dead rows until they are vacuumed. Thirty seconds into a run at
+// 1,000 msg/s the body drop's estimate passed it and every execution,
+// which touches a few dozen rows, spent 6-9 ms compiling itself: that one
+// statement then cost PostgreSQL more CPU than all the others together
+// (docs/benchmarks.md). A statement of a few index lookups gains nothing
+// from compiling.
 const pgBatchTxStart = `SELECT txid_current(), set_config('enable_seqscan', 'off', true)
-	|| set_config('enable_hashjoin', 'off', true) || set_config('enable_mergejoin', 'off', true)`
+	|| set_config('enable_hashjoin', 'off', true) || set_config('enable_mergejoin', 'off', true)
+	|| set_config('jit', 'off', true)`
 
 // pgTxStart is the first batch of a group-commit transaction: BEGIN, then
 // pgBatchTxStart. The batch writer queues its own statements after them and
