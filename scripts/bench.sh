@@ -61,6 +61,10 @@
 # RATE set and the Postfix baseline, Postfix too gets a paced run (at R, or
 # at half its own rate), from `smtpgw bench --no-auth --tls none`: its p50,
 # p99 and max on the same disk.
+# PGCONF adds settings to the PostgreSQL cluster's command line, for
+# looking into it (e.g. PGCONF="-c log_checkpoints=on -c
+# shared_preload_libraries=pg_stat_statements,auto_explain
+# -c auto_explain.log_min_duration=5"); the documented runs set none.
 # PACED_SECS=T makes every paced run (the gateway's and Postfix's) last
 # about T seconds: it sends rate x T messages instead of N. Unset or 0: N.
 # A paced run of N messages lasts N/rate seconds, so a faster server's p99
@@ -221,7 +225,7 @@ start_pg() {
   runuser -u postgres -- "$PGBIN/initdb" -D "$pgdata" -A trust -U postgres >/dev/null
   cg_new postgres
   cg_run postgres runuser -u postgres -- "$PGBIN/pg_ctl" -D "$pgdata" -w -l "$pgdata/log" \
-    -o "-p 25432 -k $pgdata -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_preload_libraries=pg_stat_statements -c min_wal_size=$((PGWARM_MB > 80 ? PGWARM_MB : 80))MB" start >/dev/null
+    -o "-p 25432 -k $pgdata -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_preload_libraries=pg_stat_statements -c min_wal_size=$((PGWARM_MB > 80 ? PGWARM_MB : 80))MB ${PGCONF:-}" start >/dev/null
   PGURL=postgres://postgres@127.0.0.1:25432/postgres
   # A cluster in service writes its WAL into segments that checkpoints
   # recycled; a new one creates each 16 MB segment when it needs it,
