@@ -85,6 +85,7 @@ type pgStore struct {
 	startListen sync.Once          // starts the listener on the first Wakeups call
 
 	countsFolded atomic.Int64 // when Stats last compacted queue_counts (unix ns)
+	vac          *bodyVacuum  // VACUUMs of message_bodies (postgres_vacuum.go)
 
 	closeOnce sync.Once
 }
@@ -118,6 +119,7 @@ func openPostgres(_ context.Context, url string) (*pgStore, error) {
 		listenCtx:  lctx,
 		stopListen: cancel,
 		listenDone: make(chan struct{}),
+		vac:        newBodyVacuum(),
 	}
 	spec := pairSpec(messageSpec(nil, s.wake, &s.health), finishSpec(nil, s.wake, &s.health), s.writeBatch)
 	spec.spacing, spec.spaceFull = pgSpacing, pgSpaceFull
@@ -294,6 +296,7 @@ const pgWriteProbe = `INSERT INTO write_probe (id, at) VALUES (1, $1) ON CONFLIC
 func (s *pgStore) Close() error {
 	s.closeOnce.Do(func() {
 		s.wc.close()
+		s.vac.stop()
 		s.stopListen()
 		s.startListen.Do(func() { close(s.listenDone) }) // never started
 		<-s.listenDone
@@ -475,9 +478,13 @@ type pgWrite = either[*Message, *finishOp]
 // committer takes no late items (a second round trip before COMMIT would
 // cost what it saves).
 func (s *pgStore) writeBatch(ctx context.Context, msgs []*Message, ops []*finishOp, _ func() ([]*Message, []*finishOp)) error {
-	return s.pgCommitTx(ctx, "write batch", func(tx pgTx, st *pgTxStart) error {
+	err := s.pgCommitTx(ctx, "write batch", func(tx pgTx, st *pgTxStart) error {
 		return writeFinishes(ctx, tx, st, ops, msgs)
 	})
+	if err == nil && len(ops) > 0 {
+		s.finalized(len(finalRecipientIDs(ops)))
+	}
+	return err
 }
 
 const pgEventInsert = `INSERT INTO events (type, time, message_id, key_id, subaccount, recipient,
